@@ -1,0 +1,50 @@
+"""Training callbacks: a grid of EMA samples every N steps, exported weights at the end of fit."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import lightning as L
+
+from .pretrained import EXPORT_DIR, save_pretrained
+from .viz import save_grid
+
+
+def run_dir(trainer: L.Trainer) -> Path:
+    """The folder of this run: the logger's version folder, else the trainer's root."""
+    return Path(trainer.log_dir or trainer.default_root_dir)
+
+
+class SampleGrid(L.Callback):
+    """Every `every_n_steps` optimiser steps, sample with the EMA weights and write samples/step_XXXXXX.png."""
+
+    def __init__(
+        self,
+        every_n_steps: int = 1000,  # 0 disables
+        num: int = 16,  # images per grid
+        sampler: str = "ddim",  # sampler for the grids
+        steps: Optional[int] = 50,  # DDIM steps
+        seed: int = 0,  # the same noise every time, so grids are comparable across steps
+    ):
+        self.every_n_steps, self.num, self.sampler, self.steps, self.seed = every_n_steps, num, sampler, steps, seed
+
+    def write(self, trainer: L.Trainer, pl_module) -> Optional[Path]:
+        if not trainer.is_global_zero:
+            return None
+        x = pl_module.sample(self.num, self.sampler, self.steps, seed=self.seed, progress=False)
+        return save_grid(x, run_dir(trainer) / "samples" / f"step_{trainer.global_step:06d}.png")
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if self.every_n_steps > 0 and step > 0 and step % self.every_n_steps == 0 and step != getattr(self, "_last", -1):
+            self._last = step
+            self.write(trainer, pl_module)
+
+
+class ExportWeights(L.Callback):
+    """At the end of fit, write the EMA weights as <run>/export/{model.safetensors, config.json}."""
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if trainer.is_global_zero:
+            out = save_pretrained(pl_module, run_dir(trainer) / EXPORT_DIR)
+            print(f"exported EMA weights to {out}")

@@ -1,0 +1,133 @@
+"""A folder of images as a data set: found recursively, checked once, cropped and flipped on the fly.
+
+Every image is decoded once when the data set is built, so a corrupt or truncated file stops the
+run before training starts, with the file named, instead of crashing it hours later or being
+skipped silently (skipping would change the data distribution without telling anyone).
+"""
+from __future__ import annotations
+
+import random
+import warnings
+from pathlib import Path
+from typing import Literal, Optional
+
+import numpy as np
+import torch
+from PIL import Image
+
+IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+MODES: dict[int, str] = {1: "L", 3: "RGB", 4: "RGBA"}
+Crop = Literal["random", "center", "resize"]
+
+
+def find_images(root: str | Path) -> list[Path]:
+    """All supported image files below `root`, sorted; clear errors for a missing or empty folder."""
+    root = Path(root)
+    if not root.exists():
+        raise FileNotFoundError(f"data folder {str(root)!r} does not exist")
+    if not root.is_dir():
+        raise NotADirectoryError(f"data folder {str(root)!r} is a file, expected a folder of images")
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not files:
+        n_other = sum(1 for p in root.rglob("*") if p.is_file())
+        what = "is empty" if n_other == 0 else f"holds {n_other} files but no supported images"
+        raise ValueError(f"data folder {str(root)!r} {what}: expected files ending in {', '.join(IMAGE_EXTENSIONS)}")
+    return files
+
+
+def load_image(path: Path, channels: int) -> Image.Image:
+    """Decode an image fully and convert it to L (1 channel), RGB (3) or RGBA (4)."""
+    if channels not in MODES:
+        raise ValueError(f"channels must be one of {sorted(MODES)} for image files, got {channels}")
+    with Image.open(path) as im:
+        im.load()
+        return im.convert(MODES[channels])
+
+
+def check_images(files: list[Path], image_size: int, crop: Crop) -> None:
+    """Decode every file once; raise naming every unreadable file and every image too small to crop."""
+    bad, small, upscaled = [], [], 0
+    for p in files:
+        try:
+            with Image.open(p) as im:
+                im.load()
+                w, h = im.size
+        except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError...
+            bad.append(f"  {p}: {type(e).__name__}: {e}")
+            continue
+        if min(w, h) < image_size and crop == "resize":
+            upscaled += 1
+        elif min(w, h) < image_size:
+            small.append(f"  {p}: {w}x{h}")
+    if bad:
+        raise ValueError(
+            f"{len(bad)} image file(s) could not be decoded (corrupt or truncated); fix or remove them, "
+            "training stops rather than skip them silently:\n" + "\n".join(bad[:20])
+        )
+    if small:
+        raise ValueError(
+            f"{len(small)} image(s) are smaller than the training size {image_size}x{image_size}, "
+            f"which crop={crop!r} cannot cut from them (use crop='resize' to upscale them):\n" + "\n".join(small[:20])
+        )
+    if upscaled:
+        warnings.warn(f"{upscaled} image(s) are smaller than {image_size}x{image_size} and will be upscaled")
+
+
+def crop_box(w: int, h: int, size: int, crop: Crop, rng: random.Random) -> tuple[int, int, int, int]:
+    """(left, top, right, bottom) of a size x size window: random or centred."""
+    if crop == "random":
+        left, top = rng.randint(0, w - size), rng.randint(0, h - size)
+    else:
+        left, top = (w - size) // 2, (h - size) // 2
+    return left, top, left + size, top + size
+
+
+def to_tensor(im: Image.Image) -> torch.Tensor:
+    """PIL image -> float tensor (C, H, W) in [0, 1]."""
+    a = np.asarray(im, dtype=np.float32) / 255.0
+    a = a[:, :, None] if a.ndim == 2 else a
+    return torch.from_numpy(a.transpose(2, 0, 1).copy())
+
+
+class ImageFolder(torch.utils.data.Dataset):
+    """Images below `root` as (C, size, size) tensors in [0, 1] with random crop/resize and flips."""
+
+    def __init__(
+        self,
+        root: str | Path,
+        image_size: int,  # side of the square training images
+        channels: int = 3,  # 1 (grayscale), 3 (RGB) or 4 (RGBA); files are converted
+        crop: Crop = "random",  # random | center: a window at native resolution; resize: shorter side to size, centre crop
+        hflip: bool = True,  # random horizontal flips
+        vflip: bool = False,  # random vertical flips (aerial, microscopy data)
+        seed: Optional[int] = None,  # fixed crops/flips (tests); None: per-worker streams
+    ):
+        if crop not in ("random", "center", "resize"):
+            raise ValueError(f"unknown crop {crop!r}: expected 'random', 'center' or 'resize'")
+        self.files = find_images(root)
+        self.image_size, self.channels, self.crop, self.hflip, self.vflip = image_size, channels, crop, hflip, vflip
+        if channels not in MODES:
+            raise ValueError(f"channels must be one of {sorted(MODES)} for image files, got {channels}")
+        check_images(self.files, image_size, crop)
+        # the global `random` is reseeded per DataLoader worker by torch; a seed makes one stream
+        self.rng = random.Random(seed) if seed is not None else random
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def transform(self, im: Image.Image) -> Image.Image:
+        """Crop or resize to image_size, then flip."""
+        s = self.image_size
+        if self.crop == "resize":
+            w, h = im.size
+            scale = s / min(w, h)
+            im = im.resize((max(s, round(w * scale)), max(s, round(h * scale))), Image.Resampling.BICUBIC)
+        im = im.crop(crop_box(*im.size, s, "center" if self.crop == "resize" else self.crop, self.rng))
+        if self.hflip and self.rng.random() < 0.5:
+            im = im.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        if self.vflip and self.rng.random() < 0.5:
+            im = im.transpose(Image.Transpose.FLIP_TOP_BOTTOM)
+        return im
+
+    def __getitem__(self, i: int) -> dict:
+        return {"image": to_tensor(self.transform(load_image(self.files[i], self.channels)))}

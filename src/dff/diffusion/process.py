@@ -1,0 +1,152 @@
+"""The Gaussian diffusion process of DDPM: forward noising, posterior, prediction targets, loss.
+
+Notation (Ho et al. 2020; Salimans & Ho 2022 for v):
+    t            integer timestep, 0-indexed: t = 0 is the paper's t = 1, t = T - 1 is t = T
+    x0           clean data x_0                                         (B, C, H, W) or any (B, ...)
+    x_t          noisy data at step t
+    eps          standard Gaussian noise epsilon
+    beta         beta_t;   alpha = 1 - beta_t;   alpha_bar = prod_{s<=t} alpha_s
+    alpha_bar_prev  alpha_bar_{t-1}, with alpha_bar_0 := 1 (the paper's t = 0 is clean data)
+    beta_tilde   posterior variance (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t) beta_t   (Eq. 7)
+    v            sqrt(alpha_bar) eps - sqrt(1 - alpha_bar) x0               (Salimans & Ho 2022, Sec. 4)
+    prediction   what the network outputs: "eps", "x0" or "v"
+
+The model is any callable `model(x_t, t) -> prediction` (or `model(x_t, t, cond)`); this module
+knows nothing of networks or training loops.
+"""
+from __future__ import annotations
+
+from typing import Callable, Literal, Optional
+
+import torch
+
+from .schedules import make_betas
+
+Prediction = Literal["eps", "x0", "v"]
+PREDICTIONS: tuple[str, ...] = ("eps", "x0", "v")
+Model = Callable[..., torch.Tensor]
+
+
+def call_model(model: Model, x_t: torch.Tensor, t: torch.Tensor, cond: Optional[torch.Tensor]) -> torch.Tensor:
+    """Evaluate model(x_t, t) or model(x_t, t, cond): the one model interface of the project."""
+    return model(x_t, t) if cond is None else model(x_t, t, cond)
+
+
+class GaussianDiffusion:
+    """DDPM forward process q and the quantities every sampler and loss needs."""
+
+    def __init__(
+        self,
+        timesteps: int = 1000,  # T, number of diffusion steps
+        schedule: str = "linear",  # linear | quadratic | sigmoid | cosine
+        prediction: str = "eps",  # what the network predicts: eps | x0 | v
+        zero_terminal_snr: bool = False,  # rescale so alpha_bar_T = 0 (Lin et al. 2023)
+        betas: Optional[torch.Tensor] = None,  # explicit beta_1..beta_T, overrides schedule
+    ):
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"unknown prediction {prediction!r}: expected one of {', '.join(PREDICTIONS)}")
+        if zero_terminal_snr and prediction == "eps":
+            raise ValueError(
+                "zero_terminal_snr=True makes x0 unrecoverable from an eps prediction at t = T "
+                "(alpha_bar_T = 0); use prediction 'v' or 'x0' (Lin et al. 2023, Sec. 3.2)"
+            )
+        self.betas = betas.double() if betas is not None else make_betas(schedule, timesteps, zero_terminal_snr)
+        self.T = len(self.betas)
+        self.schedule, self.prediction = schedule, prediction
+        self.alphas = 1 - self.betas
+        self.alpha_bar = torch.cumprod(self.alphas, 0)
+        self.alpha_bar_prev = torch.cat([torch.ones(1, dtype=torch.float64), self.alpha_bar[:-1]])
+        self.beta_tilde = self.betas * (1 - self.alpha_bar_prev) / (1 - self.alpha_bar)
+
+    # ---------------------------------------------------------------- helpers
+    @staticmethod
+    def gather(a: torch.Tensor, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """a[t] (float64 table, (B,) long index) reshaped to broadcast against x: (B, 1, 1, ...)."""
+        out = a.to(t.device)[t].to(x.dtype)
+        return out.reshape(-1, *([1] * (x.dim() - 1)))
+
+    def snr(self, t: torch.Tensor) -> torch.Tensor:
+        """SNR(t) = alpha_bar_t / (1 - alpha_bar_t), float64, shape of t."""
+        ab = self.alpha_bar.to(t.device)[t]
+        return ab / (1 - ab)
+
+    # ---------------------------------------------------------------- forward process
+    def q_sample(self, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """x_t ~ q(x_t | x_0) = N(sqrt(alpha_bar_t) x_0, (1 - alpha_bar_t) I)   (DDPM Eq. 4)."""
+        ab = self.gather(self.alpha_bar, t, x0)
+        return ab.sqrt() * x0 + (1 - ab).sqrt() * eps
+
+    def q_step_sample(self, x_prev: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """x_t ~ q(x_t | x_{t-1}) = N(sqrt(1 - beta_t) x_{t-1}, beta_t I)   (DDPM Eq. 2)."""
+        beta = self.gather(self.betas, t, x_prev)
+        return (1 - beta).sqrt() * x_prev + beta.sqrt() * eps
+
+    def q_posterior(self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean mu_tilde_t(x_t, x_0) and variance beta_tilde_t of q(x_{t-1} | x_t, x_0)   (DDPM Eqs. 6-7)."""
+        beta, ab, ab_prev = (self.gather(a, t, x_t) for a in (self.betas, self.alpha_bar, self.alpha_bar_prev))
+        coef_x0 = ab_prev.sqrt() * beta / (1 - ab)
+        coef_xt = (1 - beta).sqrt() * (1 - ab_prev) / (1 - ab)
+        return coef_x0 * x0 + coef_xt * x_t, self.gather(self.beta_tilde, t, x_t)
+
+    # ---------------------------------------------------------------- prediction conversions
+    def x0_from_eps(self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """x0 = (x_t - sqrt(1 - alpha_bar) eps) / sqrt(alpha_bar)   (DDPM Eq. 4 solved for x_0)."""
+        ab = self.gather(self.alpha_bar, t, x_t)
+        return (x_t - (1 - ab).sqrt() * eps) / ab.sqrt()
+
+    def eps_from_x0(self, x_t: torch.Tensor, t: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+        """eps = (x_t - sqrt(alpha_bar) x0) / sqrt(1 - alpha_bar)   (DDPM Eq. 4 solved for eps)."""
+        ab = self.gather(self.alpha_bar, t, x_t)
+        return (x_t - ab.sqrt() * x0) / (1 - ab).sqrt()
+
+    def v_target(self, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """v = sqrt(alpha_bar) eps - sqrt(1 - alpha_bar) x0   (Salimans & Ho 2022, Sec. 4)."""
+        ab = self.gather(self.alpha_bar, t, x0)
+        return ab.sqrt() * eps - (1 - ab).sqrt() * x0
+
+    def x0_eps_from_v(self, x_t: torch.Tensor, t: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x0 = sqrt(ab) x_t - sqrt(1-ab) v,  eps = sqrt(1-ab) x_t + sqrt(ab) v   (Salimans & Ho 2022, App. D)."""
+        ab = self.gather(self.alpha_bar, t, x_t)
+        return ab.sqrt() * x_t - (1 - ab).sqrt() * v, (1 - ab).sqrt() * x_t + ab.sqrt() * v
+
+    def x0_eps(self, out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, clip_x0: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x0_hat, eps_hat) from a network output of type self.prediction; clipping x0 to [-1, 1]
+        re-derives eps from the clipped x0 so both stay consistent with x_t."""
+        if self.prediction == "eps":
+            x0, eps = self.x0_from_eps(x_t, t, out), out
+        elif self.prediction == "x0":
+            x0, eps = out, self.eps_from_x0(x_t, t, out)
+        else:
+            x0, eps = self.x0_eps_from_v(x_t, t, out)
+        if clip_x0:
+            x0 = x0.clamp(-1, 1)
+            eps = self.eps_from_x0(x_t, t, x0)
+        return x0, eps
+
+    def target(self, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """The regression target of the network for the configured prediction type."""
+        if self.prediction == "eps":
+            return eps
+        if self.prediction == "x0":
+            return x0
+        return self.v_target(x0, t, eps)
+
+    # ---------------------------------------------------------------- training
+    def sample_t(self, batch: int, device: torch.device, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """t ~ Uniform{0, ..., T-1}, shape (B,)."""
+        return torch.randint(0, self.T, (batch,), device=device, generator=generator)
+
+    def loss(
+        self,
+        model: Model,
+        x0: torch.Tensor,
+        cond: Optional[torch.Tensor] = None,
+        t: Optional[torch.Tensor] = None,
+        eps: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """L_simple = E_{t, x0, eps} || target - model(x_t, t) ||^2   (DDPM Eq. 14, any prediction type)."""
+        t = self.sample_t(x0.shape[0], x0.device) if t is None else t
+        eps = torch.randn_like(x0) if eps is None else eps
+        x_t = self.q_sample(x0, t, eps)  # (B, C, H, W)
+        out = call_model(model, x_t, t, cond)
+        return torch.mean((out.float() - self.target(x0, t, eps).float()) ** 2)

@@ -1,0 +1,156 @@
+"""The LightningModule: a network, the diffusion process, EMA and the optimiser, composed.
+
+`DiffusionModule` is the one core; `PixelDiffusion` is its preset for pixel space with no
+condition. Images enter and leave as (B, C, H, W) floats in [0, 1]; the network works in [-1, 1].
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence
+
+import lightning as L
+import torch
+
+from .diffusion import GaussianDiffusion, get_sampler
+from .diffusion.samplers import randn
+from .ema import EMA
+from .nn import UNet
+
+
+def to_model_space(x: torch.Tensor) -> torch.Tensor:
+    """[0, 1] -> [-1, 1]."""
+    return x * 2 - 1
+
+
+def to_image_space(x: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] -> [0, 1], clamped."""
+    return ((x + 1) / 2).clamp(0, 1)
+
+
+class DiffusionModule(L.LightningModule):
+    """Diffusion model on images: training by L_simple, EMA weights, sampling with any sampler."""
+
+    def __init__(
+        self,
+        image_size: int = 64,  # side of the square images (set from the data in `dff fit`)
+        channels: int = 3,  # image channels (set from the data in `dff fit`)
+        cond_channels: int = 0,  # channels of a condition image concatenated to x_t (0: unconditional)
+        dim: int = 64,  # U-Net base width
+        dim_mults: Sequence[int] = (1, 2, 4, 8),  # U-Net width multipliers, one per level
+        attention: bool = True,  # linear attention per level, full attention in the middle
+        timesteps: int = 1000,  # T
+        schedule: str = "linear",  # beta schedule: linear | quadratic | sigmoid | cosine
+        zero_terminal_snr: bool = False,  # rescale the schedule to alpha_bar_T = 0 (needs v or x0)
+        prediction: str = "eps",  # network target: eps | x0 | v
+        lr: float = 1e-4,  # AdamW learning rate
+        weight_decay: float = 0.0,  # AdamW weight decay
+        warmup_steps: int = 0,  # linear learning-rate warm-up
+        ema_decay: float = 0.9999,  # EMA decay (reached after the warm-up)
+        ema_warmup: bool = True,  # EMA decay warm-up min(decay, (1 + n) / (10 + n))
+        clip_x0: bool = True,  # clip predicted x0 to [-1, 1] while sampling (pixel space)
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = UNet(channels, channels, cond_channels, dim, dim_mults, attention)
+        if image_size % self.net.size_factor:
+            raise ValueError(
+                f"image_size {image_size} cannot be divided down by the U-Net: with dim_mults={tuple(dim_mults)} "
+                f"it must be a multiple of {self.net.size_factor}"
+            )
+        self.ema = EMA(self.net, ema_decay, ema_warmup)
+        self.diffusion = GaussianDiffusion(timesteps, schedule, prediction, zero_terminal_snr)
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The training network's prediction for x_t at timesteps t (B,)."""
+        return self.net(x_t, t, cond)
+
+    # ------------------------------------------------------------------ training
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        x0 = to_model_space(batch["image"])  # (B, C, H, W) in [-1, 1]
+        cond = to_model_space(batch["cond"]) if "cond" in batch else None
+        loss = self.diffusion.loss(self.net, x0, cond)
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=x0.shape[0])
+        return loss
+
+    def on_before_zero_grad(self, optimizer: torch.optim.Optimizer) -> None:
+        """Update the EMA once per optimiser step (after the step, before the gradients are cleared)."""
+        self.ema.update(self.net)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Record the class so that a checkpoint can be rebuilt without unpickling code."""
+        checkpoint["dff_model_class"] = type(self).__name__
+
+    def configure_optimizers(self):
+        h = self.hparams
+        opt = torch.optim.AdamW(self.net.parameters(), lr=h.lr, weight_decay=h.weight_decay)
+        if h.warmup_steps <= 0:
+            return opt
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / h.warmup_steps))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # ------------------------------------------------------------------ sampling
+    @torch.no_grad()
+    def sample(
+        self,
+        num: int = 16,  # number of images (ignored when cond is given: one per condition)
+        sampler: str = "ddim",  # ddpm | ddim
+        steps: Optional[int] = None,  # DDIM steps (default 50); DDPM always takes all T
+        eta: float = 0.0,  # DDIM noise: 0 deterministic, 1 ancestral
+        spacing: str = "leading",  # DDIM timestep spacing: leading | trailing
+        seed: Optional[int] = None,  # seed of a CPU generator (ignored if generator is given)
+        generator: Optional[torch.Generator] = None,
+        cond: Optional[torch.Tensor] = None,  # condition images (B, C_cond, H, W) in [0, 1]
+        use_ema: bool = True,  # sample with the EMA weights
+        progress: bool = True,
+        callback: Optional[Callable[[dict], None]] = None,
+    ) -> torch.Tensor:
+        """Generate images (num, C, H, W) in [0, 1]."""
+        h = self.hparams
+        fn = get_sampler(sampler)
+        opts: dict = {}
+        if sampler == "ddim":
+            opts = dict(steps=50 if steps is None else steps, eta=eta, spacing=spacing)
+        elif steps is not None and steps != h.timesteps:
+            raise ValueError(f"the ddpm sampler always takes all T={h.timesteps} steps, got steps={steps}; use ddim for fewer")
+        if generator is None:
+            generator = torch.Generator().manual_seed(seed if seed is not None else torch.seed() % 2**63)
+        if cond is not None:
+            num, cond = cond.shape[0], to_model_space(cond.to(self.device))
+        net = self.ema if use_ema else self.net
+        was_training = net.training
+        net.eval()
+        x_T = randn((num, h.channels, h.image_size, h.image_size), generator, self.device)
+        x0 = fn(net, self.diffusion, x_T, cond=cond, generator=generator, clip_x0=h.clip_x0,
+                progress=progress, callback=callback, **opts)
+        net.train(was_training)
+        return to_image_space(x0)
+
+
+class PixelDiffusion(DiffusionModule):
+    """Unconditional diffusion in pixel space (the original project's PixelDiffusion)."""
+
+    def __init__(
+        self,
+        image_size: int = 64,
+        channels: int = 3,
+        dim: int = 64,
+        dim_mults: Sequence[int] = (1, 2, 4, 8),
+        attention: bool = True,
+        timesteps: int = 1000,
+        schedule: str = "linear",
+        zero_terminal_snr: bool = False,
+        prediction: str = "eps",
+        lr: float = 1e-4,
+        weight_decay: float = 0.0,
+        warmup_steps: int = 0,
+        ema_decay: float = 0.9999,
+        ema_warmup: bool = True,
+        clip_x0: bool = True,
+    ):
+        super().__init__(
+            image_size, channels, 0, dim, dim_mults, attention, timesteps, schedule, zero_terminal_snr,
+            prediction, lr, weight_decay, warmup_steps, ema_decay, ema_warmup, clip_x0,
+        )
+
+
+MODELS: dict[str, type[DiffusionModule]] = {"DiffusionModule": DiffusionModule, "PixelDiffusion": PixelDiffusion}

@@ -1,0 +1,107 @@
+"""Exported weights: a safetensors file of the EMA network plus a JSON config beside it.
+
+    weights_dir/
+        model.safetensors   the EMA weights of the network (no pickle: tensors only)
+        config.json         {"format": "dff", "version": 1, "model_class": "PixelDiffusion", "hparams": {...}}
+
+`load_pretrained` takes such a folder, the .safetensors file, a run folder (its export, else its
+newest checkpoint) or a Lightning .ckpt (read with torch.load(weights_only=True): no code runs).
+"""
+from __future__ import annotations
+
+import inspect
+import json
+from pathlib import Path
+from typing import Union
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .module import MODELS, DiffusionModule
+
+WEIGHTS, CONFIG = "model.safetensors", "config.json"
+EXPORT_DIR = "export"
+
+
+def constructor_hparams(model: DiffusionModule) -> dict:
+    """The hyper-parameters that model's own constructor takes, as JSON-friendly values."""
+    names = inspect.signature(type(model).__init__).parameters
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in model.hparams.items() if k in names}
+
+
+def save_pretrained(model: DiffusionModule, out_dir: Union[str, Path]) -> Path:
+    """Write model.safetensors (EMA network weights) and config.json into out_dir."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.ema.model.state_dict().items()}
+    save_file(state, out_dir / WEIGHTS)
+    cfg = {"format": "dff", "version": 1, "model_class": type(model).__name__, "hparams": constructor_hparams(model)}
+    (out_dir / CONFIG).write_text(json.dumps(cfg, indent=2) + "\n")
+    return out_dir
+
+
+def _build(model_class: str, hparams: dict, source: Path) -> DiffusionModule:
+    if model_class not in MODELS:
+        raise ValueError(f"{source}: unknown model_class {model_class!r}; expected one of {', '.join(MODELS)}")
+    return MODELS[model_class](**hparams)
+
+
+def _load_weights_dir(weights: Path) -> DiffusionModule:
+    cfg_path = weights.parent / CONFIG
+    if not cfg_path.exists():
+        raise FileNotFoundError(f"{weights}: no {CONFIG} beside it; exported weights need their config to rebuild the model")
+    try:
+        cfg = json.loads(cfg_path.read_text())
+        model_class, hparams = cfg["model_class"], cfg["hparams"]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ValueError(f"{cfg_path}: not a dff config (expected JSON with 'model_class' and 'hparams'): {e}") from e
+    model = _build(model_class, hparams, cfg_path)
+    state = load_file(weights)
+    missing, unexpected = model.net.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{weights}: weights do not match {model_class} with {cfg_path}: "
+                         f"missing {missing[:5]}, unexpected {unexpected[:5]}")
+    model.ema.model.load_state_dict(state)
+    return model
+
+
+def _load_checkpoint(ckpt: Path) -> DiffusionModule:
+    try:
+        data = torch.load(ckpt, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"{ckpt}: cannot be read as a Lightning checkpoint with weights_only=True: {e}") from e
+    hparams = dict(data.get("hyper_parameters", {}))
+    model_class = data.get("dff_model_class", "PixelDiffusion")
+    names = inspect.signature(MODELS.get(model_class, DiffusionModule).__init__).parameters
+    model = _build(model_class, {k: v for k, v in hparams.items() if k in names}, ckpt)
+    model.load_state_dict(data["state_dict"])
+    return model
+
+
+def find_weights(path: Union[str, Path]) -> Path:
+    """The file to load for a run folder, an export folder, a .safetensors or a .ckpt path."""
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"{str(p)!r} does not exist: expected a run folder, an export folder, "
+                                f"a {WEIGHTS} file or a .ckpt checkpoint")
+    if p.is_file():
+        if p.suffix not in (".safetensors", ".ckpt"):
+            raise ValueError(f"{p}: expected a .safetensors or .ckpt file")
+        return p
+    for cand in (p / WEIGHTS, p / EXPORT_DIR / WEIGHTS):
+        if cand.exists():
+            return cand
+    exports = sorted(p.glob(f"**/{EXPORT_DIR}/{WEIGHTS}"), key=lambda q: q.stat().st_mtime)
+    if exports:
+        return exports[-1]
+    ckpts = sorted(p.glob("**/*.ckpt"), key=lambda q: q.stat().st_mtime)
+    if ckpts:
+        return ckpts[-1]
+    raise FileNotFoundError(f"{p}: no {WEIGHTS} and no .ckpt checkpoint found in this folder or below it")
+
+
+def load_pretrained(path: Union[str, Path], device: Union[str, torch.device] = "cpu") -> DiffusionModule:
+    """Rebuild a model from exported weights, a run folder or a checkpoint; in eval mode on `device`."""
+    f = find_weights(path)
+    model = _load_weights_dir(f) if f.suffix == ".safetensors" else _load_checkpoint(f)
+    return model.eval().to(device)

@@ -1,0 +1,61 @@
+"""Data distributions whose exact denoiser E[x_0 | x_t] is known in closed form, as model callables."""
+from __future__ import annotations
+
+import torch
+
+from dff.diffusion import GaussianDiffusion
+
+
+def as_prediction(d: GaussianDiffusion, x0_hat: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Turn the exact x0 estimate into the network output type d.prediction."""
+    eps_hat = d.eps_from_x0(x_t, t, x0_hat)
+    if d.prediction == "eps":
+        return eps_hat
+    if d.prediction == "x0":
+        return x0_hat
+    return d.v_target(x0_hat, t, eps_hat)
+
+
+class GaussianData:
+    """x_0 ~ N(mu, Sigma): E[x0|x_t] = mu + sqrt(ab) Sigma (ab Sigma + (1-ab) I)^{-1} (x_t - sqrt(ab) mu)."""
+
+    def __init__(self, mu: torch.Tensor, Sigma: torch.Tensor):
+        self.mu, self.Sigma = mu.double(), Sigma.double()
+
+    def denoiser(self, d: GaussianDiffusion):
+        D = len(self.mu)
+        def model(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # x_t (B, D)
+            ab = d.alpha_bar[t[0]].item()
+            S_t = ab * self.Sigma + (1 - ab) * torch.eye(D, dtype=torch.float64)
+            K = ab**0.5 * self.Sigma @ torch.linalg.inv(S_t)  # (D, D)
+            x0_hat = self.mu + (x_t - ab**0.5 * self.mu) @ K.T
+            return as_prediction(d, x0_hat, x_t, t)
+        return model
+
+
+class MixtureData:
+    """x_0 ~ sum_k pi_k N(mu_k, s_k^2 I): E[x0|x_t] = sum_k r_k(x_t) (mu_k + sqrt(ab) s_k^2 / (ab s_k^2 + 1 - ab) (x_t - sqrt(ab) mu_k))."""
+
+    def __init__(self, weights: torch.Tensor, means: torch.Tensor, stds: torch.Tensor):
+        self.pi, self.mu, self.s = weights.double(), means.double(), stds.double()  # (K,), (K, D), (K,)
+
+    def sample(self, n: int, g: torch.Generator) -> torch.Tensor:
+        k = torch.multinomial(self.pi, n, replacement=True, generator=g)
+        return self.mu[k] + self.s[k, None] * torch.randn(n, self.mu.shape[1], generator=g, dtype=torch.float64)
+
+    def denoiser(self, d: GaussianDiffusion):
+        D = self.mu.shape[1]
+        def model(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # x_t (B, D)
+            ab = d.alpha_bar[t[0]].item()
+            var_t = ab * self.s**2 + (1 - ab)  # (K,)
+            diff = x_t[:, None, :] - ab**0.5 * self.mu[None]  # (B, K, D)
+            log_r = torch.log(self.pi) - 0.5 * (diff**2).sum(-1) / var_t - 0.5 * D * torch.log(var_t)  # (B, K)
+            r = torch.softmax(log_r, dim=1)
+            x0_k = self.mu[None] + (ab**0.5 * self.s**2 / var_t)[None, :, None] * diff  # (B, K, D)
+            x0_hat = (r[:, :, None] * x0_k).sum(1)
+            return as_prediction(d, x0_hat, x_t, t)
+        return model
+
+    def assign(self, x: torch.Tensor) -> torch.Tensor:
+        """Index of the nearest component mean for each sample."""
+        return torch.cdist(x, self.mu).argmin(1)
