@@ -1,0 +1,28 @@
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+
+def write_images(folder: Path, n: int = 6, size: int = 12, ext: str = "png", seed: int = 0) -> list[Path]:
+    """n random RGB images of size x size written to folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(n):
+        p = folder / f"img_{i:02d}.{ext}"
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(p)
+        paths.append(p)
+    return paths
+
+
+@pytest.fixture
+def image_folder(tmp_path) -> Path:
+    root = tmp_path / "images"
+    write_images(root, 4, 12, "png")
+    write_images(root / "sub", 2, 12, "jpg", seed=1)
+    return root

@@ -1,0 +1,84 @@
+"""EMA against its closed form; the U-Net's shapes, channels, conditions and size errors."""
+import pytest
+import torch
+from torch import nn
+
+from dff.ema import EMA
+from dff.nn import UNet
+
+
+def test_ema_constant_decay_closed_form():
+    """theta_k = d^k theta_0 + (1 - d) sum_i d^(k-i) w_i for updates with weights w_1..w_k."""
+    net = nn.Linear(3, 2)
+    with torch.no_grad():
+        net.weight.fill_(1.0), net.bias.fill_(-1.0)
+    ema, d = EMA(net, decay=0.9, warmup=False), 0.9
+    ws = [0.5, 2.0, -3.0, 4.0, 0.25]
+    for w in ws:
+        with torch.no_grad():
+            net.weight.fill_(w), net.bias.fill_(2 * w)
+        ema.update(net)
+    k = len(ws)
+    expect_w = d**k * 1.0 + (1 - d) * sum(d ** (k - i) * w for i, w in enumerate(ws, start=1))
+    expect_b = d**k * -1.0 + (1 - d) * sum(d ** (k - i) * 2 * w for i, w in enumerate(ws, start=1))
+    assert torch.allclose(ema.model.weight, torch.full((2, 3), expect_w))
+    assert torch.allclose(ema.model.bias, torch.full((2,), expect_b))
+    assert int(ema.num_updates) == k
+
+
+def test_ema_warmup_follows_early_training():
+    """With the warm-up d_n = min(decay, (1+n)/(10+n)) the first update keeps only 1/10 of the start."""
+    net = nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        net.weight.fill_(0.0)
+    ema = EMA(net, decay=0.9999, warmup=True)
+    assert ema.decay_at(0) == pytest.approx(0.1) and ema.decay_at(10**7) == 0.9999
+    with torch.no_grad():
+        net.weight.fill_(1.0)
+    theta = 0.0
+    for n in range(100):
+        ema.update(net)
+        d_n = min(0.9999, (1 + n) / (10 + n))
+        theta = d_n * theta + (1 - d_n) * 1.0
+    assert ema.model.weight.item() == pytest.approx(theta, rel=1e-6)
+    assert theta > 0.9  # a plain 0.9999 would still be at 1 - 0.9999**100 ~ 0.01
+
+
+def test_ema_is_in_state_dict_and_restores():
+    net = nn.Linear(2, 2)
+    a = EMA(net, 0.5, warmup=False)
+    with torch.no_grad():
+        net.weight.add_(1.0)
+    a.update(net)
+    b = EMA(nn.Linear(2, 2), 0.5, warmup=False)
+    b.load_state_dict(a.state_dict())
+    assert torch.equal(b.model.weight, a.model.weight) and int(b.num_updates) == 1
+
+
+@pytest.mark.parametrize("channels", [1, 3, 4])
+def test_unet_shapes(channels):
+    net = UNet(channels, dim=8, dim_mults=(1, 2))
+    x, t = torch.randn(2, channels, 16, 16), torch.tensor([0, 999])
+    assert net(x, t).shape == (2, channels, 16, 16)
+
+
+def test_unet_condition_and_out_channels():
+    net = UNet(3, out_channels=2, cond_channels=1, dim=8, dim_mults=(1, 2, 2))
+    y = net(torch.randn(2, 3, 8, 8), torch.tensor([1, 2]), torch.randn(2, 1, 8, 8))
+    assert y.shape == (2, 2, 8, 8)
+    with pytest.raises(ValueError, match=r"condition of shape \(B, 1, 8, 8\), got None"):
+        net(torch.randn(2, 3, 8, 8), torch.tensor([1, 2]))
+
+
+def test_unet_time_matters():
+    net = UNet(1, dim=8, dim_mults=(1, 2))
+    x = torch.randn(1, 1, 8, 8)
+    assert not torch.allclose(net(x, torch.tensor([0])), net(x, torch.tensor([500])))
+
+
+def test_unet_rejects_sizes_it_cannot_divide():
+    net = UNet(3, dim=8, dim_mults=(1, 2, 4, 8))
+    with pytest.raises(ValueError, match=r"image size 20x20 .* multiples of 8"):
+        net(torch.randn(1, 3, 20, 20), torch.tensor([0]))
+    with pytest.raises(ValueError, match=r"expects x_t of shape \(B, 3, H, W\)"):
+        net(torch.randn(1, 1, 16, 16), torch.tensor([0]))

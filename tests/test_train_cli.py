@@ -1,0 +1,122 @@
+"""End to end: fit on a temporary folder, resume, sample, export, reload; the command line and its errors."""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from dff.cli import fit, main
+from dff.module import PixelDiffusion
+from dff.pretrained import load_pretrained, save_pretrained
+
+TINY = ["--model.dim", "8", "--model.dim_mults", "[1, 2]", "--model.timesteps", "50", "--model.ema_decay", "0.9",
+        "--data.image_size", "8", "--data.channels", "3", "--data.batch_size", "4", "--data.num_workers", "0",
+        "--trainer.enable_progress_bar", "false", "--trainer.logger", "true", "--trainer.log_every_n_steps", "1",
+        "--checkpoint.every_n_train_steps", "2", "--samples.every_n_steps", "2", "--samples.num", "4",
+        "--samples.steps", "5"]
+
+
+def tiny_fit(root: Path, images: Path, steps: int, *extra: str):
+    return fit(["--data.dataset", "folder", "--data.root", str(images), "--trainer.default_root_dir", str(root),
+                "--trainer.max_steps", str(steps), *TINY, *extra])
+
+
+def test_fit_resume_sample_export_reload(tmp_path, image_folder):
+    cli = tiny_fit(tmp_path / "run", image_folder, 4)
+    out = Path(cli.trainer.log_dir)
+    assert cli.trainer.global_step == 4
+    for f in ["metrics.csv", "config.yaml", "checkpoints/last.ckpt", "checkpoints/step_000002.ckpt",
+              "samples/step_000002.png", "samples/step_000004.png", "export/model.safetensors", "export/config.json"]:
+        assert (out / f).exists(), f
+    assert int(cli.model.ema.num_updates) == 4  # one EMA update per optimiser step
+    assert not torch.equal(cli.model.ema.model.init_conv.weight, cli.model.net.init_conv.weight)
+
+    # resume: the step count continues from the checkpoint, in a new version folder
+    cli2 = tiny_fit(tmp_path / "run", image_folder, 6, "--ckpt_path", str(out / "checkpoints" / "last.ckpt"))
+    assert cli2.trainer.global_step == 6 and int(cli2.model.ema.num_updates) == 6
+    assert Path(cli2.trainer.log_dir) != out
+
+    # exported EMA weights reload without pickle and give identical samples for one seed
+    model = cli2.model.eval()
+    a = model.sample(3, "ddim", 5, seed=123, progress=False)
+    reloaded = load_pretrained(Path(cli2.trainer.log_dir) / "export")
+    b = reloaded.sample(3, "ddim", 5, seed=123, progress=False)
+    assert a.shape == (3, 3, 8, 8) and torch.equal(a, b)
+    # the checkpoint loads with weights_only=True and gives the same samples too
+    c = load_pretrained(Path(cli2.trainer.log_dir) / "checkpoints" / "last.ckpt").sample(3, "ddim", 5, seed=123, progress=False)
+    assert torch.equal(a, c)
+
+
+def test_sampling_uses_the_ema_weights():
+    m = PixelDiffusion(image_size=8, channels=1, dim=8, dim_mults=(1, 2), timesteps=20).eval()
+    with torch.no_grad():
+        for p in m.ema.model.parameters():
+            p.mul_(0.5)
+    ema_out = m.sample(2, "ddim", 5, seed=0, progress=False)
+    raw_out = m.sample(2, "ddim", 5, seed=0, progress=False, use_ema=False)
+    assert not torch.equal(ema_out, raw_out)
+
+
+def test_export_format(tmp_path):
+    m = PixelDiffusion(image_size=8, channels=1, dim=8, dim_mults=(1, 2), timesteps=20)
+    save_pretrained(m, tmp_path / "w")
+    cfg = json.loads((tmp_path / "w" / "config.json").read_text())
+    assert cfg["model_class"] == "PixelDiffusion" and cfg["hparams"]["dim_mults"] == [1, 2]
+    from safetensors.torch import load_file
+    state = load_file(tmp_path / "w" / "model.safetensors")
+    assert set(state) == set(m.ema.model.state_dict())
+
+
+def test_cli_fit_and_sample(tmp_path, image_folder, capsys):
+    main(["fit", "--data.dataset", "folder", "--data.root", str(image_folder), "--trainer.default_root_dir",
+          str(tmp_path / "r"), "--trainer.max_steps", "2", *TINY])
+    run = tmp_path / "r"
+    main(["sample", str(run), "--num", "5", "--steps", "4", "--batch-size", "2", "--out", str(tmp_path / "s"), "--no-progress"])
+    files = sorted(p.name for p in (tmp_path / "s").iterdir())
+    assert files == ["grid.png"] + [f"sample_{i:04d}.png" for i in range(5)]
+    # nothing is overwritten silently
+    with pytest.raises(SystemExit, match="already holds files"):
+        main(["sample", str(run), "--num", "1", "--out", str(tmp_path / "s")])
+    main(["sample", str(run), "--num", "1", "--steps", "2", "--out", str(tmp_path / "s"), "--overwrite", "--no-progress"])
+
+
+def test_cli_sample_errors(tmp_path, image_folder):
+    with pytest.raises(SystemExit, match="does not exist"):
+        main(["sample", str(tmp_path / "missing"), "--out", str(tmp_path / "o1")])
+    (tmp_path / "emptyrun").mkdir()
+    with pytest.raises(SystemExit, match="no model.safetensors and no .ckpt"):
+        main(["sample", str(tmp_path / "emptyrun"), "--out", str(tmp_path / "o2")])
+    m = PixelDiffusion(image_size=8, channels=1, dim=8, dim_mults=(1, 2), timesteps=20)
+    save_pretrained(m, tmp_path / "w")
+    with pytest.raises(SystemExit, match="unknown sampler 'euler'"):
+        main(["sample", str(tmp_path / "w"), "--sampler", "euler", "--out", str(tmp_path / "o3")])
+    with pytest.raises(SystemExit, match="between 1 and the training timesteps T=20, got 50"):
+        main(["sample", str(tmp_path / "w"), "--steps", "50", "--out", str(tmp_path / "o4"), "--no-progress"])
+    (tmp_path / "w" / "model.safetensors").unlink()
+    with pytest.raises(SystemExit, match="does not exist|no model.safetensors"):
+        main(["sample", str(tmp_path / "w" / "model.safetensors"), "--out", str(tmp_path / "o5")])
+
+
+def test_cli_unknown_config_key(tmp_path, capsys):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("model:\n  dimm: 8\ndata:\n  dataset: digits\n")
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(cfg)])
+    assert "dimm" in capsys.readouterr().err
+
+
+def test_cli_bad_data_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        main(["fit", "--data.root", str(tmp_path / "nothing"), "--trainer.max_steps", "1",
+              "--trainer.default_root_dir", str(tmp_path / "r"), *TINY])
+
+
+def test_image_size_the_unet_cannot_divide():
+    with pytest.raises(ValueError, match="image_size 20 .* multiple of 8"):
+        PixelDiffusion(image_size=20, dim=8, dim_mults=(1, 2, 4, 8))
+
+
+def test_ddpm_refuses_fewer_steps():
+    m = PixelDiffusion(image_size=8, channels=1, dim=8, dim_mults=(1, 2), timesteps=20)
+    with pytest.raises(ValueError, match="ddpm sampler always takes all T=20"):
+        m.sample(1, "ddpm", steps=10, progress=False)
