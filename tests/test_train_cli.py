@@ -48,7 +48,7 @@ def test_fit_resume_sample_export_reload(tmp_path, image_folder):
 
 
 def test_sampling_uses_the_ema_weights():
-    m = PixelDiffusion(image_size=8, channels=1, dim=8, dim_mults=(1, 2), timesteps=20).eval()
+    m = PixelDiffusion(image_size=8, channels=1, dim=8, dim_mults=(1, 2), timesteps=50).eval()
     with torch.no_grad():
         for p in m.ema.model.parameters():
             p.mul_(0.5)
@@ -58,7 +58,7 @@ def test_sampling_uses_the_ema_weights():
 
 
 def test_export_format(tmp_path):
-    m = PixelDiffusion(image_size=8, channels=1, dim=8, dim_mults=(1, 2), timesteps=20)
+    m = PixelDiffusion(image_size=8, channels=1, dim=8, dim_mults=(1, 2), timesteps=50)
     save_pretrained(m, tmp_path / "w")
     cfg = json.loads((tmp_path / "w" / "config.json").read_text())
     assert cfg["model_class"] == "PixelDiffusion" and cfg["hparams"]["dim_mults"] == [1, 2]
@@ -86,12 +86,12 @@ def test_cli_sample_errors(tmp_path, image_folder):
     (tmp_path / "emptyrun").mkdir()
     with pytest.raises(SystemExit, match="no model.safetensors and no .ckpt"):
         main(["sample", str(tmp_path / "emptyrun"), "--out", str(tmp_path / "o2")])
-    m = PixelDiffusion(image_size=8, channels=1, dim=8, dim_mults=(1, 2), timesteps=20)
+    m = PixelDiffusion(image_size=8, channels=1, dim=8, dim_mults=(1, 2), timesteps=50)
     save_pretrained(m, tmp_path / "w")
     with pytest.raises(SystemExit, match="unknown sampler 'euler'"):
         main(["sample", str(tmp_path / "w"), "--sampler", "euler", "--out", str(tmp_path / "o3")])
-    with pytest.raises(SystemExit, match="between 1 and the training timesteps T=20, got 50"):
-        main(["sample", str(tmp_path / "w"), "--steps", "50", "--out", str(tmp_path / "o4"), "--no-progress"])
+    with pytest.raises(SystemExit, match="between 1 and the training timesteps T=50, got 60"):
+        main(["sample", str(tmp_path / "w"), "--steps", "60", "--out", str(tmp_path / "o4"), "--no-progress"])
     (tmp_path / "w" / "model.safetensors").unlink()
     with pytest.raises(SystemExit, match="does not exist|no model.safetensors"):
         main(["sample", str(tmp_path / "w" / "model.safetensors"), "--out", str(tmp_path / "o5")])
@@ -117,6 +117,6 @@ def test_image_size_the_unet_cannot_divide():
 
 
 def test_ddpm_refuses_fewer_steps():
-    m = PixelDiffusion(image_size=8, channels=1, dim=8, dim_mults=(1, 2), timesteps=20)
-    with pytest.raises(ValueError, match="ddpm sampler always takes all T=20"):
+    m = PixelDiffusion(image_size=8, channels=1, dim=8, dim_mults=(1, 2), timesteps=50)
+    with pytest.raises(ValueError, match="ddpm sampler always takes all T=50"):
         m.sample(1, "ddpm", steps=10, progress=False)
