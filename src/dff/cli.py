@@ -10,6 +10,7 @@ import argparse
 import importlib.util
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -55,6 +56,9 @@ class DffCLI(LightningCLI):
 
 def fit(argv: Sequence[str], run: bool = True) -> DffCLI:
     """Run `fit` through Lightning's CLI with the given arguments (after the word 'fit')."""
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+    # the EMA copy of the network stays in eval mode on purpose
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
     return DffCLI(
         PixelDiffusion, ImageDataModule,
         args=["fit", *argv] if run else list(argv),

@@ -113,7 +113,8 @@ class DiffusionModule(L.LightningModule):
         elif steps is not None and steps != h.timesteps:
             raise ValueError(f"the ddpm sampler always takes all T={h.timesteps} steps, got steps={steps}; use ddim for fewer")
         if generator is None:
-            generator = torch.Generator().manual_seed(seed if seed is not None else torch.seed() % 2**63)
+            generator = torch.Generator()
+            generator.manual_seed(seed) if seed is not None else generator.seed()
         if cond is not None:
             num, cond = cond.shape[0], to_model_space(cond.to(self.device))
         net = self.ema if use_ema else self.net
