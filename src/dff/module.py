@@ -41,6 +41,9 @@ class DiffusionModule(L.LightningModule):
         schedule: str = "linear",  # beta schedule: linear | quadratic | sigmoid | cosine
         zero_terminal_snr: bool = False,  # rescale the schedule to alpha_bar_T = 0 (needs v or x0)
         prediction: str = "eps",  # network target: eps | x0 | v
+        loss_weighting: str = "none",  # none (L_simple) | min_snr (min-SNR-gamma, Hang et al. 2023)
+        min_snr_gamma: float = 5.0,  # gamma of min-SNR weighting
+        offset_noise: float = 0.0,  # offset-noise strength (0: off)
         lr: float = 1e-4,  # AdamW learning rate
         weight_decay: float = 0.0,  # AdamW weight decay
         warmup_steps: int = 0,  # linear learning-rate warm-up
@@ -57,7 +60,9 @@ class DiffusionModule(L.LightningModule):
                 f"it must be a multiple of {self.net.size_factor}"
             )
         self.ema = EMA(self.net, ema_decay, ema_warmup)
-        self.diffusion = GaussianDiffusion(timesteps, schedule, prediction, zero_terminal_snr)
+        self.diffusion = GaussianDiffusion(timesteps, schedule, prediction, zero_terminal_snr,
+                                           loss_weighting=loss_weighting, min_snr_gamma=min_snr_gamma,
+                                           offset_noise=offset_noise)
 
     # ------------------------------------------------------------------ forward
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -128,30 +133,13 @@ class DiffusionModule(L.LightningModule):
 
 
 class PixelDiffusion(DiffusionModule):
-    """Unconditional diffusion in pixel space (the original project's PixelDiffusion)."""
+    """Unconditional diffusion in pixel space (the original project's PixelDiffusion): every
+    argument of DiffusionModule except cond_channels, which is 0."""
 
-    def __init__(
-        self,
-        image_size: int = 64,
-        channels: int = 3,
-        dim: int = 64,
-        dim_mults: Sequence[int] = (1, 2, 4, 8),
-        attention: bool = True,
-        timesteps: int = 1000,
-        schedule: str = "linear",
-        zero_terminal_snr: bool = False,
-        prediction: str = "eps",
-        lr: float = 1e-4,
-        weight_decay: float = 0.0,
-        warmup_steps: int = 0,
-        ema_decay: float = 0.9999,
-        ema_warmup: bool = True,
-        clip_x0: bool = True,
-    ):
-        super().__init__(
-            image_size, channels, 0, dim, dim_mults, attention, timesteps, schedule, zero_terminal_snr,
-            prediction, lr, weight_decay, warmup_steps, ema_decay, ema_warmup, clip_x0,
-        )
+    def __init__(self, **kwargs):
+        if kwargs.get("cond_channels", 0):
+            raise ValueError("PixelDiffusion is unconditional: use PixelDiffusionConditional for a condition image")
+        super().__init__(**kwargs)
 
 
 MODELS: dict[str, type[DiffusionModule]] = {"DiffusionModule": DiffusionModule, "PixelDiffusion": PixelDiffusion}

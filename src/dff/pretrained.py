@@ -23,9 +23,18 @@ WEIGHTS, CONFIG = "model.safetensors", "config.json"
 EXPORT_DIR = "export"
 
 
+def constructor_names(cls: type) -> set[str]:
+    """Keyword arguments cls's constructor takes; a preset that forwards **kwargs takes DiffusionModule's."""
+    params = inspect.signature(cls.__init__).parameters
+    names = {k for k, p in params.items() if p.kind is not inspect.Parameter.VAR_KEYWORD and k != "self"}
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        names |= constructor_names(DiffusionModule)
+    return names
+
+
 def constructor_hparams(model: DiffusionModule) -> dict:
     """The hyper-parameters that model's own constructor takes, as JSON-friendly values."""
-    names = inspect.signature(type(model).__init__).parameters
+    names = constructor_names(type(model))
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in model.hparams.items() if k in names}
 
 
@@ -72,7 +81,7 @@ def _load_checkpoint(ckpt: Path) -> DiffusionModule:
         raise ValueError(f"{ckpt}: cannot be read as a Lightning checkpoint with weights_only=True: {e}") from e
     hparams = dict(data.get("hyper_parameters", {}))
     model_class = data.get("dff_model_class", "PixelDiffusion")
-    names = inspect.signature(MODELS.get(model_class, DiffusionModule).__init__).parameters
+    names = constructor_names(MODELS.get(model_class, DiffusionModule))
     model = _build(model_class, {k: v for k, v in hparams.items() if k in names}, ckpt)
     model.load_state_dict(data["state_dict"])
     return model

@@ -24,6 +24,7 @@ from .schedules import make_betas
 
 Prediction = Literal["eps", "x0", "v"]
 PREDICTIONS: tuple[str, ...] = ("eps", "x0", "v")
+WEIGHTINGS: tuple[str, ...] = ("none", "min_snr")
 Model = Callable[..., torch.Tensor]
 
 
@@ -42,9 +43,16 @@ class GaussianDiffusion:
         prediction: str = "eps",  # what the network predicts: eps | x0 | v
         zero_terminal_snr: bool = False,  # rescale so alpha_bar_T = 0 (Lin et al. 2023)
         betas: Optional[torch.Tensor] = None,  # explicit beta_1..beta_T, overrides schedule
+        loss_weighting: str = "none",  # none (L_simple) | min_snr (Hang et al. 2023)
+        min_snr_gamma: float = 5.0,  # gamma of min-SNR-gamma weighting
+        offset_noise: float = 0.0,  # training noise eps + offset * N(0, 1) per (sample, channel)
     ):
         if prediction not in PREDICTIONS:
             raise ValueError(f"unknown prediction {prediction!r}: expected one of {', '.join(PREDICTIONS)}")
+        if loss_weighting not in WEIGHTINGS:
+            raise ValueError(f"unknown loss_weighting {loss_weighting!r}: expected one of {', '.join(WEIGHTINGS)}")
+        if min_snr_gamma <= 0 or offset_noise < 0:
+            raise ValueError(f"min_snr_gamma must be > 0 and offset_noise >= 0, got {min_snr_gamma} and {offset_noise}")
         if zero_terminal_snr and prediction == "eps":
             raise ValueError(
                 "zero_terminal_snr=True makes x0 unrecoverable from an eps prediction at t = T "
@@ -53,6 +61,7 @@ class GaussianDiffusion:
         self.betas = betas.double() if betas is not None else make_betas(schedule, timesteps, zero_terminal_snr)
         self.T = len(self.betas)
         self.schedule, self.prediction = schedule, prediction
+        self.loss_weighting, self.min_snr_gamma, self.offset_noise = loss_weighting, min_snr_gamma, offset_noise
         self.alphas = 1 - self.betas
         self.alpha_bar = torch.cumprod(self.alphas, 0)
         self.alpha_bar_prev = torch.cat([torch.ones(1, dtype=torch.float64), self.alpha_bar[:-1]])
@@ -136,6 +145,28 @@ class GaussianDiffusion:
         """t ~ Uniform{0, ..., T-1}, shape (B,)."""
         return torch.randint(0, self.T, (batch,), device=device, generator=generator)
 
+    def min_snr_weight(self, t: torch.Tensor) -> torch.Tensor:
+        """Per-sample loss weight of min-SNR-gamma (Hang et al. 2023, Eq. 8 and Sec. 3.4), shape of t.
+
+        The weight min(SNR, gamma) is stated for an x0 loss; an eps loss is SNR times an x0 loss
+        and a v loss (SNR + 1) times one, so their weights are divided by SNR and SNR + 1.
+        """
+        snr = self.snr(t)
+        w = snr.clamp(max=self.min_snr_gamma)
+        if self.prediction == "eps":
+            w = w / snr
+        elif self.prediction == "v":
+            w = w / (snr + 1)
+        return w.float()
+
+    def noise(self, x0: torch.Tensor) -> torch.Tensor:
+        """Training noise: N(0, I), plus offset_noise * N(0, 1) shared over each (sample, channel)
+        ("offset noise", Guttenberg 2023) so that the model can shift an image's mean brightness."""
+        eps = torch.randn_like(x0)
+        if self.offset_noise > 0:
+            eps = eps + self.offset_noise * torch.randn(*x0.shape[:2], *([1] * (x0.dim() - 2)), device=x0.device, dtype=x0.dtype)
+        return eps
+
     def loss(
         self,
         model: Model,
@@ -144,9 +175,13 @@ class GaussianDiffusion:
         t: Optional[torch.Tensor] = None,
         eps: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
-        """L_simple = E_{t, x0, eps} || target - model(x_t, t) ||^2   (DDPM Eq. 14, any prediction type)."""
+        """L_simple = E_{t, x0, eps} || target - model(x_t, t) ||^2   (DDPM Eq. 14, any prediction type),
+        each sample weighted by min-SNR-gamma when loss_weighting = "min_snr"."""
         t = self.sample_t(x0.shape[0], x0.device) if t is None else t
-        eps = torch.randn_like(x0) if eps is None else eps
+        eps = self.noise(x0) if eps is None else eps
         x_t = self.q_sample(x0, t, eps)  # (B, C, H, W)
         out = call_model(model, x_t, t, cond)
-        return torch.mean((out.float() - self.target(x0, t, eps).float()) ** 2)
+        err = ((out.float() - self.target(x0, t, eps).float()) ** 2).flatten(1).mean(1)  # (B,)
+        if self.loss_weighting == "min_snr":
+            err = err * self.min_snr_weight(t)
+        return err.mean()
