@@ -21,7 +21,8 @@ from lightning.pytorch.loggers import CSVLogger
 
 from .callbacks import ExportWeights, SampleGrid, run_dir
 from .data import ImageDataModule
-from .module import PixelDiffusion
+from .data.datamodule import condition_channels, condition_kind
+from .module import DiffusionModule
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
@@ -35,6 +36,9 @@ class DffCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("data.image_size", "model.image_size")
         parser.link_arguments("data.channels", "model.channels")
+        parser.link_arguments(("data.pairs", "data.channels", "data.cond_image_channels"), "model.cond_channels",
+                              compute_fn=condition_channels)
+        parser.link_arguments("data.pairs", "model.condition", compute_fn=condition_kind)
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.save_last": True, "checkpoint.every_n_train_steps": 1000,
                              "checkpoint.save_top_k": -1, "checkpoint.filename": "step_{step:06d}",
@@ -60,7 +64,7 @@ def fit(argv: Sequence[str], run: bool = True) -> DffCLI:
     # the EMA copy of the network stays in eval mode on purpose
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
     return DffCLI(
-        PixelDiffusion, ImageDataModule,
+        DiffusionModule, ImageDataModule,
         args=["fit", *argv] if run else list(argv),
         run=run,
         trainer_defaults={"default_root_dir": "runs", "callbacks": [ExportWeights()]},

@@ -34,6 +34,7 @@ class DiffusionModule(L.LightningModule):
         image_size: int = 64,  # side of the square images (set from the data in `dff fit`)
         channels: int = 3,  # image channels (set from the data in `dff fit`)
         cond_channels: int = 0,  # channels of a condition image concatenated to x_t (0: unconditional)
+        condition: str = "none",  # none | image (given) | sr2 | sr4 | colorize | inpaint (made from an input; set from the data)
         dim: int = 64,  # U-Net base width
         dim_mults: Sequence[int] = (1, 2, 4, 8),  # U-Net width multipliers, one per level
         attention: bool = True,  # linear attention per level, full attention in the middle
@@ -50,8 +51,12 @@ class DiffusionModule(L.LightningModule):
         ema_decay: float = 0.9999,  # EMA decay (reached after the warm-up)
         ema_warmup: bool = True,  # EMA decay warm-up min(decay, (1 + n) / (10 + n))
         clip_x0: bool = True,  # clip predicted x0 to [-1, 1] while sampling (pixel space)
+        val_steps: int = 20,  # DDIM steps of the translations scored in validation (paired data)
     ):
         super().__init__()
+        if (cond_channels > 0) != (condition != "none"):
+            raise ValueError(f"cond_channels={cond_channels} and condition={condition!r} disagree: a conditional "
+                             "model needs both (cond_channels > 0 and condition != 'none'), an unconditional neither")
         self.save_hyperparameters()
         self.net = UNet(channels, channels, cond_channels, dim, dim_mults, attention)
         if image_size % self.net.size_factor:
@@ -77,6 +82,19 @@ class DiffusionModule(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=x0.shape[0])
         return loss
 
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        """Translate the validation conditions (EMA weights, DDIM val_steps) and score them against
+        the targets: PSNR and SSIM; for super-resolution also the consistency with the input."""
+        from .metrics import translation_scores
+
+        if "cond" not in batch:
+            return
+        out = self.sample(cond=batch["cond"], sampler="ddim", steps=self.hparams.val_steps, seed=batch_idx,
+                          progress=False)
+        scores = translation_scores(out, batch["image"], batch["cond"], self.hparams.condition)
+        for k, v in scores.items():
+            self.log(f"val/{k}", v, batch_size=out.shape[0], sync_dist=True)
+
     def on_before_zero_grad(self, optimizer: torch.optim.Optimizer) -> None:
         """Update the EMA once per optimiser step (after the step, before the gradients are cleared)."""
         self.ema.update(self.net)
@@ -97,19 +115,21 @@ class DiffusionModule(L.LightningModule):
     @torch.no_grad()
     def sample(
         self,
-        num: int = 16,  # number of images (ignored when cond is given: one per condition)
+        num: int = 16,  # number of images (unconditional models)
         sampler: str = "ddim",  # ddpm | ddim
         steps: Optional[int] = None,  # DDIM steps (default 50); DDPM always takes all T
         eta: float = 0.0,  # DDIM noise: 0 deterministic, 1 ancestral
         spacing: str = "leading",  # DDIM timestep spacing: leading | trailing
         seed: Optional[int] = None,  # seed of a CPU generator (ignored if generator is given)
         generator: Optional[torch.Generator] = None,
-        cond: Optional[torch.Tensor] = None,  # condition images (B, C_cond, H, W) in [0, 1]
+        cond: Optional[torch.Tensor] = None,  # condition images (B, C_cond, H, W) in [0, 1] (conditional models)
+        num_samples: int = 1,  # outputs per condition (conditional models): (B * num_samples, C, H, W)
         use_ema: bool = True,  # sample with the EMA weights
         progress: bool = True,
         callback: Optional[Callable[[dict], None]] = None,
     ) -> torch.Tensor:
-        """Generate images (num, C, H, W) in [0, 1]."""
+        """Generate images (num, C, H, W) in [0, 1]; for a conditional model, num_samples images per
+        condition, grouped by condition (rows 0..K-1 belong to cond[0]), at the condition's size."""
         h = self.hparams
         fn = get_sampler(sampler)
         opts: dict = {}
@@ -120,16 +140,35 @@ class DiffusionModule(L.LightningModule):
         if generator is None:
             generator = torch.Generator()
             generator.manual_seed(seed) if seed is not None else generator.seed()
+        size = (h.image_size, h.image_size)
+        if h.cond_channels and cond is None:
+            raise ValueError(f"this model is conditional ({h.condition}, {h.cond_channels} channels): pass cond images")
         if cond is not None:
-            num, cond = cond.shape[0], to_model_space(cond.to(self.device))
+            self.check_condition(cond)
+            cond = to_model_space(cond.to(self.device)).repeat_interleave(num_samples, dim=0)
+            num, size = cond.shape[0], tuple(cond.shape[-2:])
         net = self.ema if use_ema else self.net
         was_training = net.training
         net.eval()
-        x_T = randn((num, h.channels, h.image_size, h.image_size), generator, self.device)
+        x_T = randn((num, h.channels, *size), generator, self.device)
         x0 = fn(net, self.diffusion, x_T, cond=cond, generator=generator, clip_x0=h.clip_x0,
                 progress=progress, callback=callback, **opts)
         net.train(was_training)
         return to_image_space(x0)
+
+
+    def check_condition(self, cond: torch.Tensor) -> None:
+        """Clear errors for a condition the network cannot take."""
+        h = self.hparams
+        if not h.cond_channels:
+            raise ValueError("this model is unconditional: it takes no cond images")
+        if cond.dim() != 4 or cond.shape[1] != h.cond_channels:
+            raise ValueError(f"condition of shape {tuple(cond.shape)}: this model expects (B, {h.cond_channels}, H, W) "
+                             f"({h.cond_channels}-channel condition images, trained with condition={h.condition!r})")
+        f = self.net.size_factor
+        if cond.shape[-1] % f or cond.shape[-2] % f:
+            raise ValueError(f"condition size {tuple(cond.shape[-2:])}: height and width must be multiples of {f} "
+                             "for this U-Net (pad the input, as `dff translate` does)")
 
 
 class PixelDiffusion(DiffusionModule):
@@ -142,4 +181,20 @@ class PixelDiffusion(DiffusionModule):
         super().__init__(**kwargs)
 
 
-MODELS: dict[str, type[DiffusionModule]] = {"DiffusionModule": DiffusionModule, "PixelDiffusion": PixelDiffusion}
+class PixelDiffusionConditional(DiffusionModule):
+    """Image-to-image diffusion in pixel space (the original project's PixelDiffusionConditional):
+    the condition image is concatenated to x_t along channels. Every argument of DiffusionModule;
+    cond_channels must be > 0 (default 3) and condition defaults to "image"."""
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("cond_channels", 3)
+        kwargs.setdefault("condition", "image")
+        if kwargs["cond_channels"] <= 0:
+            raise ValueError("PixelDiffusionConditional needs cond_channels > 0; use PixelDiffusion without a condition")
+        super().__init__(**kwargs)
+
+
+MODELS: dict[str, type[DiffusionModule]] = {
+    "DiffusionModule": DiffusionModule, "PixelDiffusion": PixelDiffusion,
+    "PixelDiffusionConditional": PixelDiffusionConditional,
+}

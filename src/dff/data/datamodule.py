@@ -1,4 +1,15 @@
-"""The LightningDataModule for unconditional image data: a folder of images or a built-in set."""
+"""The LightningDataModule: unconditional images or (condition, image) pairs, from a folder or a
+built-in set.
+
+    pairs = none           {"image"}: a folder of images, the digits, or patches of the photos
+    pairs = side_by_side   {"cond", "image"}: pix2pix files A|B below `root`
+    pairs = folders        {"cond", "image"}: root/A and root/B with matching names
+    pairs = sr2 | sr4 | colorize | inpaint
+                           {"cond", "image"}: the condition computed from each image (tasks.py)
+
+Validation data (paired only: it measures translations) comes from `val_root` in the same layout,
+or, for the built-in photos, their held-out bottom quarter.
+"""
 from __future__ import annotations
 
 from typing import Literal, Optional
@@ -6,46 +17,108 @@ from typing import Literal, Optional
 import lightning as L
 import torch
 
-from .builtin import DigitsDataset
+from .builtin import DigitsDataset, PhotoPatches
 from .folder import Crop, ImageFolder
+from .paired import PairFolder, TaskDataset
+from .tasks import TASKS, cond_channels as task_cond_channels
+
+PAIRS: tuple[str, ...] = ("none", "side_by_side", "folders", *TASKS)
+DATASETS: tuple[str, ...] = ("folder", "digits", "photos")
+
+
+def condition_channels(pairs: str, channels: int, cond_channels: Optional[int] = None) -> int:
+    """Channels of the condition image the data gives (0: unconditional)."""
+    if pairs == "none":
+        return 0
+    if pairs in ("side_by_side", "folders"):
+        return channels if cond_channels is None else cond_channels
+    return task_cond_channels(pairs, channels)
+
+
+def condition_kind(pairs: str) -> str:
+    """What a model trained on this data is conditioned on: none, image (a given image) or a task."""
+    return "none" if pairs == "none" else "image" if pairs in ("side_by_side", "folders") else pairs
 
 
 class ImageDataModule(L.LightningDataModule):
-    """Batches {"image": (B, C, H, W) in [0, 1]} from a folder of images or the built-in digits."""
+    """Batches {"image": (B, C, H, W)} (and {"cond": (B, C_cond, H, W)} for pairs) in [0, 1]."""
 
     def __init__(
         self,
-        dataset: Literal["folder", "digits"] = "folder",  # folder: images below `root`; digits: built in
+        dataset: Literal["folder", "digits", "photos"] = "folder",  # folder: files below `root`; digits, photos: built in
         root: Optional[str] = None,  # the image folder (dataset="folder")
         image_size: int = 64,  # side of the square training images
-        channels: int = 3,  # image channels; folder images are converted (1: L, 3: RGB, 4: RGBA)
+        channels: int = 3,  # channels of the generated images; files are converted (1: L, 3: RGB, 4: RGBA)
+        pairs: str = "none",  # none | side_by_side | folders | sr2 | sr4 | colorize | inpaint
+        direction: Literal["AtoB", "BtoA"] = "AtoB",  # side_by_side / folders: AtoB conditions on A
+        cond_image_channels: Optional[int] = None,  # side_by_side / folders: channels of the condition images (default: channels)
+        val_root: Optional[str] = None,  # validation folder (paired data), same layout as root
         crop: Crop = "random",  # random | center | resize (see ImageFolder)
-        hflip: bool = True,  # random horizontal flips (folder only)
-        vflip: bool = False,  # random vertical flips (folder only)
+        hflip: bool = True,  # random horizontal flips
+        vflip: bool = False,  # random vertical flips
+        repeat: int = 1,  # visits of each file per epoch (photos: random crops per photo and epoch)
         batch_size: int = 16,
-        num_workers: int = 2,  # DataLoader workers for folders (the digits live in memory)
+        val_batch_size: int = 32,
+        num_workers: int = 2,  # DataLoader workers for folders (built-in sets live in memory)
     ):
         super().__init__()
+        if dataset not in DATASETS:
+            raise ValueError(f"unknown data.dataset {dataset!r}: expected one of {', '.join(DATASETS)}")
         if dataset == "folder" and not root:
             raise ValueError("data.root is required with data.dataset='folder': give the folder of training images")
-        if dataset not in ("folder", "digits"):
-            raise ValueError(f"unknown data.dataset {dataset!r}: expected 'folder' or 'digits'")
+        if pairs not in PAIRS:
+            raise ValueError(f"unknown data.pairs {pairs!r}: expected one of {', '.join(PAIRS)}")
+        if pairs in ("side_by_side", "folders") and dataset != "folder":
+            raise ValueError(f"data.pairs={pairs!r} reads pairs from files: it needs data.dataset='folder' and data.root")
+        if dataset == "digits" and pairs != "none":
+            raise ValueError("the digits are for unconditional generation: use data.dataset='photos' or a folder for pairs")
         self.save_hyperparameters()
         self.train_set: Optional[torch.utils.data.Dataset] = None
+        self.val_set: Optional[torch.utils.data.Dataset] = None
+
+    @property
+    def cond_channels_(self) -> int:
+        h = self.hparams
+        return condition_channels(h.pairs, h.channels, h.cond_image_channels)
+
+    def make(self, split: str) -> Optional[torch.utils.data.Dataset]:
+        """The training (split="train") or validation data set; None when there is no validation data."""
+        h, train = self.hparams, split == "train"
+        if h.dataset == "digits":
+            return DigitsDataset(h.image_size, h.channels) if train else None
+        if h.dataset == "photos":
+            base = PhotoPatches(split, h.image_size, h.channels, h.repeat, h.hflip and train, h.vflip and train)
+        else:
+            root = h.root if train else h.val_root
+            if root is None or (h.pairs == "none" and not train):
+                return None
+            crop, hflip, vflip, repeat = (h.crop, h.hflip, h.vflip, h.repeat) if train else (
+                "resize" if h.crop == "resize" else "center", False, False, 1)
+            if h.pairs in ("side_by_side", "folders"):
+                return PairFolder(root, h.pairs, h.image_size, h.channels, self.cond_channels_, h.direction,
+                                  crop, hflip, vflip, repeat)
+            base = ImageFolder(root, h.image_size, h.channels, crop, hflip, vflip, repeat=repeat)
+        if h.pairs == "none":
+            return base if train else None
+        # validation conditions are drawn once from a fixed seed, so every validation sees the same masks
+        return TaskDataset(base, h.pairs, seed=None if train else 0)
 
     def setup(self, stage: Optional[str] = None) -> None:
-        if self.train_set is not None:
-            return
-        h = self.hparams
-        if h.dataset == "digits":
-            self.train_set = DigitsDataset(h.image_size, h.channels)
-        else:
-            self.train_set = ImageFolder(h.root, h.image_size, h.channels, h.crop, h.hflip, h.vflip)
+        if self.train_set is None:
+            self.train_set = self.make("train")
+            self.val_set = self.make("val")
 
     def train_dataloader(self) -> torch.utils.data.DataLoader:
         h = self.hparams
-        workers = 0 if h.dataset == "digits" else h.num_workers
+        workers = 0 if h.dataset != "folder" else h.num_workers
         return torch.utils.data.DataLoader(
             self.train_set, batch_size=h.batch_size, shuffle=True, drop_last=len(self.train_set) >= h.batch_size,
             num_workers=workers, persistent_workers=workers > 0,
         )
+
+    def val_dataloader(self):
+        if self.val_set is None:
+            return []
+        h = self.hparams
+        workers = 0 if h.dataset != "folder" else h.num_workers
+        return torch.utils.data.DataLoader(self.val_set, batch_size=h.val_batch_size, shuffle=False, num_workers=workers)

@@ -82,6 +82,26 @@ def crop_box(w: int, h: int, size: int, crop: Crop, rng: random.Random) -> tuple
     return left, top, left + size, top + size
 
 
+def transform_same(images: list[Image.Image], size: int, crop: Crop, hflip: bool, vflip: bool,
+                   rng: random.Random) -> list[Image.Image]:
+    """Crop (or resize) to size x size, then flip: one random draw applied to every image of the
+    list, so that the two images of a pair stay aligned. The images must share one size."""
+    if len({im.size for im in images}) != 1:
+        raise ValueError(f"images of one pair must share a size, got {[im.size for im in images]}")
+    if crop == "resize":
+        w, h = images[0].size
+        scale = size / min(w, h)
+        new = (max(size, round(w * scale)), max(size, round(h * scale)))
+        images = [im.resize(new, Image.Resampling.BICUBIC) for im in images]
+    box = crop_box(*images[0].size, size, "center" if crop == "resize" else crop, rng)
+    images = [im.crop(box) for im in images]
+    if hflip and rng.random() < 0.5:
+        images = [im.transpose(Image.Transpose.FLIP_LEFT_RIGHT) for im in images]
+    if vflip and rng.random() < 0.5:
+        images = [im.transpose(Image.Transpose.FLIP_TOP_BOTTOM) for im in images]
+    return images
+
+
 def to_tensor(im: Image.Image) -> torch.Tensor:
     """PIL image -> float tensor (C, H, W) in [0, 1]."""
     a = np.asarray(im, dtype=np.float32) / 255.0
@@ -101,11 +121,13 @@ class ImageFolder(torch.utils.data.Dataset):
         hflip: bool = True,  # random horizontal flips
         vflip: bool = False,  # random vertical flips (aerial, microscopy data)
         seed: Optional[int] = None,  # fixed crops/flips (tests); None: per-worker streams
+        repeat: int = 1,  # visits of each file per epoch (small folders: fewer, longer epochs)
     ):
         if crop not in ("random", "center", "resize"):
             raise ValueError(f"unknown crop {crop!r}: expected 'random', 'center' or 'resize'")
         self.files = find_images(root)
         self.image_size, self.channels, self.crop, self.hflip, self.vflip = image_size, channels, crop, hflip, vflip
+        self.repeat = repeat
         if channels not in MODES:
             raise ValueError(f"channels must be one of {sorted(MODES)} for image files, got {channels}")
         check_images(self.files, image_size, crop)
@@ -113,21 +135,11 @@ class ImageFolder(torch.utils.data.Dataset):
         self.rng = random.Random(seed) if seed is not None else random
 
     def __len__(self) -> int:
-        return len(self.files)
+        return len(self.files) * self.repeat
 
     def transform(self, im: Image.Image) -> Image.Image:
         """Crop or resize to image_size, then flip."""
-        s = self.image_size
-        if self.crop == "resize":
-            w, h = im.size
-            scale = s / min(w, h)
-            im = im.resize((max(s, round(w * scale)), max(s, round(h * scale))), Image.Resampling.BICUBIC)
-        im = im.crop(crop_box(*im.size, s, "center" if self.crop == "resize" else self.crop, self.rng))
-        if self.hflip and self.rng.random() < 0.5:
-            im = im.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        if self.vflip and self.rng.random() < 0.5:
-            im = im.transpose(Image.Transpose.FLIP_TOP_BOTTOM)
-        return im
+        return transform_same([im], self.image_size, self.crop, self.hflip, self.vflip, self.rng)[0]
 
     def __getitem__(self, i: int) -> dict:
-        return {"image": to_tensor(self.transform(load_image(self.files[i], self.channels)))}
+        return {"image": to_tensor(self.transform(load_image(self.files[i % len(self.files)], self.channels)))}

@@ -1,0 +1,163 @@
+"""Paired data for image-to-image translation: batches {"cond": condition, "image": target}.
+
+Layouts of a folder `root`:
+    side_by_side   each file holds A and B side by side (the pix2pix archives: maps, facades, ...);
+                   the width must be even; A is the left half
+    folders        root/A/ and root/B/ hold files with matching stems (extensions may differ)
+and, for a folder of single images, `TaskDataset` computes the condition from the target crop
+(super-resolution, colorization, inpainting; see tasks.py).
+
+direction "AtoB" conditions on A and generates B; "BtoA" the reverse. The same random crop,
+resize and flips are applied to both images of a pair. Images of a pair that differ in size
+(folders layout, e.g. low-resolution inputs beside high-resolution targets) have the condition
+resized to the target's size with bicubic interpolation, with a warning that counts them.
+"""
+from __future__ import annotations
+
+import random
+import warnings
+from pathlib import Path
+from typing import Literal, Optional
+
+import torch
+from PIL import Image
+
+from .folder import MODES, Crop, find_images, to_tensor, transform_same
+from .tasks import TASKS, make_condition
+
+Layout = Literal["side_by_side", "folders"]
+Direction = Literal["AtoB", "BtoA"]
+
+
+def match_stems(root: Path) -> list[tuple[Path, Path]]:
+    """(A file, B file) pairs of root/A and root/B matched by file stem; errors name every orphan."""
+    for side in ("A", "B"):
+        if not (root / side).is_dir():
+            raise FileNotFoundError(f"paired folder {str(root)!r} has no {side}/ subfolder: expected {root}/A and {root}/B "
+                                    "holding files with matching names")
+    a = {p.relative_to(root / "A").with_suffix(""): p for p in find_images(root / "A")}
+    b = {p.relative_to(root / "B").with_suffix(""): p for p in find_images(root / "B")}
+    only_a, only_b = sorted(set(a) - set(b)), sorted(set(b) - set(a))
+    if only_a or only_b:
+        lines = [f"  {a[k]} has no partner in {root / 'B'}" for k in only_a[:10]]
+        lines += [f"  {b[k]} has no partner in {root / 'A'}" for k in only_b[:10]]
+        raise ValueError(f"{len(only_a) + len(only_b)} file(s) in {root} have no partner with the same name:\n" + "\n".join(lines))
+    return [(a[k], b[k]) for k in sorted(a)]
+
+
+def _size(p: Path) -> tuple[int, int]:
+    with Image.open(p) as im:
+        im.load()
+        return im.size
+
+
+def check_pairs(pairs: list[tuple[Path, Optional[Path]]], image_size: int, crop: Crop) -> int:
+    """Decode every file once; raise naming unreadable files, odd-width side-by-side files and
+    images too small to crop. Returns the number of pairs whose two images differ in size."""
+    bad, odd, small, differ = [], [], [], 0
+    for a, b in pairs:
+        try:
+            sizes = [_size(a)] if b is None else [_size(a), _size(b)]
+        except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ...
+            bad.append(f"  {a if b is None else f'{a} / {b}'}: {type(e).__name__}: {e}")
+            continue
+        if b is None:  # side by side
+            w, h = sizes[0]
+            if w % 2:
+                odd.append(f"  {a}: {w}x{h}")
+                continue
+            sizes = [(w // 2, h)]
+        differ += len(set(sizes)) > 1
+        w, h = sizes[-1]  # the B image; the condition is resized to the target
+        if min(w, h) < image_size and crop != "resize":
+            small.append(f"  {a}: {w}x{h}")
+    if bad:
+        raise ValueError(f"{len(bad)} image file(s) could not be decoded (corrupt or truncated); fix or remove them, "
+                         "training stops rather than skip them silently:\n" + "\n".join(bad[:20]))
+    if odd:
+        raise ValueError(f"{len(odd)} side-by-side image(s) have an odd width, so they cannot be split into two "
+                         "equal halves A|B (expected width = 2 x height for pix2pix data):\n" + "\n".join(odd[:20]))
+    if small:
+        raise ValueError(f"{len(small)} image(s) are smaller than the training size {image_size}x{image_size}, which "
+                         f"crop={crop!r} cannot cut from them (use crop='resize'):\n" + "\n".join(small[:20]))
+    return differ
+
+
+class PairFolder(torch.utils.data.Dataset):
+    """(condition, target) pairs from a side-by-side or A/B folder, cropped and flipped together."""
+
+    def __init__(
+        self,
+        root: str | Path,
+        layout: Layout = "side_by_side",
+        image_size: int = 64,
+        channels: int = 3,  # channels of the target (generated) image
+        cond_channels: int = 3,  # channels of the condition image
+        direction: Direction = "AtoB",  # AtoB: condition A, generate B
+        crop: Crop = "random",
+        hflip: bool = True,
+        vflip: bool = False,
+        repeat: int = 1,
+        seed: Optional[int] = None,
+    ):
+        if layout not in ("side_by_side", "folders"):
+            raise ValueError(f"unknown pair layout {layout!r}: expected 'side_by_side' or 'folders'")
+        if direction not in ("AtoB", "BtoA"):
+            raise ValueError(f"unknown direction {direction!r}: expected 'AtoB' or 'BtoA'")
+        for name, c in (("channels", channels), ("cond_channels", cond_channels)):
+            if c not in MODES:
+                raise ValueError(f"{name} must be one of {sorted(MODES)} for image files, got {c}")
+        root = Path(root)
+        self.pairs: list[tuple[Path, Optional[Path]]] = (
+            [(p, None) for p in find_images(root)] if layout == "side_by_side" else match_stems(root))
+        differ = check_pairs(self.pairs, image_size, crop)
+        if differ:
+            warnings.warn(f"{differ} pair(s) in {root} have images of different sizes: the condition is resized "
+                          "to the target's size (bicubic)")
+        self.image_size, self.channels, self.cond_channels = image_size, channels, cond_channels
+        self.direction, self.crop, self.hflip, self.vflip, self.repeat = direction, crop, hflip, vflip, repeat
+        self.rng = random.Random(seed) if seed is not None else random
+
+    def __len__(self) -> int:
+        return len(self.pairs) * self.repeat
+
+    def load_pair(self, i: int) -> tuple[Image.Image, Image.Image]:
+        """(A, B) as full-resolution PIL images (A converted later, once its role is known)."""
+        a, b = self.pairs[i % len(self.pairs)]
+        if b is None:
+            with Image.open(a) as im:
+                im.load()
+                w, h = im.size
+                return im.crop((0, 0, w // 2, h)), im.crop((w // 2, 0, w, h))
+        with Image.open(a) as im_a, Image.open(b) as im_b:
+            im_a.load(), im_b.load()
+            return im_a.copy(), im_b.copy()
+
+    def __getitem__(self, i: int) -> dict:
+        a, b = self.load_pair(i)
+        cond, target = (a, b) if self.direction == "AtoB" else (b, a)
+        cond, target = cond.convert(MODES[self.cond_channels]), target.convert(MODES[self.channels])
+        if cond.size != target.size:
+            cond = cond.resize(target.size, Image.Resampling.BICUBIC)
+        cond, target = transform_same([cond, target], self.image_size, self.crop, self.hflip, self.vflip, self.rng)
+        return {"cond": to_tensor(cond), "image": to_tensor(target)}
+
+
+class TaskDataset(torch.utils.data.Dataset):
+    """Wraps a data set of {"image": ...} and adds the condition of a task computed from that crop."""
+
+    def __init__(self, base: torch.utils.data.Dataset, task: str, seed: Optional[int] = None):
+        if task not in TASKS:
+            raise ValueError(f"unknown task {task!r}: expected one of {', '.join(TASKS)}")
+        self.base, self.task, self.seed = base, task, seed
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int) -> dict:
+        item = dict(self.base[i])
+        # with a seed, item i always gets the same mask (validation); else a fresh one each time
+        rng = random.Random(self.seed * 1_000_003 + i) if self.seed is not None else random
+        item["cond"] = make_condition(self.task, item["image"], rng)
+        return item
+
