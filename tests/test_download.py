@@ -203,3 +203,16 @@ def test_unknown_name(dest):
     with pytest.raises(ValueError, match=r"unknown data set 'horses'.*facades, cityscapes, maps"):
         download("horses", dest, progress=False)
     assert listing(dest) == ["mine.txt"]
+
+
+def test_cli_download_and_its_errors(server, dest, capsys):
+    from dff.cli import main
+
+    main(["data", "download", "facades", "--dir", str(dest), "--base-url", f"{server}/good/", "--no-progress"])
+    assert "extracted facades to" in capsys.readouterr().out and (dest / "facades/train/1.jpg").exists()
+    with pytest.raises(SystemExit, match="already exists"):  # never overwritten
+        main(["data", "download", "facades", "--dir", str(dest), "--base-url", f"{server}/good/", "--no-progress"])
+    with pytest.raises(SystemExit, match="truncated download"):
+        main(["data", "download", "facades", "--dir", str(dest / "x"), "--base-url", f"{server}/trunc/", "--no-progress"])
+    main(["data", "list"])
+    assert "maps" in capsys.readouterr().out

@@ -120,3 +120,12 @@ def test_ddpm_refuses_fewer_steps():
     m = PixelDiffusion(image_size=8, channels=1, dim=8, dim_mults=(1, 2), timesteps=50)
     with pytest.raises(ValueError, match="ddpm sampler always takes all T=50"):
         m.sample(1, "ddpm", steps=10, progress=False)
+
+
+@pytest.mark.parametrize("sampler", ["dpmpp_2m", "euler", "heun"])
+def test_module_samples_with_fast_samplers(sampler):
+    from dff.module import PixelDiffusion
+
+    m = PixelDiffusion(image_size=8, channels=1, dim=8, dim_mults=[1, 2], timesteps=50, schedule="cosine")
+    x = m.sample(3, sampler, steps=4, seed=0, progress=False)
+    assert x.shape == (3, 1, 8, 8) and torch.equal(x, m.sample(3, sampler, steps=4, seed=0, progress=False))

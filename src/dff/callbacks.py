@@ -5,9 +5,10 @@ from pathlib import Path
 from typing import Optional
 
 import lightning as L
+import torch
 
 from .pretrained import EXPORT_DIR, save_pretrained
-from .viz import save_grid
+from .viz import save_grid, translation_grid
 
 
 def run_dir(trainer: L.Trainer) -> Path:
@@ -16,7 +17,9 @@ def run_dir(trainer: L.Trainer) -> Path:
 
 
 class SampleGrid(L.Callback):
-    """Every `every_n_steps` optimiser steps, sample with the EMA weights and write samples/step_XXXXXX.png."""
+    """Every `every_n_steps` optimiser steps, sample with the EMA weights and write samples/step_XXXXXX.png.
+    For a conditional model the grid has one row per condition: [condition | output | target], the
+    conditions being the first `num` items of the validation set (else of the training set)."""
 
     def __init__(
         self,
@@ -31,8 +34,17 @@ class SampleGrid(L.Callback):
     def write(self, trainer: L.Trainer, pl_module) -> Optional[Path]:
         if not trainer.is_global_zero:
             return None
-        x = pl_module.sample(self.num, self.sampler, self.steps, seed=self.seed, progress=False)
-        return save_grid(x, run_dir(trainer) / "samples" / f"step_{trainer.global_step:06d}.png")
+        path = run_dir(trainer) / "samples" / f"step_{trainer.global_step:06d}.png"
+        if not pl_module.hparams.get("cond_channels", 0):
+            x = pl_module.sample(self.num, self.sampler, self.steps, seed=self.seed, progress=False)
+            return save_grid(x, path)
+        dm = trainer.datamodule
+        ds = getattr(dm, "val_set", None) or dm.train_set
+        items = [ds[i] for i in range(min(self.num, len(ds)))]
+        cond, target = torch.stack([it["cond"] for it in items]), torch.stack([it["image"] for it in items])
+        out = pl_module.sample(sampler=self.sampler, steps=self.steps, seed=self.seed, cond=cond, progress=False)
+        images, nrow = translation_grid(cond, out, target)
+        return save_grid(images, path, nrow=nrow)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step

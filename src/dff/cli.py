@@ -2,6 +2,9 @@
 
     dff fit --config configs/pixel_digits.yaml [--model.lr 2e-4 ...]   train (Lightning's CLI: any key overridable)
     dff sample RUN_OR_WEIGHTS --num 64 --sampler ddim --steps 50 --seed 0 --out DIR
+    dff translate RUN_OR_WEIGHTS --input FILE_OR_DIR --out DIR [--num-samples K]   image-to-image
+    dff eval RUN_OR_WEIGHTS --data DIR|photos                          PSNR/SSIM of translations on pairs
+    dff data download NAME [--dir data]                               a pix2pix archive (maps, facades, ...)
     dff demo                                                          train the digits demo, write figures
 """
 from __future__ import annotations
@@ -115,6 +118,84 @@ def sample_command(args: argparse.Namespace) -> list[Path]:
     return paths
 
 
+# ====================================================================== translate / eval / data
+def load_model(weights: str, device: str):
+    from .pretrained import load_pretrained
+
+    try:
+        return load_pretrained(weights, pick_device(device))
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"dff: {e}")
+
+
+def translate_command(args: argparse.Namespace) -> list[Path]:
+    from .translate import translate_files
+
+    out = Path(args.out)
+    check_out_dir(out, args.overwrite)
+    model = load_model(args.weights, args.device)
+    try:
+        paths = translate_files(model, args.input, out, args.num_samples, args.sampler, args.steps, args.eta,
+                                args.seed, args.mask, args.resize, not args.no_progress)
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"dff: {e}")
+    print(f"wrote {len(paths)} output(s) to {out}")
+    return paths
+
+
+def generation_scores(model, args: argparse.Namespace) -> dict:
+    """FID/KID of `args.num` generated images against a reference set (digits or a folder)."""
+    from .data import load_digits_tensor
+    from .evaluation import evaluate_generation, load_image_folder
+
+    h = model.hparams
+    if args.data == "digits":
+        reference = load_digits_tensor(h.image_size, h.channels)[0]
+    else:
+        reference = load_image_folder(args.data, h.channels, h.image_size)
+    num = args.num or 1000
+    g = torch.Generator().manual_seed(args.seed)
+    samples = torch.cat([model.sample(min(args.batch_size, num - i), args.sampler, args.steps, generator=g,
+                                      progress=False).cpu() for i in range(0, num, args.batch_size)])
+    res = evaluate_generation(samples, reference, args.extractor, args.extractor_weights)
+    res.update(sampler=args.sampler, steps=args.steps, data=args.data, extractor=args.extractor)
+    return res
+
+
+def eval_command(args: argparse.Namespace) -> dict:
+    from .translate import evaluate, write_json
+
+    model = load_model(args.weights, args.device)
+    try:
+        if model.hparams.condition == "none":
+            res = generation_scores(model, args)
+        else:
+            res = evaluate(model, args.data, args.layout, args.direction, args.num, args.steps, args.batch_size,
+                           args.seed)
+    except (FileNotFoundError, ValueError, ModuleNotFoundError) as e:
+        raise SystemExit(f"dff: {e}")
+    for k, v in res.items():
+        print(f"{k:18s} {v:.4f}" if isinstance(v, float) else f"{k:18s} {v}")
+    if args.json:
+        write_json(res, args.json)
+    return res
+
+
+def data_command(args: argparse.Namespace) -> Path:
+    from .data.download import PIX2PIX, download
+
+    if args.action == "list" or args.name is None:
+        for name, desc in PIX2PIX.items():
+            print(f"{name:16s} {desc}")
+        return Path(args.dir)
+    try:
+        path = download(args.name, args.dir, args.base_url, args.sha256, progress=not args.no_progress)
+    except (ValueError, FileExistsError, ConnectionError) as e:
+        raise SystemExit(f"dff: {e}")
+    print(f"extracted {args.name} to {path}")
+    return path
+
+
 # ====================================================================== demo
 def demo_command(args: argparse.Namespace) -> Path:
     """Train the digits config, then write samples, a denoising trajectory and the loss curve."""
@@ -152,14 +233,14 @@ def demo_command(args: argparse.Namespace) -> Path:
 # ====================================================================== main
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dff", description="DiffusionFastForward: train and sample diffusion models.")
-    sub = p.add_subparsers(dest="command", metavar="{fit,sample,demo}")
+    sub = p.add_subparsers(dest="command", metavar="{fit,sample,translate,eval,data,demo}")
     sub.add_parser("fit", help="train a model from a YAML config (dff fit --help for all keys)", add_help=False)
 
     s = sub.add_parser("sample", help="generate images from exported weights, a run folder or a checkpoint")
     s.add_argument("weights", help="run folder, export folder, model.safetensors or .ckpt")
     s.add_argument("--num", type=int, default=64, help="number of images (default 64)")
-    s.add_argument("--sampler", default="ddim", help="ddpm or ddim (default ddim)")
-    s.add_argument("--steps", type=int, default=None, help="DDIM steps (default 50); DDPM always takes all T")
+    s.add_argument("--sampler", default="ddim", help="ddpm, ddim, dpmpp_2m, euler or heun (default ddim)")
+    s.add_argument("--steps", type=int, default=None, help="sampling steps (DDIM default 50, dpmpp_2m/euler/heun 20); DDPM always takes all T")
     s.add_argument("--eta", type=float, default=0.0, help="DDIM eta in [0, 1] (default 0)")
     s.add_argument("--spacing", default="leading", help="DDIM timestep spacing: leading or trailing")
     s.add_argument("--seed", type=int, default=0)
@@ -168,6 +249,50 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="samples", help="output folder (default ./samples)")
     s.add_argument("--overwrite", action="store_true", help="allow writing into a folder that holds files")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    t = sub.add_parser("translate", help="image-to-image: translate files with a conditional model")
+    t.add_argument("weights", help="run folder, export folder, model.safetensors or .ckpt")
+    t.add_argument("--input", required=True, help="an image file or a folder of images (searched recursively)")
+    t.add_argument("--out", default="translations", help="output folder; names follow the inputs")
+    t.add_argument("--num-samples", type=int, default=1, help="outputs per input (NAME_k.png when > 1)")
+    t.add_argument("--sampler", default="ddim", help="ddpm, ddim, dpmpp_2m, euler or heun (default ddim)")
+    t.add_argument("--steps", type=int, default=None, help="DDIM steps (default 50)")
+    t.add_argument("--eta", type=float, default=0.0)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--mask", default=None, help="inpainting models: mask image, white = region to fill")
+    t.add_argument("--resize", action="store_true",
+                   help="resize each input to the training size (default: process it whole at its own size)")
+    t.add_argument("--device", default="auto")
+    t.add_argument("--overwrite", action="store_true", help="allow writing into a folder that holds files")
+    t.add_argument("--no-progress", action="store_true")
+
+    e = sub.add_parser("eval", help="FID/KID of generated images (unconditional models) or PSNR/SSIM of "
+                                    "translations on paired data (conditional models)")
+    e.add_argument("weights", help="run folder, export folder, model.safetensors or .ckpt")
+    e.add_argument("--data", required=True,
+                   help="reference images: 'digits' or a folder (FID/KID); 'photos' (held-out photo patches), "
+                        "a folder of images (task models) or a pair folder (PSNR/SSIM)")
+    e.add_argument("--extractor", default="digits",
+                   help="FID/KID features: digits (offline CNN), inception (needs torch-fidelity) or module:factory")
+    e.add_argument("--extractor-weights", default=None, help="local weights file of the extractor")
+    e.add_argument("--sampler", default="ddim", help="sampler of the generated images (FID/KID)")
+    e.add_argument("--layout", default="side_by_side", help="pair folders: side_by_side or folders (A/, B/)")
+    e.add_argument("--direction", default="AtoB", help="pair folders: AtoB or BtoA")
+    e.add_argument("--num", type=int, default=None,
+                   help="generated images for FID/KID (default 1000); or score the first N pairs (default all)")
+    e.add_argument("--steps", type=int, default=50, help="DDIM steps (default 50)")
+    e.add_argument("--batch-size", type=int, default=32)
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--device", default="auto")
+    e.add_argument("--json", default=None, help="also write the scores to this JSON file")
+
+    a = sub.add_parser("data", help="download a public data set: dff data download maps --dir data")
+    a.add_argument("action", choices=["download", "list"])
+    a.add_argument("name", nargs="?", default=None, help="pix2pix archive: facades, cityscapes, maps, edges2shoes, ...")
+    a.add_argument("--dir", default="data", help="destination folder (default ./data); the set lands in DIR/NAME")
+    a.add_argument("--base-url", default=None, help="mirror of the pix2pix server (default: the authors' server)")
+    a.add_argument("--sha256", default=None, help="expected SHA-256 of the archive, verified when given")
+    a.add_argument("--no-progress", action="store_true")
 
     d = sub.add_parser("demo", help="train on the built-in digits for a few minutes and write figures")
     d.add_argument("--out", default="runs/demo", help="root folder of the run (a new version_N inside)")
@@ -183,6 +308,12 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     args = build_parser().parse_args(argv)
     if args.command == "sample":
         sample_command(args)
+    elif args.command == "translate":
+        translate_command(args)
+    elif args.command == "eval":
+        eval_command(args)
+    elif args.command == "data":
+        data_command(args)
     elif args.command == "demo":
         demo_command(args)
     else:

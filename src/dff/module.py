@@ -52,11 +52,16 @@ class DiffusionModule(L.LightningModule):
         ema_warmup: bool = True,  # EMA decay warm-up min(decay, (1 + n) / (10 + n))
         clip_x0: bool = True,  # clip predicted x0 to [-1, 1] while sampling (pixel space)
         val_steps: int = 20,  # DDIM steps of the translations scored in validation (paired data)
+        residual: bool = False,  # diffuse the residual x0 - cond (SRDiff, Li et al. 2022); cond has the output's channels
+        residual_scale: float = 1.0,  # multiply the residual by this (~ 1 / its std) so the diffused data has unit scale
     ):
         super().__init__()
         if (cond_channels > 0) != (condition != "none"):
             raise ValueError(f"cond_channels={cond_channels} and condition={condition!r} disagree: a conditional "
                              "model needs both (cond_channels > 0 and condition != 'none'), an unconditional neither")
+        if residual and cond_channels != channels:
+            raise ValueError(f"residual=True diffuses x0 - cond, so the condition needs the output's {channels} "
+                             f"channels, got cond_channels={cond_channels}")
         self.save_hyperparameters()
         self.net = UNet(channels, channels, cond_channels, dim, dim_mults, attention)
         if image_size % self.net.size_factor:
@@ -78,6 +83,8 @@ class DiffusionModule(L.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         x0 = to_model_space(batch["image"])  # (B, C, H, W) in [-1, 1]
         cond = to_model_space(batch["cond"]) if "cond" in batch else None
+        if self.hparams.get("residual"):
+            x0 = (x0 - cond) * self.hparams.residual_scale  # the diffused data is what the condition misses
         loss = self.diffusion.loss(self.net, x0, cond)
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=x0.shape[0])
         return loss
@@ -116,8 +123,8 @@ class DiffusionModule(L.LightningModule):
     def sample(
         self,
         num: int = 16,  # number of images (unconditional models)
-        sampler: str = "ddim",  # ddpm | ddim
-        steps: Optional[int] = None,  # DDIM steps (default 50); DDPM always takes all T
+        sampler: str = "ddim",  # ddpm | ddim | dpmpp_2m | euler | heun
+        steps: Optional[int] = None,  # DDIM steps (default 50), fast samplers (default 20); DDPM takes all T
         eta: float = 0.0,  # DDIM noise: 0 deterministic, 1 ancestral
         spacing: str = "leading",  # DDIM timestep spacing: leading | trailing
         seed: Optional[int] = None,  # seed of a CPU generator (ignored if generator is given)
@@ -135,6 +142,8 @@ class DiffusionModule(L.LightningModule):
         opts: dict = {}
         if sampler == "ddim":
             opts = dict(steps=50 if steps is None else steps, eta=eta, spacing=spacing)
+        elif sampler != "ddpm":  # dpmpp_2m, euler, heun: their own default spacing
+            opts = dict(steps=20 if steps is None else steps)
         elif steps is not None and steps != h.timesteps:
             raise ValueError(f"the ddpm sampler always takes all T={h.timesteps} steps, got steps={steps}; use ddim for fewer")
         if generator is None:
@@ -151,8 +160,11 @@ class DiffusionModule(L.LightningModule):
         was_training = net.training
         net.eval()
         x_T = randn((num, h.channels, *size), generator, self.device)
-        x0 = fn(net, self.diffusion, x_T, cond=cond, generator=generator, clip_x0=h.clip_x0,
+        residual = h.get("residual", False)
+        x0 = fn(net, self.diffusion, x_T, cond=cond, generator=generator, clip_x0=h.clip_x0 and not residual,
                 progress=progress, callback=callback, **opts)
+        if residual:
+            x0 = x0 / h.residual_scale + cond
         net.train(was_training)
         return to_image_space(x0)
 

@@ -51,6 +51,32 @@ def save_grid(images: torch.Tensor, path: str | Path, nrow: Optional[int] = None
     return path
 
 
+def show_condition(cond: torch.Tensor, channels: int) -> torch.Tensor:
+    """A condition (B, C_cond, H, W) as a viewable (B, channels, H, W) image: the masked image of an
+    inpainting condition (mask channel dropped), grayscale repeated to colour, colour to luma."""
+    if cond.shape[1] > channels:
+        cond = cond[:, :channels]
+    if cond.shape[1] == channels:
+        return cond
+    if cond.shape[1] == 1:
+        return cond.repeat(1, channels, 1, 1)
+    return cond[:, :3].mul(torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True).repeat(1, channels, 1, 1)
+
+
+def translation_grid(cond: torch.Tensor, outputs: torch.Tensor, target: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, int]:
+    """Rows of [condition | output_1 .. output_K | target]: (B, C_cond, H, W), (B * K, C, H, W),
+    optional (B, C, H, W) -> (images, nrow) for save_grid."""
+    B, C = cond.shape[0], outputs.shape[1]
+    K = outputs.shape[0] // B
+    rows = []
+    for i in range(B):
+        row = [show_condition(cond[i:i + 1].cpu(), C), outputs[i * K:(i + 1) * K].cpu()]
+        if target is not None:
+            row.append(target[i:i + 1].cpu())
+        rows.append(torch.cat(row))
+    return torch.cat(rows), 1 + K + (target is not None)
+
+
 def save_images(images: torch.Tensor, out_dir: str | Path, names: Sequence[str]) -> list[Path]:
     """Write each image at its own resolution as out_dir/name.png."""
     out_dir = Path(out_dir)

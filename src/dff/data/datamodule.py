@@ -54,6 +54,7 @@ class ImageDataModule(L.LightningDataModule):
         cond_image_channels: Optional[int] = None,  # side_by_side / folders: channels of the condition images (default: channels)
         val_root: Optional[str] = None,  # validation folder (paired data), same layout as root
         crop: Crop = "random",  # random | center | resize (see ImageFolder)
+        crop_scale: float = 1.0,  # pairs: cut crop_scale x image_size windows, resize them to image_size
         hflip: bool = True,  # random horizontal flips
         vflip: bool = False,  # random vertical flips
         repeat: int = 1,  # visits of each file per epoch (photos: random crops per photo and epoch)
@@ -96,7 +97,7 @@ class ImageDataModule(L.LightningDataModule):
                 "resize" if h.crop == "resize" else "center", False, False, 1)
             if h.pairs in ("side_by_side", "folders"):
                 return PairFolder(root, h.pairs, h.image_size, h.channels, self.cond_channels_, h.direction,
-                                  crop, hflip, vflip, repeat)
+                                  crop, hflip, vflip, repeat, crop_scale=h.crop_scale)
             base = ImageFolder(root, h.image_size, h.channels, crop, hflip, vflip, repeat=repeat)
         if h.pairs == "none":
             return base if train else None

@@ -83,9 +83,10 @@ def crop_box(w: int, h: int, size: int, crop: Crop, rng: random.Random) -> tuple
 
 
 def transform_same(images: list[Image.Image], size: int, crop: Crop, hflip: bool, vflip: bool,
-                   rng: random.Random) -> list[Image.Image]:
+                   rng: random.Random, crop_scale: float = 1.0) -> list[Image.Image]:
     """Crop (or resize) to size x size, then flip: one random draw applied to every image of the
-    list, so that the two images of a pair stay aligned. The images must share one size."""
+    list, so that the two images of a pair stay aligned. The images must share one size.
+    crop_scale > 1 cuts a window crop_scale times larger and resizes it down to size (antialiased)."""
     if len({im.size for im in images}) != 1:
         raise ValueError(f"images of one pair must share a size, got {[im.size for im in images]}")
     if crop == "resize":
@@ -93,8 +94,11 @@ def transform_same(images: list[Image.Image], size: int, crop: Crop, hflip: bool
         scale = size / min(w, h)
         new = (max(size, round(w * scale)), max(size, round(h * scale)))
         images = [im.resize(new, Image.Resampling.BICUBIC) for im in images]
-    box = crop_box(*images[0].size, size, "center" if crop == "resize" else crop, rng)
+    window = min(round(size * crop_scale), *images[0].size) if crop != "resize" else size
+    box = crop_box(*images[0].size, window, "center" if crop == "resize" else crop, rng)
     images = [im.crop(box) for im in images]
+    if window != size:
+        images = [im.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=None) for im in images]
     if hflip and rng.random() < 0.5:
         images = [im.transpose(Image.Transpose.FLIP_LEFT_RIGHT) for im in images]
     if vflip and rng.random() < 0.5:

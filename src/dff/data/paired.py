@@ -99,6 +99,7 @@ class PairFolder(torch.utils.data.Dataset):
         vflip: bool = False,
         repeat: int = 1,
         seed: Optional[int] = None,
+        crop_scale: float = 1.0,  # cut crop_scale x image_size windows and resize them to image_size
     ):
         if layout not in ("side_by_side", "folders"):
             raise ValueError(f"unknown pair layout {layout!r}: expected 'side_by_side' or 'folders'")
@@ -117,6 +118,7 @@ class PairFolder(torch.utils.data.Dataset):
         self.image_size, self.channels, self.cond_channels = image_size, channels, cond_channels
         self.direction, self.crop, self.hflip, self.vflip, self.repeat = direction, crop, hflip, vflip, repeat
         self.rng = random.Random(seed) if seed is not None else random
+        self.crop_scale = crop_scale
 
     def __len__(self) -> int:
         return len(self.pairs) * self.repeat
@@ -139,7 +141,8 @@ class PairFolder(torch.utils.data.Dataset):
         cond, target = cond.convert(MODES[self.cond_channels]), target.convert(MODES[self.channels])
         if cond.size != target.size:
             cond = cond.resize(target.size, Image.Resampling.BICUBIC)
-        cond, target = transform_same([cond, target], self.image_size, self.crop, self.hflip, self.vflip, self.rng)
+        cond, target = transform_same([cond, target], self.image_size, self.crop, self.hflip, self.vflip, self.rng,
+                                      self.crop_scale)
         return {"cond": to_tensor(cond), "image": to_tensor(target)}
 
 

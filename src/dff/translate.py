@@ -1,0 +1,144 @@
+"""Image-to-image at inference: translate files with a trained model, and score a model on pairs.
+
+Input sizes. An input is processed whole at its own size: the U-Net is convolutional, so it is
+padded by reflection to a multiple of the network's size factor, translated, and cropped back;
+nothing is resized unless asked (`resize=True` resizes each input to the training size first,
+the choice for models whose content depends on scale, such as maps at a fixed zoom). Memory and
+time grow with the area of the input. For super-resolution models the input is the
+low-resolution image; the output is `factor` times larger.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional, Union
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .data.folder import MODES, find_images, load_image, to_tensor
+from .data.tasks import TASKS, condition_from_input, sr_factor
+from .metrics import translation_scores
+from .module import DiffusionModule
+
+
+def input_files(path: Union[str, Path]) -> tuple[Path, list[Path]]:
+    """(root, image files): a single file, or every supported image below a folder."""
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"input {str(p)!r} does not exist: expected an image file or a folder of images")
+    if p.is_file():
+        return p.parent, [p]
+    return p, find_images(p)
+
+
+def condition_of(model: DiffusionModule, path: Path, mask: Optional[torch.Tensor] = None,
+                 resize: bool = False) -> torch.Tensor:
+    """The (1, C_cond, H, W) condition the model takes for one input file."""
+    h = model.hparams
+    task = h.condition
+    if task not in ("image", *TASKS):
+        raise ValueError(f"this model is unconditional (condition={task!r}): use `dff sample`")
+    mode_channels = h.cond_channels if task == "image" else h.channels
+    try:
+        im = load_image(path, 1 if task == "colorize" else mode_channels)
+    except Exception as e:
+        raise ValueError(f"{path}: cannot be read as an image: {type(e).__name__}: {e}") from e
+    if resize:
+        side = h.image_size // sr_factor(task) if task in ("sr2", "sr4") else h.image_size
+        im = im.resize((side, side), Image.Resampling.BICUBIC)
+    x = to_tensor(im)[None]  # (1, C, H, W)
+    if task == "inpaint":
+        if mask is None:
+            raise ValueError("an inpainting model needs a mask (white = region to fill): pass --mask FILE")
+        m = F.interpolate(mask[None], size=x.shape[-2:], mode="nearest")[0]
+        return condition_from_input(task, x, m[None])
+    return x if task == "image" else condition_from_input(task, x)
+
+
+def pad_to(x: torch.Tensor, factor: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Reflect-pad (B, C, H, W) on the bottom/right to multiples of factor; returns the original (H, W)."""
+    H, W = x.shape[-2:]
+    ph, pw = -H % factor, -W % factor
+    if ph or pw:
+        mode = "reflect" if ph < H and pw < W else "replicate"
+        x = F.pad(x, (0, pw, 0, ph), mode=mode)
+    return x, (H, W)
+
+
+def translate(model: DiffusionModule, cond: torch.Tensor, num_samples: int = 1, sampler: str = "ddim",
+              steps: Optional[int] = 50, eta: float = 0.0, generator: Optional[torch.Generator] = None,
+              progress: bool = True) -> torch.Tensor:
+    """Outputs (B * num_samples, C, H, W) in [0, 1] for conditions (B, C_cond, H, W) of any size."""
+    padded, (H, W) = pad_to(cond, model.net.size_factor)
+    out = model.sample(sampler=sampler, steps=steps, eta=eta, generator=generator, cond=padded,
+                       num_samples=num_samples, progress=progress)
+    return out[..., :H, :W]
+
+
+def translate_files(model: DiffusionModule, inputs: Union[str, Path], out: Union[str, Path], num_samples: int = 1,
+                    sampler: str = "ddim", steps: Optional[int] = 50, eta: float = 0.0, seed: int = 0,
+                    mask: Optional[Union[str, Path]] = None, resize: bool = False, progress: bool = True) -> list[Path]:
+    """Translate every input file; outputs keep the inputs' relative paths as PNGs
+    (NAME.png, or NAME_k.png for k = 0..num_samples-1 when num_samples > 1)."""
+    root, files = input_files(inputs)
+    out = Path(out)
+    m = to_tensor(load_image(Path(mask), 1)) if mask is not None else None  # (1, H, W)
+    g = torch.Generator().manual_seed(seed)
+    written = []
+    for f in files:
+        cond = condition_of(model, f, m, resize)
+        y = translate(model, cond, num_samples, sampler, steps, eta, g, progress).cpu()  # (K, C, H, W)
+        rel = f.relative_to(root).with_suffix("")
+        for k, img in enumerate(y):
+            name = rel.name if num_samples == 1 else f"{rel.name}_{k}"
+            path = out / rel.parent / f"{name}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            a = (img.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+            Image.fromarray(a[:, :, 0] if a.shape[2] == 1 else a, MODES[a.shape[2]]).save(path)
+            written.append(path)
+    return written
+
+
+def evaluation_set(model: DiffusionModule, data: str, layout: str = "side_by_side", direction: str = "AtoB"):
+    """The paired data a model is scored on: 'photos' (the held-out photo patches), a folder of
+    single images for task models, or a side_by_side / folders pair folder for image models."""
+    from .data.builtin import PhotoPatches
+    from .data.folder import ImageFolder
+    from .data.paired import PairFolder, TaskDataset
+
+    h = model.hparams
+    if h.condition == "none":
+        raise ValueError("this model is unconditional: paired evaluation needs an image-to-image model")
+    if h.condition == "image":
+        if data == "photos":
+            raise ValueError("the built-in photos make task pairs (sr2, sr4, colorize, inpaint), not given conditions")
+        return PairFolder(data, layout, h.image_size, h.channels, h.cond_channels, direction, "center", False, False)
+    base = (PhotoPatches("val", h.image_size, h.channels) if data == "photos"
+            else ImageFolder(data, h.image_size, h.channels, "center", False, False))
+    return TaskDataset(base, h.condition, seed=0)
+
+
+@torch.no_grad()
+def evaluate(model: DiffusionModule, data: str, layout: str = "side_by_side", direction: str = "AtoB",
+             num: Optional[int] = None, steps: int = 50, batch_size: int = 32, seed: int = 0,
+             progress: bool = False) -> dict:
+    """Mean PSNR/SSIM (and, for super-resolution, bicubic and consistency) over a paired set."""
+    ds = evaluation_set(model, data, layout, direction)
+    n = len(ds) if num is None else min(num, len(ds))
+    g = torch.Generator().manual_seed(seed)
+    totals: dict[str, float] = {}
+    for start in range(0, n, batch_size):
+        items = [ds[i] for i in range(start, min(n, start + batch_size))]
+        cond, target = torch.stack([it["cond"] for it in items]), torch.stack([it["image"] for it in items])
+        out = translate(model, cond.to(model.device), 1, "ddim", steps, 0.0, g, progress).cpu()
+        for k, v in translation_scores(out, target, cond, model.hparams.condition).items():
+            totals[k] = totals.get(k, 0.0) + float(v) * len(items)
+    res = {k: v / n for k, v in totals.items()}
+    res.update(n=n, steps=steps, data=str(data), condition=model.hparams.condition)
+    return res
+
+
+def write_json(obj: dict, path: Union[str, Path]) -> None:
+    Path(path).write_text(json.dumps(obj, indent=2) + "\n")
