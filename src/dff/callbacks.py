@@ -36,8 +36,10 @@ class SampleGrid(L.Callback):
             return None
         path = run_dir(trainer) / "samples" / f"step_{trainer.global_step:06d}.png"
         if not pl_module.hparams.get("cond_channels", 0):
-            x = pl_module.sample(self.num, self.sampler, self.steps, seed=self.seed, progress=False)
-            return save_grid(x, path)
+            nc = pl_module.hparams.get("num_classes", 0)
+            labels = torch.arange(self.num) % nc if nc else None  # class-conditional: cycle through the classes
+            x = pl_module.sample(self.num, self.sampler, self.steps, seed=self.seed, labels=labels, progress=False)
+            return save_grid(x, path, nrow=nc if nc and self.num % nc == 0 else None)
         dm = trainer.datamodule
         ds = getattr(dm, "val_set", None) or dm.train_set
         items = [ds[i] for i in range(min(self.num, len(ds)))]

@@ -108,6 +108,7 @@ def sample_command(args: argparse.Namespace) -> list[Path]:
         n = min(args.batch_size, args.num - start)
         try:
             images.append(model.sample(n, args.sampler, args.steps, args.eta, args.spacing, generator=g,
+                                       labels=args.class_, guidance=args.guidance,
                                        progress=not args.no_progress).cpu())
         except ValueError as e:
             raise SystemExit(f"dff: {e}")
@@ -244,6 +245,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--eta", type=float, default=0.0, help="DDIM eta in [0, 1] (default 0)")
     s.add_argument("--spacing", default="leading", help="DDIM timestep spacing: leading or trailing")
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--class", dest="class_", type=int, default=None,
+                   help="class-conditional models: generate this class (default: unconditional)")
+    s.add_argument("--guidance", type=float, default=2.0,
+                   help="classifier-free guidance scale with --class: 0 unconditional, 1 conditional, >1 sharper")
     s.add_argument("--batch-size", type=int, default=64)
     s.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     s.add_argument("--out", default="samples", help="output folder (default ./samples)")

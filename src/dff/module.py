@@ -54,6 +54,8 @@ class DiffusionModule(L.LightningModule):
         val_steps: int = 20,  # DDIM steps of the translations scored in validation (paired data)
         residual: bool = False,  # diffuse the residual x0 - cond (SRDiff, Li et al. 2022); cond has the output's channels
         residual_scale: float = 1.0,  # multiply the residual by this (~ 1 / its std) so the diffused data has unit scale
+        num_classes: int = 0,  # class-conditional with classifier-free guidance: labels 0..num_classes-1 (0: off)
+        label_dropout: float = 0.1,  # share of training labels replaced by "no label" (Ho & Salimans 2022)
     ):
         super().__init__()
         if (cond_channels > 0) != (condition != "none"):
@@ -63,7 +65,7 @@ class DiffusionModule(L.LightningModule):
             raise ValueError(f"residual=True diffuses x0 - cond, so the condition needs the output's {channels} "
                              f"channels, got cond_channels={cond_channels}")
         self.save_hyperparameters()
-        self.net = UNet(channels, channels, cond_channels, dim, dim_mults, attention)
+        self.net = UNet(channels, channels, cond_channels, dim, dim_mults, attention, num_classes=num_classes)
         if image_size % self.net.size_factor:
             raise ValueError(
                 f"image_size {image_size} cannot be divided down by the U-Net: with dim_mults={tuple(dim_mults)} "
@@ -85,9 +87,40 @@ class DiffusionModule(L.LightningModule):
         cond = to_model_space(batch["cond"]) if "cond" in batch else None
         if self.hparams.get("residual"):
             x0 = (x0 - cond) * self.hparams.residual_scale  # the diffused data is what the condition misses
-        loss = self.diffusion.loss(self.net, x0, cond)
+        net = self.net
+        if self.hparams.get("num_classes"):
+            y = self.training_labels(batch)
+            net = lambda x_t, t, c=None: self.net(x_t, t, c, y)  # noqa: E731
+        loss = self.diffusion.loss(net, x0, cond)
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=x0.shape[0])
         return loss
+
+    def training_labels(self, batch: dict) -> torch.Tensor:
+        """The batch's labels (B,), a random label_dropout share replaced by the null label."""
+        h = self.hparams
+        if "label" not in batch:
+            raise ValueError(f"model.num_classes={h.num_classes} needs labelled data: data.labels=true for a folder "
+                             "(labels from sub-folder names) or the digits")
+        y = batch["label"].long()
+        if y.min() < 0 or y.max() >= h.num_classes:
+            raise ValueError(f"label {int(y.max())} in the data, but model.num_classes={h.num_classes}: "
+                             f"set model.num_classes to the number of classes")
+        drop = torch.rand(y.shape, device=y.device) < h.label_dropout
+        return torch.where(drop, torch.full_like(y, h.num_classes), y)
+
+    def class_labels(self, labels, num: int) -> torch.Tensor:
+        """Labels (num,) on the model's device from an int or a sequence; errors for unknown classes."""
+        h = self.hparams
+        if not h.get("num_classes"):
+            raise ValueError("this model was trained without class labels (num_classes=0): sample without a class")
+        y = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
+        y = y.expand(num) if y.numel() == 1 else y
+        if y.numel() != num:
+            raise ValueError(f"got {y.numel()} labels for {num} samples")
+        bad = [int(c) for c in y.unique() if c < 0 or c >= h.num_classes]
+        if bad:
+            raise ValueError(f"class {bad[0]} unknown: this model was trained with classes 0..{h.num_classes - 1}")
+        return y.to(self.device)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         """Translate the validation conditions (EMA weights, DDIM val_steps) and score them against
@@ -131,6 +164,8 @@ class DiffusionModule(L.LightningModule):
         generator: Optional[torch.Generator] = None,
         cond: Optional[torch.Tensor] = None,  # condition images (B, C_cond, H, W) in [0, 1] (conditional models)
         num_samples: int = 1,  # outputs per condition (conditional models): (B * num_samples, C, H, W)
+        labels=None,  # class-conditional models: a class index, or one per sample (None: unconditional)
+        guidance: float = 2.0,  # classifier-free guidance scale s: 0 unconditional, 1 conditional, > 1 sharper
         use_ema: bool = True,  # sample with the EMA weights
         progress: bool = True,
         callback: Optional[Callable[[dict], None]] = None,
@@ -160,14 +195,17 @@ class DiffusionModule(L.LightningModule):
         was_training = net.training
         net.eval()
         x_T = randn((num, h.channels, *size), generator, self.device)
+        model = net
+        if labels is not None:
+            from .diffusion.guidance import ClassifierFreeGuidance
+            model = ClassifierFreeGuidance(net, self.class_labels(labels, num), guidance, h.num_classes)
         residual = h.get("residual", False)
-        x0 = fn(net, self.diffusion, x_T, cond=cond, generator=generator, clip_x0=h.clip_x0 and not residual,
+        x0 = fn(model, self.diffusion, x_T, cond=cond, generator=generator, clip_x0=h.clip_x0 and not residual,
                 progress=progress, callback=callback, **opts)
         if residual:
             x0 = x0 / h.residual_scale + cond
         net.train(was_training)
         return to_image_space(x0)
-
 
     def check_condition(self, cond: torch.Tensor) -> None:
         """Clear errors for a condition the network cannot take."""

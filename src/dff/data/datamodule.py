@@ -58,6 +58,7 @@ class ImageDataModule(L.LightningDataModule):
         hflip: bool = True,  # random horizontal flips
         vflip: bool = False,  # random vertical flips
         repeat: int = 1,  # visits of each file per epoch (photos: random crops per photo and epoch)
+        labels: bool = False,  # folder: class labels from top-level sub-folder names (the digits always have labels)
         batch_size: int = 16,
         val_batch_size: int = 32,
         num_workers: int = 2,  # DataLoader workers for folders (built-in sets live in memory)
@@ -98,7 +99,8 @@ class ImageDataModule(L.LightningDataModule):
             if h.pairs in ("side_by_side", "folders"):
                 return PairFolder(root, h.pairs, h.image_size, h.channels, self.cond_channels_, h.direction,
                                   crop, hflip, vflip, repeat, crop_scale=h.crop_scale)
-            base = ImageFolder(root, h.image_size, h.channels, crop, hflip, vflip, repeat=repeat)
+            base = ImageFolder(root, h.image_size, h.channels, crop, hflip, vflip, repeat=repeat,
+                               labels=h.labels and h.pairs == "none")
         if h.pairs == "none":
             return base if train else None
         # validation conditions are drawn once from a fixed seed, so every validation sees the same masks

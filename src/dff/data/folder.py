@@ -126,6 +126,7 @@ class ImageFolder(torch.utils.data.Dataset):
         vflip: bool = False,  # random vertical flips (aerial, microscopy data)
         seed: Optional[int] = None,  # fixed crops/flips (tests); None: per-worker streams
         repeat: int = 1,  # visits of each file per epoch (small folders: fewer, longer epochs)
+        labels: bool = False,  # also return "label": the index of the file's top-level sub-folder (sorted names)
     ):
         if crop not in ("random", "center", "resize"):
             raise ValueError(f"unknown crop {crop!r}: expected 'random', 'center' or 'resize'")
@@ -135,6 +136,16 @@ class ImageFolder(torch.utils.data.Dataset):
         if channels not in MODES:
             raise ValueError(f"channels must be one of {sorted(MODES)} for image files, got {channels}")
         check_images(self.files, image_size, crop)
+        self.classes: list[str] = []
+        self.labels: Optional[list[int]] = None
+        if labels:
+            rel = [p.relative_to(root) for p in self.files]
+            loose = [str(root / r) for r in rel if len(r.parts) == 1]
+            if loose:
+                raise ValueError(f"labels from sub-folder names need every image inside a class folder of {root}, "
+                                 f"but {len(loose)} lie directly in it, e.g. {loose[0]}")
+            self.classes = sorted({r.parts[0] for r in rel})
+            self.labels = [self.classes.index(r.parts[0]) for r in rel]
         # the global `random` is reseeded per DataLoader worker by torch; a seed makes one stream
         self.rng = random.Random(seed) if seed is not None else random
 
@@ -146,4 +157,8 @@ class ImageFolder(torch.utils.data.Dataset):
         return transform_same([im], self.image_size, self.crop, self.hflip, self.vflip, self.rng)[0]
 
     def __getitem__(self, i: int) -> dict:
-        return {"image": to_tensor(self.transform(load_image(self.files[i % len(self.files)], self.channels)))}
+        i = i % len(self.files)
+        item = {"image": to_tensor(self.transform(load_image(self.files[i], self.channels)))}
+        if self.labels is not None:
+            item["label"] = self.labels[i]
+        return item

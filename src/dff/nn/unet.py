@@ -31,8 +31,10 @@ class UNet(nn.Module):
         dim_mults: Sequence[int] = (1, 2, 4, 8),  # width multiplier per level; len - 1 downsamplings
         attention: bool = True,  # linear attention at each level and full attention in the middle
         convnext_mult: int = 2,  # expansion ratio inside ConvNeXt blocks
+        num_classes: int = 0,  # class labels y in 0..num_classes-1, embedded and added to the time embedding
     ):
         super().__init__()
+        self.num_classes = num_classes
         self.in_channels, self.cond_channels = in_channels, cond_channels
         self.out_channels = out_channels or in_channels
         self.dim_mults = tuple(dim_mults)
@@ -43,6 +45,8 @@ class UNet(nn.Module):
 
         self.time_mlp = nn.Sequential(SinusoidalEmbedding(dim), nn.Linear(dim, time_dim), nn.GELU(), nn.Linear(time_dim, time_dim))
         self.init_conv = nn.Conv2d(in_channels + cond_channels, dim, 7, padding=3)
+        # one extra row, index num_classes, is the "no label" class of classifier-free guidance
+        self.class_emb = nn.Embedding(num_classes + 1, time_dim) if num_classes else None
 
         self.downs = nn.ModuleList()
         for i in range(L):
@@ -92,11 +96,20 @@ class UNet(nn.Module):
         if not self.cond_channels and cond is not None:
             raise ValueError("this UNet was built without a condition (cond_channels=0) but was given one")
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Optional[torch.Tensor] = None,
+                y: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Prediction for x_t (B, C, H, W) at timesteps t (B,), with an optional condition image and,
+        for a class-conditional network, labels y (B,) (None or num_classes: no label)."""
         self.check_input(x, cond)
         if cond is not None:
             x = torch.cat([x, cond], dim=1)  # (B, C + C_cond, H, W)
         t_emb = self.time_mlp(t)  # (B, 4 dim)
+        if self.class_emb is not None:
+            if y is None:
+                y = torch.full((x.shape[0],), self.num_classes, dtype=torch.long, device=x.device)
+            t_emb = t_emb + self.class_emb(y)  # (B, 4 dim)
+        elif y is not None:
+            raise ValueError("this UNet was built without classes (num_classes=0) but was given labels")
         x = self.init_conv(x)  # (B, dim, H, W)
 
         skips = []
