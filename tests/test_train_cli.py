@@ -88,8 +88,8 @@ def test_cli_sample_errors(tmp_path, image_folder):
         main(["sample", str(tmp_path / "emptyrun"), "--out", str(tmp_path / "o2")])
     m = PixelDiffusion(image_size=8, channels=1, dim=8, dim_mults=(1, 2), timesteps=50)
     save_pretrained(m, tmp_path / "w")
-    with pytest.raises(SystemExit, match="unknown sampler 'euler'"):
-        main(["sample", str(tmp_path / "w"), "--sampler", "euler", "--out", str(tmp_path / "o3")])
+    with pytest.raises(SystemExit, match="unknown sampler 'euler_a'"):
+        main(["sample", str(tmp_path / "w"), "--sampler", "euler_a", "--out", str(tmp_path / "o3")])
     with pytest.raises(SystemExit, match="between 1 and the training timesteps T=50, got 60"):
         main(["sample", str(tmp_path / "w"), "--steps", "60", "--out", str(tmp_path / "o4"), "--no-progress"])
     (tmp_path / "w" / "model.safetensors").unlink()
