@@ -143,3 +143,30 @@ def test_loss_is_zero_for_the_exact_target_and_positive_otherwise(prediction):
     oracle = lambda xt, tt: d.target(x0, tt, eps)
     assert d.loss(oracle, x0, t=t, eps=eps).item() == pytest.approx(0.0, abs=1e-10)
     assert d.loss(lambda xt, tt: torch.zeros_like(xt), x0, t=t, eps=eps).item() > 0.01
+
+
+@pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
+def test_min_snr_weighting_matches_closed_form(prediction):
+    """Loss with min-SNR-5 = mean_b w(t_b) * mean ||target_b||^2 for a model that outputs zeros, with
+    w = min(SNR, 5) for x0, min(SNR, 5) / SNR for eps, min(SNR, 5) / (SNR + 1) for v (Hang et al. 2023)."""
+    d = GaussianDiffusion(1000, "cosine", prediction, loss_weighting="min_snr", min_snr_gamma=5.0)
+    x0, eps = torch.randn(6, 2, 4, 4), torch.randn(6, 2, 4, 4)
+    t = torch.tensor([0, 10, 100, 400, 800, 999])
+    zero = lambda x_t, t: torch.zeros_like(x_t)  # noqa: E731
+    snr = d.alpha_bar[t] / (1 - d.alpha_bar[t])
+    w = {"x0": snr.clamp(max=5), "eps": snr.clamp(max=5) / snr, "v": snr.clamp(max=5) / (snr + 1)}[prediction]
+    per_sample = (d.target(x0, t, eps) ** 2).flatten(1).mean(1)
+    assert torch.allclose(d.loss(zero, x0, t=t, eps=eps), (w.float() * per_sample).mean(), rtol=1e-5)
+    plain = GaussianDiffusion(1000, "cosine", prediction)
+    assert torch.allclose(plain.loss(zero, x0, t=t, eps=eps), per_sample.mean(), rtol=1e-5)
+    with pytest.raises(ValueError, match="unknown loss_weighting 'snr'"):
+        GaussianDiffusion(1000, "cosine", prediction, loss_weighting="snr")
+
+
+def test_offset_noise_shifts_each_channel_mean():
+    torch.manual_seed(0)
+    x0 = torch.zeros(4000, 3, 8, 8)
+    means = GaussianDiffusion(100, "cosine", offset_noise=0.5).noise(x0).mean((2, 3))  # (B, C)
+    assert abs(means.var().item() - (1 / 64 + 0.25)) < 0.02  # per-pixel 1/HW plus offset^2
+    plain = GaussianDiffusion(100, "cosine").noise(x0).mean((2, 3))
+    assert abs(plain.var().item() - 1 / 64) < 0.003
