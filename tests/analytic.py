@@ -1,6 +1,7 @@
 """Data distributions whose exact denoiser E[x_0 | x_t] is known in closed form, as model callables."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from dff.diffusion import GaussianDiffusion
@@ -59,3 +60,15 @@ class MixtureData:
     def assign(self, x: torch.Tensor) -> torch.Tensor:
         """Index of the nearest component mean for each sample."""
         return torch.cdist(x, self.mu).argmin(1)
+
+
+def assert_recovers_mixture(x: torch.Tensor, mix: "MixtureData", n: int) -> None:
+    """Samples x (n, d) have the mixture's weights (+-0.04), and each component's mean (+-0.08)
+    and spread (15%), the components assigned by the nearest mean."""
+    k = mix.assign(x)
+    weights = torch.bincount(k, minlength=len(mix.pi)).double() / len(x)
+    assert torch.allclose(weights, mix.pi, atol=0.04), weights
+    ref = mix.sample(n, torch.Generator().manual_seed(4))
+    for j in range(len(mix.pi)):  # each component's mean and spread
+        assert torch.allclose(x[k == j].mean(0), ref[mix.assign(ref) == j].mean(0), atol=0.08)
+        assert x[k == j].std(0).mean().item() == pytest.approx(mix.s[j].item(), rel=0.15)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from analytic import GaussianData, MixtureData, as_prediction
+from analytic import GaussianData, MixtureData, as_prediction, assert_recovers_mixture
 from dff.diffusion import GaussianDiffusion
 from dff.diffusion.fast_samplers import FAST_SAMPLERS, dpm_timesteps, dpmpp_2m, edm_sigmas, euler, heun
 
@@ -72,13 +72,7 @@ def test_fast_samplers_with_zero_terminal_snr_recover_gaussian(sampler, opts):
 def test_fast_samplers_recover_mixture(sampler, opts):
     d = GaussianDiffusion(1000, "cosine")
     x = FAST_SAMPLERS[sampler](MIX.denoiser(d), d, x_T(seed=2), progress=False, **opts)
-    k = MIX.assign(x)
-    weights = torch.bincount(k, minlength=3).double() / len(x)
-    assert torch.allclose(weights, MIX.pi, atol=0.04), weights
-    ref = MIX.sample(N, torch.Generator().manual_seed(4))
-    for j in range(3):  # each component's mean and spread
-        assert torch.allclose(x[k == j].mean(0), ref[MIX.assign(ref) == j].mean(0), atol=0.08)
-        assert x[k == j].std(0).mean().item() == pytest.approx(MIX.s[j].item(), rel=0.15)
+    assert_recovers_mixture(x, MIX, N)
 
 
 # ----------------------------------------------------------------------------- signature, errors

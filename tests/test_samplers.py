@@ -3,7 +3,7 @@ and DDIM(eta=1, all steps) is DDPM with the posterior variance."""
 import pytest
 import torch
 
-from analytic import GaussianData, MixtureData, as_prediction
+from analytic import GaussianData, MixtureData, as_prediction, assert_recovers_mixture
 from dff.diffusion import GaussianDiffusion, ddim, ddim_timesteps, ddpm, get_sampler
 
 N = 4000  # samples per check: standard error of a mean ~ 0.016 per unit of std
@@ -52,13 +52,7 @@ def test_samplers_recover_mixture(sampler, opts):
     d = GaussianDiffusion(1000, "cosine")
     x = get_sampler(sampler)(MIX.denoiser(d), d, x_T(seed=2), generator=torch.Generator().manual_seed(3),
                              progress=False, **opts)
-    k = MIX.assign(x)
-    weights = torch.bincount(k, minlength=3).double() / len(x)
-    assert torch.allclose(weights, MIX.pi, atol=0.04), weights
-    ref = MIX.sample(N, torch.Generator().manual_seed(4))
-    for j in range(3):  # each component's mean and spread
-        assert torch.allclose(x[k == j].mean(0), ref[MIX.assign(ref) == j].mean(0), atol=0.08)
-        assert x[k == j].std(0).mean().item() == pytest.approx(MIX.s[j].item(), rel=0.15)
+    assert_recovers_mixture(x, MIX, N)
 
 
 def test_ddim_eta_1_all_steps_is_ddpm_posterior():

@@ -92,16 +92,21 @@ def check_out_dir(out: Path, overwrite: bool) -> None:
         raise SystemExit(f"dff: output folder {out} already holds files; choose another --out or pass --overwrite")
 
 
-def sample_command(args: argparse.Namespace) -> list[Path]:
+def load_model(weights: str, device: str):
     from .pretrained import load_pretrained
+
+    try:
+        return load_pretrained(weights, pick_device(device))
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"dff: {e}")
+
+
+def sample_command(args: argparse.Namespace) -> list[Path]:
     from .viz import save_grid, save_images
 
     out = Path(args.out)
     check_out_dir(out, args.overwrite)
-    try:
-        model = load_pretrained(args.weights, pick_device(args.device))
-    except (FileNotFoundError, ValueError) as e:
-        raise SystemExit(f"dff: {e}")
+    model = load_model(args.weights, args.device)
     g = torch.Generator().manual_seed(args.seed)
     images = []
     for start in range(0, args.num, args.batch_size):
@@ -120,15 +125,6 @@ def sample_command(args: argparse.Namespace) -> list[Path]:
 
 
 # ====================================================================== translate / eval / data
-def load_model(weights: str, device: str):
-    from .pretrained import load_pretrained
-
-    try:
-        return load_pretrained(weights, pick_device(device))
-    except (FileNotFoundError, ValueError) as e:
-        raise SystemExit(f"dff: {e}")
-
-
 def translate_command(args: argparse.Namespace) -> list[Path]:
     from .translate import translate_files
 

@@ -13,6 +13,7 @@ import torch
 from .diffusion import GaussianDiffusion, get_sampler
 from .diffusion.samplers import randn
 from .ema import EMA
+from .metrics import translation_scores
 from .nn import UNet
 
 
@@ -125,8 +126,6 @@ class DiffusionModule(L.LightningModule):
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         """Translate the validation conditions (EMA weights, DDIM val_steps) and score them against
         the targets: PSNR and SSIM; for super-resolution also the consistency with the input."""
-        from .metrics import translation_scores
-
         if "cond" not in batch:
             return
         out = self.sample(cond=batch["cond"], sampler="ddim", steps=self.hparams.val_steps, seed=batch_idx,
