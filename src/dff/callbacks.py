@@ -49,6 +49,8 @@ class SampleGrid(L.Callback):
         return save_grid(images, path, nrow=nrow)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if not hasattr(pl_module, "sample"):  # an autoencoder: ExportWeights writes its reconstructions
+            return
         step = trainer.global_step
         if self.every_n_steps > 0 and step > 0 and step % self.every_n_steps == 0 and step != getattr(self, "_last", -1):
             self._last = step
@@ -56,9 +58,19 @@ class SampleGrid(L.Callback):
 
 
 class ExportWeights(L.Callback):
-    """At the end of fit, write the EMA weights as <run>/export/{model.safetensors, config.json}."""
+    """At the end of fit, write the EMA weights as <run>/export/{model.safetensors, config.json};
+    an autoencoder writes <run>/export/autoencoder (diffusers' format) and reconstructions.png."""
 
     def on_train_end(self, trainer, pl_module) -> None:
-        if trainer.is_global_zero:
-            out = save_pretrained(pl_module, run_dir(trainer) / EXPORT_DIR)
-            print(f"exported EMA weights to {out}")
+        if not trainer.is_global_zero:
+            return
+        if hasattr(pl_module, "export"):
+            out = pl_module.export(run_dir(trainer) / EXPORT_DIR)
+            print(f"exported the autoencoder to {out}")
+            dm = trainer.datamodule
+            ds = getattr(dm, "val_set", None) or dm.train_set
+            images = torch.stack([ds[i]["image"] for i in range(min(8, len(ds)))])
+            print(f"wrote {pl_module.export_reconstructions(images, run_dir(trainer) / 'reconstructions.png')}")
+            return
+        out = save_pretrained(pl_module, run_dir(trainer) / EXPORT_DIR)
+        print(f"exported EMA weights to {out}")

@@ -4,6 +4,7 @@
     dff sample RUN_OR_WEIGHTS --num 64 --sampler ddim --steps 50 --seed 0 --out DIR
     dff translate RUN_OR_WEIGHTS --input FILE_OR_DIR --out DIR [--num-samples K]   image-to-image
     dff eval RUN_OR_WEIGHTS --data DIR|photos                          PSNR/SSIM of translations on pairs
+    dff eval AUTOENCODER_RUN --data DIR|textures                       reconstruction PSNR/SSIM
     dff data download NAME [--dir data]                               a pix2pix archive (maps, facades, ...)
     dff demo                                                          train the digits demo, write figures
 """
@@ -17,6 +18,7 @@ import warnings
 from pathlib import Path
 from typing import Optional, Sequence
 
+import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
@@ -36,12 +38,16 @@ class DffCLI(LightningCLI):
     sample grids and exported weights; logs (CSV, and TensorBoard when installed) go to
     trainer.default_root_dir/version_N."""
 
+    autoencoder_mode = False  # model: class_path: ... (an AutoencoderModule) instead of DiffusionModule's keys
+
     def add_arguments_to_parser(self, parser) -> None:
-        parser.link_arguments("data.image_size", "model.image_size")
-        parser.link_arguments("data.channels", "model.channels")
-        parser.link_arguments(("data.pairs", "data.channels", "data.cond_image_channels"), "model.cond_channels",
-                              compute_fn=condition_channels)
-        parser.link_arguments("data.pairs", "model.condition", compute_fn=condition_kind)
+        m = "model.init_args." if self.autoencoder_mode else "model."
+        parser.link_arguments("data.image_size", m + "image_size")
+        parser.link_arguments("data.channels", m + "channels")
+        if not self.autoencoder_mode:
+            parser.link_arguments(("data.pairs", "data.channels", "data.cond_image_channels"), "model.cond_channels",
+                                  compute_fn=condition_channels)
+            parser.link_arguments("data.pairs", "model.condition", compute_fn=condition_kind)
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.save_last": True, "checkpoint.every_n_train_steps": 1000,
                              "checkpoint.save_top_k": -1, "checkpoint.filename": "step_{step:06d}",
@@ -61,13 +67,36 @@ class DffCLI(LightningCLI):
         return super().instantiate_trainer(**kwargs)
 
 
+def config_model_class_path(argv: Sequence[str]) -> Optional[str]:
+    """The `model.class_path` of the --config files in argv, if any (autoencoder configs name one)."""
+    import yaml
+
+    paths = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--config"]
+    paths += [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
+    found = None
+    for path in paths:
+        try:
+            cfg = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError):
+            continue  # LightningCLI reports unreadable configs itself
+        model = cfg.get("model") if isinstance(cfg, dict) else None
+        if isinstance(model, dict) and "class_path" in model:
+            found = model["class_path"]
+    return found
+
+
 def fit(argv: Sequence[str], run: bool = True) -> DffCLI:
-    """Run `fit` through Lightning's CLI with the given arguments (after the word 'fit')."""
+    """Run `fit` through Lightning's CLI with the given arguments (after the word 'fit'). A config
+    whose model section names a class_path (configs/autoencoder_*.yaml) trains that LightningModule;
+    otherwise the keys of model: are DiffusionModule's arguments."""
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
     # the EMA copy of the network stays in eval mode on purpose
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
-    return DffCLI(
-        DiffusionModule, ImageDataModule,
+    subclass = config_model_class_path(argv) is not None
+    cli_class = type("DffAutoencoderCLI", (DffCLI,), {"autoencoder_mode": True}) if subclass else DffCLI
+    return cli_class(
+        L.LightningModule if subclass else DiffusionModule, ImageDataModule,
+        subclass_mode_model=subclass,
         args=["fit", *argv] if run else list(argv),
         run=run,
         trainer_defaults={"default_root_dir": "runs", "callbacks": [ExportWeights()]},
@@ -159,9 +188,54 @@ def generation_scores(model, args: argparse.Namespace) -> dict:
     return res
 
 
+def is_autoencoder_only(path: str) -> bool:
+    """A folder that holds an AutoencoderKL (diffusers' format, or a dff autoencoder run) and no
+    diffusion weights."""
+    from .autoencoders import find_autoencoder_dir
+    from .pretrained import WEIGHTS
+
+    p = Path(path)
+    return p.is_dir() and find_autoencoder_dir(p) is not None and not any(p.glob(f"**/{WEIGHTS}"))
+
+
+def autoencoder_scores(args: argparse.Namespace) -> dict:
+    """Reconstruction PSNR/SSIM of an autoencoder (alone, or a latent model's) on --data."""
+    import json
+
+    from .autoencoders import find_autoencoder_dir, load_autoencoder
+    from .evaluation.reconstruction import evaluate_autoencoder, reconstruction_images
+
+    if is_autoencoder_only(args.weights):
+        folder = find_autoencoder_dir(Path(args.weights))
+        channels = json.loads((folder / "config.json").read_text())["in_channels"]
+        ae, size = load_autoencoder(str(folder), channels), args.image_size or 256
+    else:
+        model = load_model(args.weights, args.device)
+        if not model.is_latent:
+            raise ValueError("--autoencoder: this is a pixel-space model, it has no autoencoder")
+        ae, channels, size = model.autoencoder, model.hparams.channels, args.image_size or model.hparams.image_size
+    ae = ae.to(pick_device(args.device))
+    images = reconstruction_images(args.data, channels, size)
+    if args.num:
+        images = images[:args.num]
+    res = evaluate_autoencoder(ae, images, args.batch_size)
+    res.update(data=args.data, image_size=size, autoencoder=getattr(ae, "source", ""))
+    return res
+
+
 def eval_command(args: argparse.Namespace) -> dict:
     from .translate import evaluate, write_json
 
+    if args.autoencoder or is_autoencoder_only(args.weights):
+        try:
+            res = autoencoder_scores(args)
+        except (FileNotFoundError, ValueError) as e:
+            raise SystemExit(f"dff: {e}")
+        for k, v in res.items():
+            print(f"{k:18s} {v:.4f}" if isinstance(v, float) else f"{k:18s} {v}")
+        if args.json:
+            write_json(res, args.json)
+        return res
     model = load_model(args.weights, args.device)
     try:
         if model.hparams.condition == "none":
@@ -267,8 +341,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--overwrite", action="store_true", help="allow writing into a folder that holds files")
     t.add_argument("--no-progress", action="store_true")
 
-    e = sub.add_parser("eval", help="FID/KID of generated images (unconditional models) or PSNR/SSIM of "
-                                    "translations on paired data (conditional models)")
+    e = sub.add_parser("eval", help="FID/KID of generated images (unconditional models), PSNR/SSIM of "
+                                    "translations on paired data (conditional models), or of an autoencoder's "
+                                    "reconstructions")
     e.add_argument("weights", help="run folder, export folder, model.safetensors or .ckpt")
     e.add_argument("--data", required=True,
                    help="reference images: 'digits' or a folder (FID/KID); 'photos' (held-out photo patches), "
@@ -286,6 +361,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--device", default="auto")
     e.add_argument("--json", default=None, help="also write the scores to this JSON file")
+    e.add_argument("--autoencoder", action="store_true",
+                   help="score the autoencoder's reconstructions (PSNR/SSIM) instead: a latent model's, or give "
+                        "an autoencoder folder/run (then this is automatic); --data textures|photos|FOLDER")
+    e.add_argument("--image-size", type=int, default=None,
+                   help="--autoencoder: side of the evaluated crops (default: the model's size, or 256)")
 
     a = sub.add_parser("data", help="download a public data set: dff data download maps --dir data")
     a.add_argument("action", choices=["download", "list"])

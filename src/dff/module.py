@@ -1,7 +1,9 @@
 """The LightningModule: a network, the diffusion process, EMA and the optimiser, composed.
 
-`DiffusionModule` is the one core; `PixelDiffusion` is its preset for pixel space with no
-condition. Images enter and leave as (B, C, H, W) floats in [0, 1]; the network works in [-1, 1].
+`DiffusionModule` is the one core; `PixelDiffusion`, `PixelDiffusionConditional`,
+`LatentDiffusion` and `LatentDiffusionConditional` are presets of it. Images enter and leave as
+(B, C, H, W) floats in [0, 1]; the network works on z_0 = s * E(2x - 1), where E is the
+autoencoder (the identity in pixel space) and s the latent scale (1 in pixel space).
 """
 from __future__ import annotations
 
@@ -9,7 +11,9 @@ from typing import Callable, Optional, Sequence
 
 import lightning as L
 import torch
+import torch.nn.functional as F
 
+from .autoencoders import load_autoencoder
 from .diffusion import GaussianDiffusion, get_sampler
 from .diffusion.samplers import randn
 from .ema import EMA
@@ -25,6 +29,18 @@ def to_model_space(x: torch.Tensor) -> torch.Tensor:
 def to_image_space(x: torch.Tensor) -> torch.Tensor:
     """[-1, 1] -> [0, 1], clamped."""
     return ((x + 1) / 2).clamp(0, 1)
+
+
+def _drop_autoencoder_keys(module, state_dict, prefix, local_metadata) -> None:
+    """State-dict hook: the frozen autoencoder is not part of the model's weights."""
+    for k in [k for k in state_dict if k.startswith(prefix + "autoencoder.")]:
+        del state_dict[k]
+
+
+def _ignore_missing_autoencoder_keys(module, incompatible_keys) -> None:
+    """Load hook: the autoencoder's weights come from its own folder, so they are never missing."""
+    keys = incompatible_keys.missing_keys
+    keys[:] = [k for k in keys if not k.startswith("autoencoder.")]
 
 
 class DiffusionModule(L.LightningModule):
@@ -57,6 +73,10 @@ class DiffusionModule(L.LightningModule):
         residual_scale: float = 1.0,  # multiply the residual by this (~ 1 / its std) so the diffused data has unit scale
         num_classes: int = 0,  # class-conditional with classifier-free guidance: labels 0..num_classes-1 (0: off)
         label_dropout: float = 0.1,  # share of training labels replaced by "no label" (Ho & Salimans 2022)
+        autoencoder: Optional[str] = None,  # latent diffusion: AutoencoderKL folder, dff autoencoder run or hub id (None: pixel space)
+        latent_scale: Optional[float] = None,  # s in z_0 = s * E(x); None: 1 / std of the training latents, estimated at the start of fit
+        latent_condition: str = "encode",  # latent conditional models: encode (by the autoencoder) | resize (to the latent size)
+        latent_scale_samples: int = 512,  # training images encoded to estimate the latent scale
     ):
         super().__init__()
         if (cond_channels > 0) != (condition != "none"):
@@ -65,17 +85,101 @@ class DiffusionModule(L.LightningModule):
         if residual and cond_channels != channels:
             raise ValueError(f"residual=True diffuses x0 - cond, so the condition needs the output's {channels} "
                              f"channels, got cond_channels={cond_channels}")
+        if latent_condition not in ("encode", "resize"):
+            raise ValueError(f"unknown latent_condition {latent_condition!r}: expected 'encode' or 'resize'")
         self.save_hyperparameters()
-        self.net = UNet(channels, channels, cond_channels, dim, dim_mults, attention, num_classes=num_classes)
-        if image_size % self.net.size_factor:
+        self.autoencoder = load_autoencoder(autoencoder, channels)
+        ae, latent = self.autoencoder, autoencoder not in (None, "", "identity")
+        if latent and residual:
+            raise ValueError("residual=True is for pixel space; a latent model (model.autoencoder set) cannot use it")
+        if latent and cond_channels and latent_condition == "encode" and cond_channels != channels:
+            raise ValueError(f"latent_condition='encode' passes the condition through the autoencoder, which takes "
+                             f"{channels}-channel images, but cond_channels={cond_channels}: use latent_condition='resize'")
+        net_cond = ae.latent_channels if latent and cond_channels and latent_condition == "encode" else cond_channels
+        # z_0 = s * E(x); s is a buffer so that checkpoints keep the estimate (NaN: not estimated yet)
+        s = 1.0 if not latent else float("nan") if latent_scale is None else float(latent_scale)
+        self.register_buffer("scale", torch.tensor(s, dtype=torch.float32))
+        self.net = UNet(ae.latent_channels, ae.latent_channels, net_cond, dim, dim_mults, attention,
+                        num_classes=num_classes)
+        if image_size % self.size_factor:
             raise ValueError(
-                f"image_size {image_size} cannot be divided down by the U-Net: with dim_mults={tuple(dim_mults)} "
-                f"it must be a multiple of {self.net.size_factor}"
+                f"image_size {image_size} cannot be divided down by the U-Net: with dim_mults={tuple(dim_mults)}"
+                + (f" and the autoencoder's factor {ae.factor}" if latent else "")
+                + f" it must be a multiple of {self.size_factor}"
             )
+        # the frozen autoencoder is rebuilt from `autoencoder`, never stored in checkpoints
+        self._register_state_dict_hook(_drop_autoencoder_keys)
+        self.register_load_state_dict_post_hook(_ignore_missing_autoencoder_keys)
         self.ema = EMA(self.net, ema_decay, ema_warmup)
         self.diffusion = GaussianDiffusion(timesteps, schedule, prediction, zero_terminal_snr,
                                            loss_weighting=loss_weighting, min_snr_gamma=min_snr_gamma,
                                            offset_noise=offset_noise)
+
+    # ------------------------------------------------------------------ latent space
+    @property
+    def is_latent(self) -> bool:
+        return self.hparams.get("autoencoder") not in (None, "", "identity")
+
+    @property
+    def size_factor(self) -> int:
+        """Image sides must be multiples of this: the autoencoder's factor times the U-Net's."""
+        return self.autoencoder.factor * self.net.size_factor
+
+    def latent_scale(self) -> torch.Tensor:
+        if torch.isnan(self.scale):
+            raise RuntimeError("the latent scale is not set: it is estimated at the start of `fit` "
+                               "(or give model.latent_scale, or call estimate_latent_scale)")
+        return self.scale
+
+    def encode_unscaled(self, x: torch.Tensor) -> torch.Tensor:
+        """E(2x - 1): images (B, C, H, W) in [0, 1] -> latents (B, c, H/f, W/f), before the scale."""
+        return self.autoencoder.encode(to_model_space(x))
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """z_0 = s * E(2x - 1), the data the diffusion model sees."""
+        return self.encode_unscaled(x) * self.latent_scale()
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Images in [0, 1] from z_0: (D(z_0 / s) + 1) / 2."""
+        return to_image_space(self.autoencoder.decode(z / self.latent_scale()))
+
+    def condition_code(self, cond: torch.Tensor) -> torch.Tensor:
+        """The condition as the network takes it, before any latent scale: pixel space and
+        latent_condition='resize': the image in [-1, 1] (area-resized to the latent size);
+        'encode': its latent E(2c - 1)."""
+        c = to_model_space(cond)
+        if not self.is_latent:
+            return c
+        if self.hparams.latent_condition == "encode":
+            return self.autoencoder.encode(c)
+        f = self.autoencoder.factor
+        return F.interpolate(c, size=(c.shape[-2] // f, c.shape[-1] // f), mode="area")
+
+    def scale_condition(self, code: torch.Tensor) -> torch.Tensor:
+        """Encoded conditions get the latents' scale; images stay as they are."""
+        return code * self.latent_scale() if self.is_latent and self.hparams.latent_condition == "encode" else code
+
+    @torch.no_grad()
+    def estimate_latent_scale(self, latents: torch.Tensor) -> float:
+        """s = 1 / std of the given unscaled latents (Rombach et al. 2022, sec. 4.3.2 / appendix G);
+        stored in the `scale` buffer and returned."""
+        s = 1.0 / latents.float().std().item()
+        self.scale.fill_(s)
+        return s
+
+    def on_fit_start(self) -> None:
+        """Latent models: cache the training latents if the data asks for it, and estimate the
+        latent scale from the training data when it is not set (rank 0's estimate is shared)."""
+        dm = getattr(self.trainer, "datamodule", None)
+        if dm is not None and getattr(dm, "wants_latent_cache", False):
+            dm.use_latent_cache(self)  # (an error for pixel models)
+        if self.is_latent and torch.isnan(self.scale):
+            from .data.latents import sample_latents
+
+            z = sample_latents(self, dm.train_set if dm is not None else None, self.hparams.latent_scale_samples)
+            s = self.trainer.strategy.broadcast(self.estimate_latent_scale(z), 0)
+            self.scale.fill_(s)
+            print(f"latent scale s = 1 / std of {len(z)} training latents = {s:.4f}")
 
     # ------------------------------------------------------------------ forward
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -84,8 +188,15 @@ class DiffusionModule(L.LightningModule):
 
     # ------------------------------------------------------------------ training
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        x0 = to_model_space(batch["image"])  # (B, C, H, W) in [-1, 1]
-        cond = to_model_space(batch["cond"]) if "cond" in batch else None
+        if "latent" in batch:  # cached latents (data.latent_cache)
+            x0 = batch["latent"] * self.latent_scale()  # (B, c, h, w)
+        else:
+            x0 = self.encode(batch["image"])  # (B, c, H/f, W/f); pixel space: (B, C, H, W) in [-1, 1]
+        cond = None
+        if "cond_code" in batch:
+            cond = self.scale_condition(batch["cond_code"])
+        elif "cond" in batch:
+            cond = self.scale_condition(self.condition_code(batch["cond"]))
         if self.hparams.get("residual"):
             x0 = (x0 - cond) * self.hparams.residual_scale  # the diffused data is what the condition misses
         net = self.net
@@ -188,23 +299,26 @@ class DiffusionModule(L.LightningModule):
             raise ValueError(f"this model is conditional ({h.condition}, {h.cond_channels} channels): pass cond images")
         if cond is not None:
             self.check_condition(cond)
-            cond = to_model_space(cond.to(self.device)).repeat_interleave(num_samples, dim=0)
-            num, size = cond.shape[0], tuple(cond.shape[-2:])
+            image_cond = to_model_space(cond.to(self.device))
+            cond = self.scale_condition(self.condition_code(cond.to(self.device))).repeat_interleave(num_samples, dim=0)
+            num, size = cond.shape[0], tuple(s * self.autoencoder.factor for s in cond.shape[-2:])
+        f = self.autoencoder.factor
         net = self.ema if use_ema else self.net
         was_training = net.training
         net.eval()
-        x_T = randn((num, h.channels, *size), generator, self.device)
+        x_T = randn((num, self.autoencoder.latent_channels, size[0] // f, size[1] // f), generator, self.device)
         model = net
         if labels is not None:
             from .diffusion.guidance import ClassifierFreeGuidance
             model = ClassifierFreeGuidance(net, self.class_labels(labels, num), guidance, h.num_classes)
         residual = h.get("residual", False)
-        x0 = fn(model, self.diffusion, x_T, cond=cond, generator=generator, clip_x0=h.clip_x0 and not residual,
+        x0 = fn(model, self.diffusion, x_T, cond=cond, generator=generator,
+                clip_x0=h.clip_x0 and not residual and not self.is_latent,  # latents are not bounded
                 progress=progress, callback=callback, **opts)
         if residual:
-            x0 = x0 / h.residual_scale + cond
+            x0 = x0 / h.residual_scale + image_cond.repeat_interleave(num_samples, dim=0)
         net.train(was_training)
-        return to_image_space(x0)
+        return self.decode(x0)
 
     def check_condition(self, cond: torch.Tensor) -> None:
         """Clear errors for a condition the network cannot take."""
@@ -214,10 +328,10 @@ class DiffusionModule(L.LightningModule):
         if cond.dim() != 4 or cond.shape[1] != h.cond_channels:
             raise ValueError(f"condition of shape {tuple(cond.shape)}: this model expects (B, {h.cond_channels}, H, W) "
                              f"({h.cond_channels}-channel condition images, trained with condition={h.condition!r})")
-        f = self.net.size_factor
+        f = self.size_factor
         if cond.shape[-1] % f or cond.shape[-2] % f:
             raise ValueError(f"condition size {tuple(cond.shape[-2:])}: height and width must be multiples of {f} "
-                             "for this U-Net (pad the input, as `dff translate` does)")
+                             "for this model (pad the input, as `dff translate` does)")
 
 
 class PixelDiffusion(DiffusionModule):
@@ -243,7 +357,37 @@ class PixelDiffusionConditional(DiffusionModule):
         super().__init__(**kwargs)
 
 
+class LatentDiffusion(DiffusionModule):
+    """Unconditional diffusion in the latent space of an autoencoder (the original project's
+    LatentDiffusion): every argument of DiffusionModule; `autoencoder` is required (the original's
+    default was the hub id stabilityai/sd-vae-ft-ema)."""
+
+    def __init__(self, **kwargs):
+        if kwargs.get("autoencoder") in (None, "", "identity"):
+            raise ValueError("LatentDiffusion needs model.autoencoder: an AutoencoderKL folder, a dff autoencoder "
+                             "run or a hub id such as stabilityai/sd-vae-ft-ema")
+        if kwargs.get("cond_channels", 0):
+            raise ValueError("LatentDiffusion is unconditional: use LatentDiffusionConditional for a condition image")
+        super().__init__(**kwargs)
+
+
+class LatentDiffusionConditional(DiffusionModule):
+    """Image-to-image diffusion in latent space (the original project's LatentDiffusionConditional):
+    the condition is encoded by the same autoencoder (latent_condition='encode', as the original)
+    or resized to the latent size ('resize') and concatenated to z_t."""
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("cond_channels", 3)
+        kwargs.setdefault("condition", "image")
+        if kwargs.get("autoencoder") in (None, "", "identity"):
+            raise ValueError("LatentDiffusionConditional needs model.autoencoder (see LatentDiffusion)")
+        if kwargs["cond_channels"] <= 0:
+            raise ValueError("LatentDiffusionConditional needs cond_channels > 0; use LatentDiffusion without a condition")
+        super().__init__(**kwargs)
+
+
 MODELS: dict[str, type[DiffusionModule]] = {
     "DiffusionModule": DiffusionModule, "PixelDiffusion": PixelDiffusion,
     "PixelDiffusionConditional": PixelDiffusionConditional,
+    "LatentDiffusion": LatentDiffusion, "LatentDiffusionConditional": LatentDiffusionConditional,
 }

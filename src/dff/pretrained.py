@@ -3,6 +3,7 @@
     weights_dir/
         model.safetensors   the EMA weights of the network (no pickle: tensors only)
         config.json         {"format": "dff", "version": 1, "model_class": "PixelDiffusion", "hparams": {...}}
+        autoencoder/        latent models: their autoencoder in diffusers' format (hparams say "autoencoder")
 
 `load_pretrained` takes such a folder, the .safetensors file, a run folder (its export, else its
 newest checkpoint) or a Lightning .ckpt (read with torch.load(weights_only=True): no code runs).
@@ -17,6 +18,7 @@ from typing import Union
 import torch
 from safetensors.torch import load_file, save_file
 
+from .autoencoders import EXPORT_SUBDIR
 from .module import MODELS, DiffusionModule
 
 WEIGHTS, CONFIG = "model.safetensors", "config.json"
@@ -44,7 +46,13 @@ def save_pretrained(model: DiffusionModule, out_dir: Union[str, Path]) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.ema.model.state_dict().items()}
     save_file(state, out_dir / WEIGHTS)
-    cfg = {"format": "dff", "version": 1, "model_class": type(model).__name__, "hparams": constructor_hparams(model)}
+    hparams = constructor_hparams(model)
+    if getattr(model, "is_latent", False):
+        # self-contained: the autoencoder travels with the weights, the estimated scale in the config
+        model.autoencoder.save_pretrained(out_dir / EXPORT_SUBDIR)
+        hparams["autoencoder"] = EXPORT_SUBDIR  # relative to this folder
+        hparams["latent_scale"] = float(model.latent_scale())
+    cfg = {"format": "dff", "version": 1, "model_class": type(model).__name__, "hparams": hparams}
     (out_dir / CONFIG).write_text(json.dumps(cfg, indent=2) + "\n")
     return out_dir
 
@@ -64,6 +72,9 @@ def _load_weights_dir(weights: Path) -> DiffusionModule:
         model_class, hparams = cfg["model_class"], cfg["hparams"]
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise ValueError(f"{cfg_path}: not a dff config (expected JSON with 'model_class' and 'hparams'): {e}") from e
+    ae = hparams.get("autoencoder")
+    if ae and (cfg_path.parent / ae).is_dir():  # an exported model's own copy of its autoencoder
+        hparams = {**hparams, "autoencoder": str(cfg_path.parent / ae)}
     model = _build(model_class, hparams, cfg_path)
     state = load_file(weights)
     missing, unexpected = model.net.load_state_dict(state, strict=False)

@@ -71,7 +71,7 @@ def translate(model: DiffusionModule, cond: torch.Tensor, num_samples: int = 1, 
               steps: Optional[int] = 50, eta: float = 0.0, generator: Optional[torch.Generator] = None,
               progress: bool = True) -> torch.Tensor:
     """Outputs (B * num_samples, C, H, W) in [0, 1] for conditions (B, C_cond, H, W) of any size."""
-    padded, (H, W) = pad_to(cond, model.net.size_factor)
+    padded, (H, W) = pad_to(cond, model.size_factor)
     out = model.sample(sampler=sampler, steps=steps, eta=eta, generator=generator, cond=padded,
                        num_samples=num_samples, progress=progress)
     return out[..., :H, :W]
@@ -112,10 +112,10 @@ def evaluation_set(model: DiffusionModule, data: str, layout: str = "side_by_sid
     if h.condition == "none":
         raise ValueError("this model is unconditional: paired evaluation needs an image-to-image model")
     if h.condition == "image":
-        if data == "photos":
-            raise ValueError("the built-in photos make task pairs (sr2, sr4, colorize, inpaint), not given conditions")
+        if data in ("photos", "textures"):
+            raise ValueError(f"the built-in {data} make task pairs (sr2, sr4, colorize, inpaint), not given conditions")
         return PairFolder(data, layout, h.image_size, h.channels, h.cond_channels, direction, "center", False, False)
-    base = (PhotoPatches("val", h.image_size, h.channels) if data == "photos"
+    base = (PhotoPatches("val", h.image_size, h.channels, source=data) if data in ("photos", "textures")
             else ImageFolder(data, h.image_size, h.channels, "center", False, False))
     return TaskDataset(base, h.condition, seed=0)
 

@@ -7,6 +7,9 @@ so the CPU demo trains four times more steps in the same minutes.
 
 The two sample photos (a temple in China, a flower) give patches for the image-to-image demo
 (x4 super-resolution of 32x32 patches); their bottom quarter is held out for validation.
+
+scikit-image's three grayscale textures (brick, grass, gravel; 512x512) give patches for the
+latent demo, split the same way (`source="textures"`).
 """
 from __future__ import annotations
 
@@ -52,15 +55,30 @@ class DigitsDataset(torch.utils.data.Dataset):
 PHOTO_VAL_FRACTION = 0.25  # the bottom quarter of each photo is held out for validation
 
 
-def load_photos(split: str = "train", channels: int = 3) -> list[Image.Image]:
-    """scikit-learn's two sample photos (china.jpg, flower.jpg; 640x427 RGB), shipped inside the
-    package: split "train" is the top three quarters of each, "val" the bottom quarter."""
-    from sklearn.datasets import load_sample_images
+TEXTURES: tuple[str, ...] = ("brick", "grass", "gravel")
 
+
+def source_arrays(source: str) -> list:
+    """The uint8 arrays of a built-in image source: "photos" (scikit-learn) or "textures" (scikit-image)."""
+    if source == "photos":
+        from sklearn.datasets import load_sample_images
+
+        return list(load_sample_images().images)  # 2 x (427, 640, 3)
+    if source == "textures":
+        import skimage.data
+
+        return [getattr(skimage.data, name)() for name in TEXTURES]  # 3 x (512, 512)
+    raise ValueError(f"unknown built-in image source {source!r}: expected 'photos' or 'textures'")
+
+
+def load_photos(split: str = "train", channels: int = 3, source: str = "photos") -> list[Image.Image]:
+    """scikit-learn's two sample photos (china.jpg, flower.jpg; 640x427 RGB), or scikit-image's
+    textures, shipped inside the packages: split "train" is the top three quarters of each, "val"
+    the bottom quarter."""
     if split not in ("train", "val"):
         raise ValueError(f"unknown split {split!r}: expected 'train' or 'val'")
     out = []
-    for a in load_sample_images().images:  # (427, 640, 3) uint8
+    for a in source_arrays(source):
         cut = round(a.shape[0] * (1 - PHOTO_VAL_FRACTION))
         out.append(Image.fromarray(a[:cut] if split == "train" else a[cut:]).convert(MODES[channels]))
     return out
@@ -72,10 +90,10 @@ class PhotoPatches(torch.utils.data.Dataset):
     non-overlapping patches that tiles the held-out quarter."""
 
     def __init__(self, split: str = "train", image_size: int = 32, channels: int = 3, repeat: int = 256,
-                 hflip: bool = True, vflip: bool = False, seed: Optional[int] = None):
+                 hflip: bool = True, vflip: bool = False, seed: Optional[int] = None, source: str = "photos"):
         if channels not in MODES:
             raise ValueError(f"channels must be one of {sorted(MODES)}, got {channels}")
-        self.photos, self.split, self.image_size = load_photos(split, channels), split, image_size
+        self.photos, self.split, self.image_size = load_photos(split, channels, source), split, image_size
         self.repeat, self.hflip, self.vflip = repeat, hflip, vflip
         self.rng = random.Random(seed) if seed is not None else random
         s = image_size

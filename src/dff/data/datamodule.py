@@ -1,7 +1,8 @@
 """The LightningDataModule: unconditional images or (condition, image) pairs, from a folder or a
 built-in set.
 
-    pairs = none           {"image"}: a folder of images, the digits, or patches of the photos
+    pairs = none           {"image"}: a folder of images, the digits, or patches of the photos/textures
+    latent_cache = FILE    {"latent"[, "cond_code"]}: latent models train from latents encoded once
     pairs = side_by_side   {"cond", "image"}: pix2pix files A|B below `root`
     pairs = folders        {"cond", "image"}: root/A and root/B with matching names
     pairs = sr2 | sr4 | colorize | inpaint
@@ -23,7 +24,7 @@ from .paired import PairFolder, TaskDataset
 from .tasks import TASKS, cond_channels as task_cond_channels
 
 PAIRS: tuple[str, ...] = ("none", "side_by_side", "folders", *TASKS)
-DATASETS: tuple[str, ...] = ("folder", "digits", "photos")
+DATASETS: tuple[str, ...] = ("folder", "digits", "photos", "textures")
 
 
 def condition_channels(pairs: str, channels: int, cond_channels: Optional[int] = None) -> int:
@@ -45,7 +46,7 @@ class ImageDataModule(L.LightningDataModule):
 
     def __init__(
         self,
-        dataset: Literal["folder", "digits", "photos"] = "folder",  # folder: files below `root`; digits, photos: built in
+        dataset: Literal["folder", "digits", "photos", "textures"] = "folder",  # folder: files below `root`; the others are built in
         root: Optional[str] = None,  # the image folder (dataset="folder")
         image_size: int = 64,  # side of the square training images
         channels: int = 3,  # channels of the generated images; files are converted (1: L, 3: RGB, 4: RGBA)
@@ -62,6 +63,7 @@ class ImageDataModule(L.LightningDataModule):
         batch_size: int = 16,
         val_batch_size: int = 32,
         num_workers: int = 2,  # DataLoader workers for folders (built-in sets live in memory)
+        latent_cache: Optional[str] = None,  # latent models: encode the training set once (flips included) to this file
     ):
         super().__init__()
         if dataset not in DATASETS:
@@ -83,18 +85,45 @@ class ImageDataModule(L.LightningDataModule):
         h = self.hparams
         return condition_channels(h.pairs, h.channels, h.cond_image_channels)
 
-    def make(self, split: str) -> Optional[torch.utils.data.Dataset]:
-        """The training (split="train") or validation data set; None when there is no validation data."""
+    @property
+    def wants_latent_cache(self) -> bool:
+        return bool(self.hparams.latent_cache)
+
+    def use_latent_cache(self, model) -> None:
+        """Train from cached latents: encode each training item once per flip variant with the
+        model's autoencoder (rank 0 writes the file, the other ranks read it) and replace the
+        training set. Called by latent models at the start of fit."""
+        from .latents import LatentDataset, load_or_make_cache
+
+        h = self.hparams
+        if not model.is_latent:
+            raise ValueError("data.latent_cache is for latent models: set model.autoencoder, or remove data.latent_cache")
+        plain = self.make("train", flips=False)
+        strategy = model.trainer.strategy if model._trainer is not None else None
+        is_writer = strategy is None or strategy.is_global_zero
+        if is_writer:
+            data = load_or_make_cache(h.latent_cache, model, plain, h.hflip, h.vflip, h.val_batch_size)
+        if strategy is not None:
+            strategy.barrier("latent_cache")
+        if not is_writer:
+            data = load_or_make_cache(h.latent_cache, model, plain, h.hflip, h.vflip, is_writer=False)
+        self.train_set = LatentDataset(data)
+
+    def make(self, split: str, flips: bool = True) -> Optional[torch.utils.data.Dataset]:
+        """The training (split="train") or validation data set; None when there is no validation data.
+        flips=False: the training set without random flips (for the latent cache, which encodes them)."""
         h, train = self.hparams, split == "train"
+        hflip_on, vflip_on = h.hflip and flips, h.vflip and flips
         if h.dataset == "digits":
             return DigitsDataset(h.image_size, h.channels) if train else None
-        if h.dataset == "photos":
-            base = PhotoPatches(split, h.image_size, h.channels, h.repeat, h.hflip and train, h.vflip and train)
+        if h.dataset in ("photos", "textures"):
+            base = PhotoPatches(split, h.image_size, h.channels, h.repeat, hflip_on and train, vflip_on and train,
+                                source=h.dataset)
         else:
             root = h.root if train else h.val_root
-            if root is None or (h.pairs == "none" and not train):
+            if root is None:
                 return None
-            crop, hflip, vflip, repeat = (h.crop, h.hflip, h.vflip, h.repeat) if train else (
+            crop, hflip, vflip, repeat = (h.crop, hflip_on, vflip_on, h.repeat) if train else (
                 "resize" if h.crop == "resize" else "center", False, False, 1)
             if h.pairs in ("side_by_side", "folders"):
                 return PairFolder(root, h.pairs, h.image_size, h.channels, self.cond_channels_, h.direction,
@@ -102,7 +131,7 @@ class ImageDataModule(L.LightningDataModule):
             base = ImageFolder(root, h.image_size, h.channels, crop, hflip, vflip, repeat=repeat,
                                labels=h.labels and h.pairs == "none")
         if h.pairs == "none":
-            return base if train else None
+            return base  # validation images of unpaired data: autoencoders score reconstructions on them
         # validation conditions are drawn once from a fixed seed, so every validation sees the same masks
         return TaskDataset(base, h.pairs, seed=None if train else 0)
 
@@ -113,7 +142,8 @@ class ImageDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> torch.utils.data.DataLoader:
         h = self.hparams
-        workers = 0 if h.dataset != "folder" else h.num_workers
+        in_memory = h.dataset != "folder" or self.wants_latent_cache
+        workers = 0 if in_memory else h.num_workers
         return torch.utils.data.DataLoader(
             self.train_set, batch_size=h.batch_size, shuffle=True, drop_last=len(self.train_set) >= h.batch_size,
             num_workers=workers, persistent_workers=workers > 0,

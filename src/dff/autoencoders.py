@@ -1,0 +1,157 @@
+"""Autoencoders, one interface: `encode` images in [-1, 1] to latents, `decode` latents back.
+
+    x (B, C, H, W) in [-1, 1]  --encode-->  z (B, c, H/f, W/f)  --decode-->  x_hat (B, C, H, W)
+
+Pixel diffusion is latent diffusion with the identity autoencoder (f = 1, z = x). Latent
+diffusion (Rombach et al. 2022) uses a KL-regularised autoencoder: diffusers' `AutoencoderKL`,
+loaded from a local folder in diffusers' format, a hub id such as `stabilityai/sd-vae-ft-ema`
+(the original project's default), or a dff run that trained one (`AutoencoderModule`).
+
+The latent of an image is the mean of the encoder's Gaussian q(z|x), not a draw from it: the
+diffusion model then learns a deterministic function of the data, cached latents equal fresh
+ones, and the KL-regularised posterior's spread is small next to the latents' scale anyway.
+The latent scale (1 / std of the latents) belongs to the diffusion model, not to the autoencoder.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import torch
+from torch import nn
+
+CONFIG, EXPORT_SUBDIR = "config.json", "autoencoder"
+
+
+class Autoencoder(nn.Module):
+    """The interface: channels in, latent channels, spatial down-sampling factor f."""
+
+    in_channels: int
+    latent_channels: int
+    factor: int
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, c, H/f, W/f)
+        raise NotImplementedError
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:  # (B, c, h, w) -> (B, C, h*f, w*f)
+        raise NotImplementedError
+
+    def check_input(self, x: torch.Tensor, what: str = "images") -> None:
+        """Clear errors for images the autoencoder cannot take (channels, size)."""
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"{what} of shape {tuple(x.shape)}: the autoencoder takes {self.in_channels}-channel "
+                             f"images (B, {self.in_channels}, H, W); data and autoencoder channels must agree")
+        if x.shape[-1] % self.factor or x.shape[-2] % self.factor:
+            raise ValueError(f"{what} of size {tuple(x.shape[-2:])}: height and width must be multiples of the "
+                             f"autoencoder's down-sampling factor {self.factor}")
+
+
+class IdentityAutoencoder(Autoencoder):
+    """Pixel space: z = x."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.in_channels = self.latent_channels = channels
+        self.factor = 1
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return z
+
+
+class KLAutoencoder(Autoencoder):
+    """diffusers' AutoencoderKL behind the interface; frozen (no gradients, eval mode)."""
+
+    def __init__(self, vae: nn.Module, source: str = "<in memory>"):
+        super().__init__()
+        self.vae, self.source = vae.eval().requires_grad_(False), source
+        cfg = vae.config
+        self.in_channels, self.latent_channels = cfg.in_channels, cfg.latent_channels
+        self.factor = 2 ** (len(cfg.block_out_channels) - 1)
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """The mean of q(z|x) (see the module docstring)."""
+        self.check_input(x)
+        return self.vae.encode(x).latent_dist.mean
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.vae.decode(z).sample
+
+    def train(self, mode: bool = True) -> "KLAutoencoder":
+        """Frozen: always in eval mode."""
+        return super().train(False)
+
+    def save_pretrained(self, out_dir: Union[str, Path]) -> Path:
+        """diffusers' format (config.json + diffusion_pytorch_model.safetensors)."""
+        self.vae.save_pretrained(str(out_dir), safe_serialization=True)
+        return Path(out_dir)
+
+
+def build_autoencoder_kl(
+    channels: int = 3,
+    latent_channels: int = 4,
+    block_out_channels: Sequence[int] = (64, 128, 256),
+    layers_per_block: int = 1,
+    norm_num_groups: int = 32,
+    image_size: int = 256,
+    mid_attention: bool = True,
+) -> nn.Module:
+    """A diffusers AutoencoderKL with random weights; f = 2^(len(block_out_channels) - 1)."""
+    from diffusers import AutoencoderKL
+
+    bad = [c for c in block_out_channels if c % norm_num_groups]
+    if bad:
+        raise ValueError(f"block_out_channels {tuple(block_out_channels)}: each must be a multiple of "
+                         f"norm_num_groups={norm_num_groups} (GroupNorm)")
+    n = len(block_out_channels)
+    return AutoencoderKL(
+        in_channels=channels, out_channels=channels, latent_channels=latent_channels,
+        down_block_types=("DownEncoderBlock2D",) * n, up_block_types=("UpDecoderBlock2D",) * n,
+        block_out_channels=tuple(block_out_channels), layers_per_block=layers_per_block,
+        norm_num_groups=norm_num_groups, sample_size=image_size, mid_block_add_attention=mid_attention,
+    )
+
+
+def find_autoencoder_dir(path: Path) -> Optional[Path]:
+    """A diffusers-format folder at `path`, in its export, or the newest one in a run below it."""
+    for cand in (path, path / EXPORT_SUBDIR, path / "export" / EXPORT_SUBDIR):
+        if (cand / CONFIG).is_file():
+            return cand
+    found = sorted(path.glob(f"**/export/{EXPORT_SUBDIR}/{CONFIG}"), key=lambda p: p.stat().st_mtime)
+    return found[-1].parent if found else None
+
+
+def load_autoencoder(spec: Optional[str], channels: int, local_files_only: bool = False) -> Autoencoder:
+    """The autoencoder named by `spec`: None or "identity" for pixel space; a local folder (diffusers'
+    format, or a dff autoencoder run); else a Hugging Face hub id (needs network or the hub cache)."""
+    if spec in (None, "", "identity"):
+        return IdentityAutoencoder(channels)
+    from diffusers import AutoencoderKL
+
+    path = Path(spec).expanduser()
+    if path.exists():
+        folder = find_autoencoder_dir(path) if path.is_dir() else None
+        if folder is None:
+            raise FileNotFoundError(f"autoencoder {spec!r}: no {CONFIG} of a diffusers AutoencoderKL in this folder, "
+                                    f"its export/{EXPORT_SUBDIR}/ or a run below it")
+        ae = KLAutoencoder(AutoencoderKL.from_pretrained(str(folder), low_cpu_mem_usage=False), str(folder))
+    else:
+        try:
+            vae = AutoencoderKL.from_pretrained(spec, local_files_only=local_files_only, low_cpu_mem_usage=False)
+        except (OSError, ValueError, EnvironmentError) as e:  # the hub's errors derive from OSError/ValueError
+            raise ValueError(
+                f"autoencoder {spec!r} is not a local folder and could not be loaded from the Hugging Face hub "
+                f"(no network, or not in the hub cache): download it once where there is internet "
+                f"(`huggingface-cli download {spec} --local-dir DIR`) and give model.autoencoder=DIR, "
+                f"or give the local path of an AutoencoderKL folder. ({type(e).__name__})"
+            ) from None
+        ae = KLAutoencoder(vae, spec)
+    if ae.in_channels != channels:
+        raise ValueError(f"autoencoder {spec!r} takes {ae.in_channels}-channel images but the data has "
+                         f"{channels} channels: train an autoencoder on this data (configs/autoencoder_demo.yaml "
+                         "shows how) or convert the images")
+    return ae

@@ -1,0 +1,135 @@
+"""Latents of a training set, encoded once: the latent-caching option of latent diffusion.
+
+A latent model spends most of a training step in the frozen encoder when the autoencoder is big
+(the SD VAE at 256x256). Caching encodes each training item once per flip variant and trains from
+the stored latents: a flipped image's latent is not the flipped latent, so the flips are encoded,
+not applied to latents. Random crops are drawn once, when the cache is made.
+
+    file: torch.save({"meta": {...}, "latent": (N, V, c, h, w), "cond_code": (N, V, ...)?, "label": (N,)?})
+    V = flip variants: identity, then horizontal, vertical, both (as enabled)
+
+The latents are stored before the latent scale, so the scale can be estimated from them or
+changed later. The file is read with torch.load(weights_only=True).
+"""
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Optional
+
+import torch
+from tqdm.auto import tqdm
+
+FORMAT = 1
+
+
+def flip_variants(hflip: bool, vflip: bool) -> list[tuple[bool, bool]]:
+    """(horizontal, vertical) flips to encode: the identity first."""
+    out = [(False, False)]
+    if hflip:
+        out.append((True, False))
+    if vflip:
+        out.append((False, True))
+    if hflip and vflip:
+        out.append((True, True))
+    return out
+
+
+def flip(x: torch.Tensor, h: bool, v: bool) -> torch.Tensor:
+    dims = [d for d, on in ((-1, h), (-2, v)) if on]
+    return x.flip(dims) if dims else x
+
+
+@torch.no_grad()
+def encode_dataset(model, dataset, hflip: bool, vflip: bool, batch_size: int = 16,
+                   progress: bool = True) -> dict[str, torch.Tensor]:
+    """{"latent": (N, V, c, h, w)[, "cond_code": (N, V, ...)][, "label": (N,)]} for every item of
+    `dataset` ({"image"[, "cond"][, "label"]} items, drawn once), on the CPU."""
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    variants = flip_variants(hflip, vflip)
+    out: dict[str, list] = {"latent": [], "cond_code": [], "label": []}
+    for batch in tqdm(loader, desc="caching latents", disable=not progress):
+        x = batch["image"].to(model.device)
+        out["latent"].append(torch.stack([model.encode_unscaled(flip(x, h, v)) for h, v in variants], 1).cpu())
+        if "cond" in batch:
+            c = batch["cond"].to(model.device)
+            out["cond_code"].append(torch.stack([model.condition_code(flip(c, h, v)) for h, v in variants], 1).cpu())
+        if "label" in batch:
+            out["label"].append(batch["label"])
+    return {k: torch.cat(v) for k, v in out.items() if v}
+
+
+def cache_meta(model, dataset, hflip: bool, vflip: bool) -> dict:
+    """What a cache must match to be reused: the autoencoder, the image size, the data's length, flips."""
+    h = model.hparams
+    return {"format": FORMAT, "autoencoder": str(h.autoencoder), "image_size": int(h.image_size),
+            "channels": int(h.channels), "condition": str(h.condition), "latent_condition": str(h.latent_condition),
+            "items": len(dataset), "hflip": bool(hflip), "vflip": bool(vflip)}
+
+
+def load_or_make_cache(path: str, model, dataset, hflip: bool, vflip: bool, batch_size: int = 16,
+                       is_writer: bool = True) -> dict[str, torch.Tensor]:
+    """Read the cache at `path` if it was made for the same model/data settings; else (writer only)
+    encode `dataset` and write it atomically. A cache made for other settings is an error, never
+    overwritten: the message names the file and the setting that differs."""
+    p = Path(path)
+    meta = cache_meta(model, dataset, hflip, vflip)
+    if not p.exists():
+        if not is_writer:
+            raise FileNotFoundError(f"latent cache {p} was not written by the first process")
+        data = encode_dataset(model, dataset, hflip, vflip, batch_size)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_name(p.name + ".partial")
+        torch.save({"meta": meta, **data}, tmp)
+        tmp.replace(p)
+        print(f"cached {len(dataset)} x {data['latent'].shape[1]} latents {tuple(data['latent'].shape[2:])} in {p}")
+        return data
+    try:
+        saved = torch.load(p, map_location="cpu", weights_only=True)
+        old = saved["meta"]
+    except Exception as e:
+        raise ValueError(f"latent cache {p}: not a dff latent cache ({e}); delete it or choose another data.latent_cache")
+    diff = [k for k in meta if old.get(k) != meta[k]]
+    if diff:
+        k = diff[0]
+        raise ValueError(f"latent cache {p} was made with {k}={old.get(k)!r}, this run has {k}={meta[k]!r}: "
+                         "delete the file or give another data.latent_cache (it is never overwritten)")
+    return {k: v for k, v in saved.items() if k != "meta"}
+
+
+class LatentDataset(torch.utils.data.Dataset):
+    """Items {"latent": (c, h, w)[, "cond_code"][, "label"]}: one flip variant drawn at random."""
+
+    def __init__(self, data: dict[str, torch.Tensor], seed: Optional[int] = None):
+        self.data = data
+        self.rng = random.Random(seed) if seed is not None else random
+
+    def __len__(self) -> int:
+        return len(self.data["latent"])
+
+    def __getitem__(self, i: int) -> dict:
+        v = self.rng.randrange(self.data["latent"].shape[1])
+        item = {"latent": self.data["latent"][i, v]}
+        if "cond_code" in self.data:
+            item["cond_code"] = self.data["cond_code"][i, v]
+        if "label" in self.data:
+            item["label"] = self.data["label"][i]
+        return item
+
+
+@torch.no_grad()
+def sample_latents(model, dataset, num: int = 512, batch_size: int = 16, seed: int = 0) -> torch.Tensor:
+    """Unscaled latents of up to `num` training items (a fixed random subset), for the latent
+    scale. A LatentDataset gives its cached latents (all flip variants) directly."""
+    if dataset is None:
+        raise ValueError("estimating the latent scale needs training data: give model.latent_scale or fit with data")
+    if isinstance(dataset, LatentDataset):
+        z = dataset.data["latent"]
+        idx = torch.randperm(len(z), generator=torch.Generator().manual_seed(seed))[:num]
+        return z[idx].flatten(0, 1)
+    idx = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:num].tolist()
+    out = []
+    for start in range(0, len(idx), batch_size):
+        x = torch.stack([dataset[i]["image"] for i in idx[start:start + batch_size]]).to(model.device)
+        out.append(model.encode_unscaled(x).cpu())
+    return torch.cat(out)

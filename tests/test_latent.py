@@ -1,0 +1,331 @@
+"""Latent diffusion: the autoencoder interface, loading a saved AutoencoderKL, the estimated latent
+scale, latent caching, latent models (unconditional and image-to-image) end to end, training an
+autoencoder, and the bad inputs of the issue. Every autoencoder here is a tiny AutoencoderKL built
+from a config (random or briefly trained weights): nothing is downloaded."""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from dff.autoencoder_module import AutoencoderModule, PatchDiscriminator
+from dff.autoencoders import KLAutoencoder, build_autoencoder_kl, load_autoencoder
+from dff.cli import fit, main
+from dff.data.latents import LatentDataset, encode_dataset, flip, load_or_make_cache, sample_latents
+from dff.module import DiffusionModule, LatentDiffusion, LatentDiffusionConditional
+from dff.pretrained import load_pretrained
+
+TINY = dict(latent_channels=4, block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4,
+            mid_attention=False)  # f = 2
+
+
+def save_tiny_vae(path: Path, channels: int = 3, seed: int = 0) -> Path:
+    torch.manual_seed(seed)
+    vae = build_autoencoder_kl(channels, image_size=32, **TINY)
+    KLAutoencoder(vae).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def vae_dir(tmp_path_factory) -> Path:
+    return save_tiny_vae(tmp_path_factory.mktemp("vae") / "rgb", 3)
+
+
+@pytest.fixture(scope="module")
+def gray_vae_dir(tmp_path_factory) -> Path:
+    return save_tiny_vae(tmp_path_factory.mktemp("vae") / "gray", 1)
+
+
+LATENT = dict(dim=8, dim_mults=(1, 2), attention=False, timesteps=50, schedule="cosine", prediction="v")
+
+
+# ---------------------------------------------------------------------- the autoencoder interface
+@pytest.mark.parametrize("channels", [1, 3, 4])
+def test_autoencoder_round_trip_shapes(channels):
+    ae = KLAutoencoder(build_autoencoder_kl(channels, image_size=16, **TINY))
+    x = torch.rand(2, channels, 16, 24) * 2 - 1
+    z = ae.encode(x)
+    assert ae.factor == 2 and z.shape == (2, 4, 8, 12)
+    assert ae.decode(z).shape == (2, channels, 16, 24)
+    assert not any(p.requires_grad for p in ae.parameters())  # frozen
+
+
+def test_saved_autoencoder_loads_from_a_local_folder(tmp_path):
+    torch.manual_seed(1)
+    vae = build_autoencoder_kl(4, image_size=16, **TINY)  # 4 channels: multispectral
+    KLAutoencoder(vae).save_pretrained(tmp_path / "vae")
+    assert (tmp_path / "vae" / "config.json").exists()
+    assert (tmp_path / "vae" / "diffusion_pytorch_model.safetensors").exists()
+    loaded = load_autoencoder(str(tmp_path / "vae"), channels=4)
+    x = torch.rand(2, 4, 16, 16) * 2 - 1
+    torch.testing.assert_close(loaded.encode(x), KLAutoencoder(vae).encode(x))
+    torch.testing.assert_close(loaded.decode(loaded.encode(x)), KLAutoencoder(vae).decode(KLAutoencoder(vae).encode(x)))
+
+
+def test_encode_is_the_posterior_mean(vae_dir):
+    ae = load_autoencoder(str(vae_dir), 3)
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    torch.testing.assert_close(ae.encode(x), ae.vae.encode(x).latent_dist.mean)
+    torch.testing.assert_close(ae.encode(x), ae.encode(x))  # deterministic
+
+
+def test_identity_autoencoder_is_pixel_space():
+    m = DiffusionModule(image_size=8, channels=3, **LATENT)
+    assert not m.is_latent and m.autoencoder.factor == 1 and float(m.scale) == 1.0
+    x = torch.rand(2, 3, 8, 8)
+    torch.testing.assert_close(m.encode(x), x * 2 - 1)
+    torch.testing.assert_close(m.decode(m.encode(x)), x)
+
+
+# ---------------------------------------------------------------------- bad input
+def test_autoencoder_with_other_channels_than_the_data(vae_dir):
+    with pytest.raises(ValueError, match=r"takes 3-channel images but the data has 1 channels"):
+        DiffusionModule(image_size=16, channels=1, autoencoder=str(vae_dir), **LATENT)
+
+
+def test_image_size_not_divisible_by_the_autoencoder(vae_dir):
+    # f = 2 (autoencoder) x 2 (U-Net, dim_mults 1,2) = 4
+    with pytest.raises(ValueError, match=r"image_size 18 .*autoencoder's factor 2.* multiple of 4"):
+        DiffusionModule(image_size=18, channels=3, autoencoder=str(vae_dir), **LATENT)
+    ae = load_autoencoder(str(vae_dir), 3)
+    with pytest.raises(ValueError, match=r"multiples of the autoencoder's down-sampling factor 2"):
+        ae.encode(torch.zeros(1, 3, 15, 16))
+
+
+def test_hub_id_without_network_gives_a_clear_message():
+    with pytest.raises(ValueError) as e:
+        load_autoencoder("dff-tests/no-such-vae", 3, local_files_only=True)  # as with no network: cache only
+    msg = str(e.value)
+    assert "dff-tests/no-such-vae" in msg and "download" in msg and "local path" in msg
+    assert "Traceback" not in msg and len(msg) < 600
+
+
+def test_folder_without_an_autoencoder(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no config.json of a diffusers AutoencoderKL"):
+        load_autoencoder(str(tmp_path / "empty"), 3)
+
+
+def test_presets_need_an_autoencoder():
+    with pytest.raises(ValueError, match="needs model.autoencoder"):
+        LatentDiffusion(image_size=16, channels=3, **LATENT)
+    with pytest.raises(ValueError, match="needs model.autoencoder"):
+        LatentDiffusionConditional(image_size=16, channels=3, **LATENT)
+
+
+def test_latent_scale_must_be_set_before_sampling(vae_dir):
+    m = LatentDiffusion(image_size=16, channels=3, autoencoder=str(vae_dir), **LATENT)
+    with pytest.raises(RuntimeError, match="latent scale is not set"):
+        m.sample(1, steps=2, progress=False)
+
+
+# ---------------------------------------------------------------------- latent scale
+def test_estimated_scale_makes_the_training_latents_unit_variance(vae_dir):
+    from dff.data.builtin import PhotoPatches
+
+    def crops(seed: int, n: int = 256) -> torch.Tensor:
+        ds = PhotoPatches("train", 16, 3, repeat=n, seed=seed)
+        return torch.stack([ds[i]["image"] for i in range(n)])
+
+    m = LatentDiffusion(image_size=16, channels=3, autoencoder=str(vae_dir), **LATENT)
+    train = crops(0)
+    s = m.estimate_latent_scale(sample_latents(m, [{"image": x} for x in train], num=len(train)))
+    assert float(m.scale) == pytest.approx(s)
+    assert abs(s - 1.0) > 0.05  # the raw latents are not unit-variance: the scale matters here
+    assert m.encode(train).std().item() == pytest.approx(1.0, abs=1e-3)  # the training sample
+    assert m.encode(crops(1)).std().item() == pytest.approx(1.0, abs=0.15)  # fresh crops: within sampling error
+
+
+def test_given_scale_is_kept(vae_dir):
+    m = LatentDiffusion(image_size=16, channels=3, autoencoder=str(vae_dir), latent_scale=0.5, **LATENT)
+    x = torch.rand(2, 3, 16, 16)
+    torch.testing.assert_close(m.encode(x), 0.5 * m.autoencoder.encode(x * 2 - 1))
+
+
+# ---------------------------------------------------------------------- caching
+def test_cached_and_uncached_training_see_the_same_latents(vae_dir, tmp_path):
+    from dff.data.builtin import PhotoPatches
+
+    m = LatentDiffusion(image_size=16, channels=3, autoencoder=str(vae_dir), latent_scale=0.7, **LATENT)
+    ds = PhotoPatches("val", 16, 3)  # a fixed grid of patches
+    data = load_or_make_cache(str(tmp_path / "lat.pt"), m, ds, hflip=True, vflip=True, batch_size=8)
+    assert data["latent"].shape == (len(ds), 4, 4, 8, 8)  # 4 flip variants
+    x = torch.stack([ds[i]["image"] for i in range(len(ds))])
+    for v, (h, vf) in enumerate([(False, False), (True, False), (False, True), (True, True)]):
+        torch.testing.assert_close(data["latent"][:, v], m.encode_unscaled(flip(x, h, vf)), atol=1e-5, rtol=1e-5)
+    # a training step on a cached item sees exactly s * E(x) of one variant of that image
+    cached = LatentDataset(data, seed=0)
+    for i in range(3):
+        z = cached[i]["latent"] * m.latent_scale()
+        fresh = [m.encode(flip(x[i:i + 1], h, vf))[0] for h, vf in [(False, False), (True, False), (False, True), (True, True)]]
+        assert min((z - f).abs().max().item() for f in fresh) < 1e-5
+    # read back rather than re-encoded
+    again = load_or_make_cache(str(tmp_path / "lat.pt"), m, ds, hflip=True, vflip=True)
+    assert torch.equal(again["latent"], data["latent"])
+
+
+def test_cache_made_for_other_settings_is_an_error_not_overwritten(vae_dir, tmp_path):
+    from dff.data.builtin import PhotoPatches
+
+    m = LatentDiffusion(image_size=16, channels=3, autoencoder=str(vae_dir), latent_scale=1.0, **LATENT)
+    ds = PhotoPatches("val", 16, 3)
+    path = tmp_path / "lat.pt"
+    load_or_make_cache(str(path), m, ds, hflip=True, vflip=False)
+    before = path.read_bytes()
+    with pytest.raises(ValueError, match=r"lat.pt was made with vflip=False, this run has vflip=True"):
+        load_or_make_cache(str(path), m, ds, hflip=True, vflip=True)
+    assert path.read_bytes() == before
+
+
+def test_cached_conditions_match_fresh_ones(vae_dir):
+    from dff.data.builtin import PhotoPatches
+    from dff.data.paired import TaskDataset
+
+    ds = TaskDataset(PhotoPatches("val", 16, 3), "sr2", seed=0)
+    for mode in ("encode", "resize"):
+        m = LatentDiffusionConditional(image_size=16, channels=3, condition="sr2", autoencoder=str(vae_dir),
+                                       latent_condition=mode, latent_scale=0.8, **LATENT)
+        data = encode_dataset(m, ds, hflip=True, vflip=False, progress=False)
+        c = torch.stack([ds[i]["cond"] for i in range(len(ds))])
+        torch.testing.assert_close(data["cond_code"][:, 1], m.condition_code(flip(c, True, False)), atol=1e-5, rtol=1e-5)
+        assert data["cond_code"].shape[-3:] == ((4 if mode == "encode" else 3), 8, 8)
+
+
+# ---------------------------------------------------------------------- end to end
+def fit_latent(tmp_path, vae, extra=(), name="run"):
+    return fit(["--data.dataset", "textures", "--data.image_size", "64", "--data.channels", "1", "--data.repeat", "4",
+                "--data.batch_size", "4", "--model.autoencoder", str(vae), "--model.dim", "8",
+                "--model.dim_mults", "[1, 2]", "--model.attention", "false", "--model.timesteps", "50",
+                "--model.latent_scale_samples", "8", "--trainer.max_steps", "2", "--trainer.enable_progress_bar",
+                "false", "--trainer.limit_val_batches", "0", "--trainer.default_root_dir", str(tmp_path / name),
+                "--samples.every_n_steps", "0", *extra])
+
+
+def test_latent_model_trains_and_samples_at_64(tmp_path, gray_vae_dir):
+    cli = fit_latent(tmp_path, gray_vae_dir, ["--data.latent_cache", str(tmp_path / "lat.pt")])
+    model = cli.model
+    assert model.is_latent and (tmp_path / "lat.pt").exists()
+    assert 0 < float(model.scale) < 100 and not torch.isnan(model.scale)
+    x = model.sample(3, "ddim", 3, seed=0, progress=False)
+    assert x.shape == (3, 1, 64, 64) and 0 <= x.min() and x.max() <= 1
+    for sampler in ("ddpm", "dpmpp_2m"):
+        assert model.sample(2, sampler, None if sampler == "ddpm" else 3, seed=0, progress=False).shape == (2, 1, 64, 64)
+    # the checkpoint holds the network and the scale, not the autoencoder
+    ckpt = torch.load(next(Path(cli.trainer.log_dir, "checkpoints").glob("*.ckpt")), weights_only=True)
+    assert "scale" in ckpt["state_dict"] and not any(k.startswith("autoencoder.") for k in ckpt["state_dict"])
+    # the export is self-contained and samples the same images
+    export = Path(cli.trainer.log_dir) / "export"
+    cfg = json.loads((export / "config.json").read_text())
+    assert cfg["hparams"]["autoencoder"] == "autoencoder" and (export / "autoencoder" / "config.json").exists()
+    assert cfg["hparams"]["latent_scale"] == pytest.approx(float(model.scale))
+    for source in (export, next(Path(cli.trainer.log_dir, "checkpoints").glob("last.ckpt"))):
+        again = load_pretrained(source)
+        torch.testing.assert_close(again.sample(3, "ddim", 3, seed=0, progress=False), x)
+
+
+def test_dff_sample_and_eval_autoencoder_on_a_latent_run(tmp_path, gray_vae_dir, capsys):
+    cli = fit_latent(tmp_path, gray_vae_dir)
+    run = Path(cli.trainer.log_dir)
+    main(["sample", str(run), "--num", "2", "--steps", "2", "--out", str(tmp_path / "s"), "--no-progress"])
+    assert len(list((tmp_path / "s").glob("sample_*.png"))) == 2
+    main(["eval", str(run), "--autoencoder", "--data", "textures", "--json", str(tmp_path / "ae.json")])
+    res = json.loads((tmp_path / "ae.json").read_text())
+    # the same numbers computed here: D(E(x)) of the held-out texture patches
+    from dff.data.builtin import PhotoPatches
+    from dff.metrics import psnr
+
+    ds = PhotoPatches("val", 64, 1, source="textures")
+    x = torch.stack([ds[i]["image"] for i in range(len(ds))])
+    ae = cli.model.autoencoder
+    x_hat = ((ae.decode(ae.encode(x * 2 - 1)) + 1) / 2).clamp(0, 1)
+    assert res["n"] == len(ds) and res["psnr"] == pytest.approx(float(psnr(x_hat, x)), rel=1e-4)
+
+
+@pytest.mark.parametrize("mode", ["encode", "resize"])
+def test_latent_image_to_image_trains_samples_and_translates(tmp_path, vae_dir, mode):
+    from PIL import Image
+
+    cli = fit(["--data.dataset", "photos", "--data.pairs", "sr2", "--data.image_size", "16", "--data.channels", "3",
+               "--data.repeat", "4", "--data.batch_size", "4", "--data.val_batch_size", "4", "--model.autoencoder",
+               str(vae_dir), "--model.latent_condition", mode, "--model.dim", "8", "--model.dim_mults", "[1, 2]",
+               "--model.attention", "false", "--model.timesteps", "50", "--model.val_steps", "2",
+               "--model.latent_scale_samples", "8", "--trainer.max_steps", "2", "--trainer.limit_val_batches", "1",
+               "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(tmp_path / "run"),
+               "--samples.every_n_steps", "0"])
+    model = cli.model
+    assert model.hparams.condition == "sr2" and model.net.cond_channels == (4 if mode == "encode" else 3)
+    cond = torch.rand(2, 3, 16, 16)
+    out = model.sample(cond=cond, num_samples=2, steps=2, seed=0, progress=False)
+    assert out.shape == (4, 3, 16, 16)
+    # dff translate: x2 super-resolution of an 18x22 input, padded to the whole factor (autoencoder x U-Net = 4), cropped back
+    Image.fromarray((torch.rand(18, 22, 3) * 255).byte().numpy()).save(tmp_path / "in.png")
+    main(["translate", str(Path(cli.trainer.log_dir)), "--input", str(tmp_path / "in.png"), "--out",
+          str(tmp_path / "out"), "--steps", "2", "--no-progress"])
+    assert Image.open(tmp_path / "out" / "in.png").size == (44, 36)
+
+
+def test_latent_cache_needs_a_latent_model(tmp_path):
+    with pytest.raises(ValueError, match="data.latent_cache is for latent models"):
+        fit(["--data.dataset", "digits", "--data.image_size", "8", "--data.channels", "1", "--data.latent_cache",
+             str(tmp_path / "x.pt"), "--model.dim", "8", "--model.dim_mults", "[1]", "--model.attention", "false",
+             "--trainer.max_steps", "1", "--trainer.default_root_dir", str(tmp_path / "r"),
+             "--trainer.enable_progress_bar", "false"])
+
+
+# ---------------------------------------------------------------------- training an autoencoder
+def test_autoencoder_training_reduces_the_reconstruction_loss():
+    torch.manual_seed(0)
+    m = AutoencoderModule(16, 3, **TINY, lr=3e-3)
+    opt = m.configure_optimizers()
+    x = {"image": torch.rand(4, 3, 16, 16)}
+    losses = []
+    for _ in range(60):
+        loss = m.training_step(x, 0)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.6 * losses[0]
+
+
+def test_discriminator_loss_reaches_only_its_own_parameters():
+    torch.manual_seed(0)
+    m = AutoencoderModule(16, 1, **TINY, discriminator=True, disc_start=0, disc_dim=8, disc_layers=2)
+    loss = m.training_step({"image": torch.rand(2, 1, 16, 16)}, 0)
+    loss.backward()
+    assert all(p.grad is not None for p in m.disc.parameters())
+    assert m.vae.decoder.conv_out.weight.grad is not None
+    # L_D alone: x_hat is detached, so it moves D only; L_G alone with D frozen moves the autoencoder only
+    m.zero_grad()
+    x = torch.rand(2, 1, 16, 16) * 2 - 1
+    x_hat = m.vae(x).sample
+    d = torch.relu(1 - m.disc(x)).mean() + torch.relu(1 + m.disc(x_hat.detach())).mean()
+    d.backward()
+    assert all(p.grad is None for p in m.vae.parameters())
+    assert PatchDiscriminator(3, 8, 2)(torch.rand(1, 3, 32, 32)).shape[1] == 1
+
+
+def test_fit_an_autoencoder_from_a_config_and_use_it(tmp_path):
+    cfg = tmp_path / "ae.yaml"
+    cfg.write_text(
+        "model:\n  class_path: dff.autoencoder_module.AutoencoderModule\n  init_args:\n"
+        "    latent_channels: 4\n    block_out_channels: [8, 16]\n    norm_num_groups: 4\n    mid_attention: false\n"
+        "data:\n  dataset: textures\n  image_size: 32\n  channels: 1\n  repeat: 2\n  batch_size: 4\n"
+    )
+    cli = fit(["--config", str(cfg), "--trainer.max_steps", "2", "--trainer.default_root_dir", str(tmp_path / "ae"),
+               "--trainer.enable_progress_bar", "false", "--trainer.limit_val_batches", "1"])
+    assert isinstance(cli.model, AutoencoderModule) and cli.model.hparams.channels == 1  # linked from the data
+    run = Path(cli.trainer.log_dir)
+    assert (run / "export" / "autoencoder" / "diffusion_pytorch_model.safetensors").exists()
+    assert (run / "reconstructions.png").exists()
+    ae = load_autoencoder(str(tmp_path / "ae"), 1)  # the run folder is enough: its newest export is found
+    x = torch.rand(2, 1, 32, 32) * 2 - 1
+    torch.testing.assert_close(ae.encode(x), cli.model.vae.encode(x).latent_dist.mean)
+
+
+def test_autoencoder_channels_must_match_the_data():
+    m = AutoencoderModule(16, 4, **TINY)
+    with pytest.raises(ValueError, match="images with 3 channels, but the autoencoder was built for model.channels=4"):
+        m.training_step({"image": torch.rand(2, 3, 16, 16)}, 0)
+    with pytest.raises(ValueError, match="image_size 17 must be a multiple of the autoencoder's down-sampling factor 2"):
+        AutoencoderModule(17, 3, **TINY)
