@@ -329,3 +329,29 @@ def test_autoencoder_channels_must_match_the_data():
         m.training_step({"image": torch.rand(2, 3, 16, 16)}, 0)
     with pytest.raises(ValueError, match="image_size 17 must be a multiple of the autoencoder's down-sampling factor 2"):
         AutoencoderModule(17, 3, **TINY)
+
+
+# ---------------------------------------------------------------------- data for the 256 configs and the demo
+def test_half_of_side_by_side_files_for_unpaired_data(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from dff.data.datamodule import ImageDataModule
+    from dff.data.folder import ImageFolder
+
+    a, b = np.zeros((8, 8, 3), np.uint8), np.full((8, 8, 3), 255, np.uint8)
+    (tmp_path / "maps").mkdir()
+    Image.fromarray(np.concatenate([a, b], axis=1)).save(tmp_path / "maps" / "1.png")
+    for half, value in (("A", 0.0), ("B", 1.0)):
+        ds = ImageFolder(tmp_path / "maps", 8, 3, "random", True, True, half=half)
+        assert ds[0]["image"].shape == (3, 8, 8) and torch.all(ds[0]["image"] == value)
+    with pytest.raises(ValueError, match="data.half='A' takes one half .* leave it unset"):
+        ImageDataModule("folder", str(tmp_path / "maps"), 8, pairs="side_by_side", half="A")
+
+
+def test_builtin_textures_are_split_into_train_and_held_out_parts():
+    from dff.data.builtin import PhotoPatches
+
+    train, val = PhotoPatches("train", 128, 1, repeat=2, seed=0, source="textures"), PhotoPatches("val", 128, 1, source="textures")
+    assert [im.size for im in train.photos] == [(512, 384)] * 3 and [im.size for im in val.photos] == [(512, 128)] * 3
+    assert len(val) == 12 and train[0]["image"].shape == (1, 128, 128)

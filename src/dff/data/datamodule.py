@@ -64,6 +64,7 @@ class ImageDataModule(L.LightningDataModule):
         val_batch_size: int = 32,
         num_workers: int = 2,  # DataLoader workers for folders (built-in sets live in memory)
         latent_cache: Optional[str] = None,  # latent models: encode the training set once (flips included) to this file
+        half: Optional[Literal["A", "B"]] = None,  # unpaired data from pix2pix files: their left (A) or right (B) half
     ):
         super().__init__()
         if dataset not in DATASETS:
@@ -72,6 +73,9 @@ class ImageDataModule(L.LightningDataModule):
             raise ValueError("data.root is required with data.dataset='folder': give the folder of training images")
         if pairs not in PAIRS:
             raise ValueError(f"unknown data.pairs {pairs!r}: expected one of {', '.join(PAIRS)}")
+        if half is not None and pairs != "none":
+            raise ValueError(f"data.half={half!r} takes one half of side-by-side files for unpaired data; "
+                             f"with data.pairs={pairs!r} leave it unset")
         if pairs in ("side_by_side", "folders") and dataset != "folder":
             raise ValueError(f"data.pairs={pairs!r} reads pairs from files: it needs data.dataset='folder' and data.root")
         if dataset == "digits" and pairs != "none":
@@ -129,7 +133,7 @@ class ImageDataModule(L.LightningDataModule):
                 return PairFolder(root, h.pairs, h.image_size, h.channels, self.cond_channels_, h.direction,
                                   crop, hflip, vflip, repeat, crop_scale=h.crop_scale)
             base = ImageFolder(root, h.image_size, h.channels, crop, hflip, vflip, repeat=repeat,
-                               labels=h.labels and h.pairs == "none")
+                               labels=h.labels and h.pairs == "none", half=h.half)
         if h.pairs == "none":
             return base  # validation images of unpaired data: autoencoders score reconstructions on them
         # validation conditions are drawn once from a fixed seed, so every validation sees the same masks

@@ -127,7 +127,11 @@ class ImageFolder(torch.utils.data.Dataset):
         seed: Optional[int] = None,  # fixed crops/flips (tests); None: per-worker streams
         repeat: int = 1,  # visits of each file per epoch (small folders: fewer, longer epochs)
         labels: bool = False,  # also return "label": the index of the file's top-level sub-folder (sorted names)
+        half: Optional[str] = None,  # "A" or "B": only the left or right half of pix2pix side-by-side files
     ):
+        if half not in (None, "A", "B"):
+            raise ValueError(f"unknown half {half!r}: expected 'A' (left), 'B' (right) or None (whole files)")
+        self.half = half
         if crop not in ("random", "center", "resize"):
             raise ValueError(f"unknown crop {crop!r}: expected 'random', 'center' or 'resize'")
         self.files = find_images(root)
@@ -158,7 +162,11 @@ class ImageFolder(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict:
         i = i % len(self.files)
-        item = {"image": to_tensor(self.transform(load_image(self.files[i], self.channels)))}
+        im = load_image(self.files[i], self.channels)
+        if self.half is not None:  # pix2pix files: A | B side by side
+            w, h = im.size
+            im = im.crop((0, 0, w // 2, h) if self.half == "A" else (w // 2, 0, 2 * (w // 2), h))
+        item = {"image": to_tensor(self.transform(im))}
         if self.labels is not None:
             item["label"] = self.labels[i]
         return item
