@@ -82,3 +82,42 @@ def test_unet_rejects_sizes_it_cannot_divide():
         net(torch.randn(1, 3, 20, 20), torch.tensor([0]))
     with pytest.raises(ValueError, match=r"expects x_t of shape \(B, 3, H, W\)"):
         net(torch.randn(1, 1, 16, 16), torch.tensor([0]))
+
+
+# ---------------------------------------------------------------------- the ADM residual U-Net
+@pytest.mark.parametrize("channels", [1, 3, 4])
+def test_adm_unet_shapes_condition_and_classes(channels):
+    from dff.nn import ADMUNet
+
+    net = ADMUNet(channels, channels, cond_channels=2, dim=16, dim_mults=(1, 2, 2), attention=True, num_classes=3)
+    x, t = torch.randn(2, channels, 16, 8), torch.tensor([3, 900])
+    out = net(x, t, torch.randn(2, 2, 16, 8), torch.tensor([0, 3]))  # label 3 = "no label"
+    assert out.shape == x.shape
+    with pytest.raises(ValueError, match="multiples of 4"):
+        net(torch.randn(1, channels, 10, 8), t[:1], torch.randn(1, 2, 10, 8))
+
+
+def test_adm_unet_starts_at_zero_and_then_depends_on_time_and_input():
+    from dff.nn import ADMUNet
+
+    torch.manual_seed(0)
+    net = ADMUNet(1, 1, dim=16, dim_mults=(1, 2), attention=False)
+    x = torch.randn(2, 1, 8, 8)
+    assert torch.equal(net(x, torch.tensor([1, 2])), torch.zeros_like(x))  # zero-initialised output conv
+    for p in net.parameters():  # any trained state: perturb every weight
+        p.data.add_(0.1 * torch.randn_like(p))
+    a, b = net(x, torch.tensor([1, 1])), net(x, torch.tensor([900, 900]))
+    assert not torch.allclose(a, b) and not torch.allclose(a, net(x.flip(-1), torch.tensor([1, 1])))
+
+
+def test_backbone_option_builds_and_trains_the_adm_unet():
+    from dff.module import DiffusionModule
+    from dff.nn import ADMUNet
+
+    m = DiffusionModule(image_size=8, channels=1, backbone="adm", dim=16, dim_mults=(1, 2), timesteps=50)
+    assert isinstance(m.net, ADMUNet) and isinstance(m.ema.model, ADMUNet)
+    loss = m.training_step({"image": torch.rand(4, 1, 8, 8)}, 0)
+    loss.backward()
+    assert all(p.grad is not None for p in m.net.parameters())
+    with pytest.raises(ValueError, match="unknown backbone 'vit'"):
+        DiffusionModule(image_size=8, channels=1, backbone="vit")

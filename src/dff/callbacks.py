@@ -69,7 +69,8 @@ class ExportWeights(L.Callback):
             print(f"exported the autoencoder to {out}")
             dm = trainer.datamodule
             ds = getattr(dm, "val_set", None) or dm.train_set
-            images = torch.stack([ds[i]["image"] for i in range(min(8, len(ds)))])
+            idx = torch.linspace(0, len(ds) - 1, min(8, len(ds))).round().long().tolist()  # spread over the set
+            images = torch.stack([ds[i]["image"] for i in idx])
             print(f"wrote {pl_module.export_reconstructions(images, run_dir(trainer) / 'reconstructions.png')}")
             return
         out = save_pretrained(pl_module, run_dir(trainer) / EXPORT_DIR)

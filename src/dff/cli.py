@@ -54,6 +54,16 @@ class DffCLI(LightningCLI):
                              "checkpoint.auto_insert_metric_name": False})
         parser.add_lightning_class_args(SampleGrid, "samples")
 
+    clean_errors = False  # the command line: a bad setting ends with "dff: message", not a traceback
+
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except (ValueError, FileNotFoundError) as e:  # the model's and data's own checks of their settings
+            if not self.clean_errors:
+                raise
+            raise SystemExit(f"dff: {e}") from None
+
     def instantiate_trainer(self, **kwargs):
         cfg = self._get(self.config_init, "trainer", default={})
         if cfg.get("logger") in (None, True):
@@ -85,7 +95,7 @@ def config_model_class_path(argv: Sequence[str]) -> Optional[str]:
     return found
 
 
-def fit(argv: Sequence[str], run: bool = True) -> DffCLI:
+def fit(argv: Sequence[str], run: bool = True, clean_errors: bool = False) -> DffCLI:
     """Run `fit` through Lightning's CLI with the given arguments (after the word 'fit'). A config
     whose model section names a class_path (configs/autoencoder_*.yaml) trains that LightningModule;
     otherwise the keys of model: are DiffusionModule's arguments."""
@@ -93,7 +103,7 @@ def fit(argv: Sequence[str], run: bool = True) -> DffCLI:
     # the EMA copy of the network stays in eval mode on purpose
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
     subclass = config_model_class_path(argv) is not None
-    cli_class = type("DffAutoencoderCLI", (DffCLI,), {"autoencoder_mode": True}) if subclass else DffCLI
+    cli_class = type("DffFitCLI", (DffCLI,), {"autoencoder_mode": subclass, "clean_errors": clean_errors})
     return cli_class(
         L.LightningModule if subclass else DiffusionModule, ImageDataModule,
         subclass_mode_model=subclass,
@@ -429,7 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "fit":
-        fit(argv[1:])
+        fit(argv[1:], clean_errors=True)
         return
     args = build_parser().parse_args(argv)
     if args.command == "sample":

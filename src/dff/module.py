@@ -18,7 +18,7 @@ from .diffusion import GaussianDiffusion, get_sampler
 from .diffusion.samplers import randn
 from .ema import EMA
 from .metrics import translation_scores
-from .nn import UNet
+from .nn import BACKBONES
 
 
 def to_model_space(x: torch.Tensor) -> torch.Tensor:
@@ -54,7 +54,8 @@ class DiffusionModule(L.LightningModule):
         condition: str = "none",  # none | image (given) | sr2 | sr4 | colorize | inpaint (made from an input; set from the data)
         dim: int = 64,  # U-Net base width
         dim_mults: Sequence[int] = (1, 2, 4, 8),  # U-Net width multipliers, one per level
-        attention: bool = True,  # linear attention per level, full attention in the middle
+        attention: bool = True,  # convnext: linear attention per level, full in the middle; adm: full at the lowest level and middle
+        backbone: str = "convnext",  # convnext (the original project's U-Net) | adm (residual U-Net of DDPM / ADM)
         timesteps: int = 1000,  # T
         schedule: str = "linear",  # beta schedule: linear | quadratic | sigmoid | cosine
         zero_terminal_snr: bool = False,  # rescale the schedule to alpha_bar_T = 0 (needs v or x0)
@@ -99,8 +100,10 @@ class DiffusionModule(L.LightningModule):
         # z_0 = s * E(x); s is a buffer so that checkpoints keep the estimate (NaN: not estimated yet)
         s = 1.0 if not latent else float("nan") if latent_scale is None else float(latent_scale)
         self.register_buffer("scale", torch.tensor(s, dtype=torch.float32))
-        self.net = UNet(ae.latent_channels, ae.latent_channels, net_cond, dim, dim_mults, attention,
-                        num_classes=num_classes)
+        if backbone not in BACKBONES:
+            raise ValueError(f"unknown backbone {backbone!r}: expected one of {', '.join(BACKBONES)}")
+        self.net = BACKBONES[backbone](ae.latent_channels, ae.latent_channels, net_cond, dim, dim_mults, attention,
+                                       num_classes=num_classes)
         if image_size % self.size_factor:
             raise ValueError(
                 f"image_size {image_size} cannot be divided down by the U-Net: with dim_mults={tuple(dim_mults)}"

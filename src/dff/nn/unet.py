@@ -96,6 +96,17 @@ class UNet(nn.Module):
         if not self.cond_channels and cond is not None:
             raise ValueError("this UNet was built without a condition (cond_channels=0) but was given one")
 
+    def embedding(self, t: torch.Tensor, y: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Time embedding (B, 4 dim), plus the class embedding of y for a class-conditional network."""
+        t_emb = self.time_mlp(t)
+        if self.class_emb is not None:
+            if y is None:  # the "no label" row
+                y = torch.full((t.shape[0],), self.num_classes, dtype=torch.long, device=t.device)
+            t_emb = t_emb + self.class_emb(y)
+        elif y is not None:
+            raise ValueError("this UNet was built without classes (num_classes=0) but was given labels")
+        return t_emb
+
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Optional[torch.Tensor] = None,
                 y: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Prediction for x_t (B, C, H, W) at timesteps t (B,), with an optional condition image and,
@@ -103,13 +114,7 @@ class UNet(nn.Module):
         self.check_input(x, cond)
         if cond is not None:
             x = torch.cat([x, cond], dim=1)  # (B, C + C_cond, H, W)
-        t_emb = self.time_mlp(t)  # (B, 4 dim)
-        if self.class_emb is not None:
-            if y is None:
-                y = torch.full((x.shape[0],), self.num_classes, dtype=torch.long, device=x.device)
-            t_emb = t_emb + self.class_emb(y)  # (B, 4 dim)
-        elif y is not None:
-            raise ValueError("this UNet was built without classes (num_classes=0) but was given labels")
+        t_emb = self.embedding(t, y)  # (B, 4 dim)
         x = self.init_conv(x)  # (B, dim, H, W)
 
         skips = []

@@ -1,0 +1,121 @@
+"""The residual U-Net of DDPM and improved DDPM / ADM (Ho et al. 2020; Nichol & Dhariwal 2021;
+Dhariwal & Nichol 2021), with the same call as the ConvNeXt U-Net: net(x_t, t, cond, y).
+
+    init 3x3 conv -> [ResBlock x num_res_blocks (+ attention), Down] per level
+                  -> mid: ResBlock, Attention, ResBlock
+                  -> [ResBlock x (num_res_blocks + 1), each on concat(x, skip) (+ attention), Up] per level
+                  -> GroupNorm, SiLU, 3x3 conv (zero-initialised)
+
+ResBlock: GroupNorm, SiLU, 3x3 conv; the time (and class) embedding as a scale and shift of the
+second GroupNorm (AdaGN, ADM's "use_scale_shift_norm"); SiLU, 3x3 conv (zero-initialised); skip.
+With attention=True, full self-attention sits at the lowest-resolution level and in the middle.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+import torch
+from torch import nn
+
+from .layers import Attention, SinusoidalEmbedding
+from .unet import UNet
+
+
+def norm(c: int) -> nn.GroupNorm:
+    return nn.GroupNorm(math.gcd(32, c), c)  # 32 groups where the width allows it
+
+
+def zero(module: nn.Module) -> nn.Module:
+    """Zero-initialised weights: each residual branch starts as the identity (ADM)."""
+    for p in module.parameters():
+        nn.init.zeros_(p)
+    return module
+
+
+class ResBlock(nn.Module):
+    """h = conv(SiLU(GN(x))); h = GN(h) * (1 + s) + b with (s, b) = Linear(SiLU(emb)); out = x' + conv(SiLU(h))."""
+
+    def __init__(self, c_in: int, c_out: int, emb_dim: int):
+        super().__init__()
+        self.in_layers = nn.Sequential(norm(c_in), nn.SiLU(), nn.Conv2d(c_in, c_out, 3, padding=1))
+        self.emb = nn.Sequential(nn.SiLU(), nn.Linear(emb_dim, 2 * c_out))
+        self.out_norm = norm(c_out)
+        self.out_layers = nn.Sequential(nn.SiLU(), zero(nn.Conv2d(c_out, c_out, 3, padding=1)))
+        self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = self.in_layers(x)  # (B, c_out, H, W)
+        scale, shift = self.emb(emb)[:, :, None, None].chunk(2, dim=1)  # (B, c_out, 1, 1) each
+        h = self.out_norm(h) * (1 + scale) + shift
+        return self.skip(x) + self.out_layers(h)
+
+
+class ADMUNet(UNet):
+    """Residual U-Net (DDPM / ADM); the ConvNeXt U-Net's interface, checks and embeddings."""
+
+    def __init__(
+        self,
+        in_channels: int = 3,
+        out_channels: Optional[int] = None,
+        cond_channels: int = 0,
+        dim: int = 64,  # base width
+        dim_mults: Sequence[int] = (1, 2, 4, 8),  # width multiplier per level; len - 1 downsamplings
+        attention: bool = True,  # self-attention at the lowest-resolution level and in the middle
+        num_classes: int = 0,
+        num_res_blocks: int = 2,  # ResBlocks per level on the way down (one more on the way up)
+    ):
+        nn.Module.__init__(self)
+        self.num_classes = num_classes
+        self.in_channels, self.cond_channels = in_channels, cond_channels
+        self.out_channels = out_channels or in_channels
+        self.dim_mults = tuple(dim_mults)
+        L, emb_dim = len(self.dim_mults), 4 * dim
+        attn = lambda i, c: Attention(c) if attention and i == L - 1 else nn.Identity()  # noqa: E731
+
+        self.time_mlp = nn.Sequential(SinusoidalEmbedding(dim), nn.Linear(dim, emb_dim), nn.SiLU(),
+                                      nn.Linear(emb_dim, emb_dim))
+        self.class_emb = nn.Embedding(num_classes + 1, emb_dim) if num_classes else None
+        self.init_conv = nn.Conv2d(in_channels + cond_channels, dim, 3, padding=1)
+
+        self.downs, skip_chs, c = nn.ModuleList(), [dim], dim
+        for i, m in enumerate(self.dim_mults):
+            for _ in range(num_res_blocks):
+                self.downs.append(nn.ModuleList([ResBlock(c, dim * m, emb_dim), attn(i, dim * m)]))
+                c = dim * m
+                skip_chs.append(c)
+            if i < L - 1:
+                self.downs.append(nn.Conv2d(c, c, 3, stride=2, padding=1))
+                skip_chs.append(c)
+
+        self.mid1, self.mid2 = ResBlock(c, c, emb_dim), ResBlock(c, c, emb_dim)
+        self.mid_attn = Attention(c) if attention else nn.Identity()
+
+        self.ups = nn.ModuleList()
+        for i, m in reversed(list(enumerate(self.dim_mults))):
+            for _ in range(num_res_blocks + 1):
+                self.ups.append(nn.ModuleList([ResBlock(c + skip_chs.pop(), dim * m, emb_dim), attn(i, dim * m)]))
+                c = dim * m
+            if i > 0:
+                self.ups.append(nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c, c, 3, padding=1)))
+
+        self.final = nn.Sequential(norm(c), nn.SiLU(), zero(nn.Conv2d(c, self.out_channels, 3, padding=1)))
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Optional[torch.Tensor] = None,
+                y: Optional[torch.Tensor] = None) -> torch.Tensor:
+        self.check_input(x, cond)
+        if cond is not None:
+            x = torch.cat([x, cond], dim=1)  # (B, C + C_cond, H, W)
+        emb = self.embedding(t, y)  # (B, 4 dim)
+        h = self.init_conv(x)  # (B, dim, H, W)
+        skips = [h]
+        for layer in self.downs:
+            h = layer(h) if isinstance(layer, nn.Conv2d) else layer[1](layer[0](h, emb))
+            skips.append(h)
+        h = self.mid2(self.mid_attn(self.mid1(h, emb)), emb)
+        for layer in self.ups:
+            if isinstance(layer, nn.Sequential):  # upsampling
+                h = layer(h)
+            else:
+                h = layer[1](layer[0](torch.cat([h, skips.pop()], dim=1), emb))
+        return self.final(h)  # (B, out_channels, H, W)
