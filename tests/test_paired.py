@@ -245,6 +245,19 @@ def test_translate_writes_one_output_per_input(tmp_path, sr_run):
     assert sorted(p.name for p in out2.iterdir()) == ["a_0.png", "a_1.png"]
 
 
+def test_translate_average_writes_the_mean_of_the_samples(tmp_path, sr_run):
+    Image.fromarray(rand_rgb(4, 4)).save(tmp_path / "a.png")
+    main(["translate", str(sr_run), "--input", str(tmp_path / "a.png"), "--out", str(tmp_path / "k"), "--steps", "2",
+          "--num-samples", "3", "--seed", "5", "--no-progress"])
+    main(["translate", str(sr_run), "--input", str(tmp_path / "a.png"), "--out", str(tmp_path / "mean"), "--steps",
+          "2", "--num-samples", "3", "--seed", "5", "--average", "--no-progress"])
+    assert [q.name for q in (tmp_path / "mean").iterdir()] == ["a.png"]
+    samples = np.stack([np.asarray(Image.open(tmp_path / "k" / f"a_{k}.png"), np.float64) for k in range(3)])
+    mean = np.asarray(Image.open(tmp_path / "mean" / "a.png"), np.float64)
+    assert np.abs(mean - samples.mean(0)).max() <= 1.0  # the same samples (same seed), averaged; PNG rounding
+    assert np.abs(samples[0] - samples[1]).max() > 1  # the samples do differ
+
+
 def test_translate_rejects_unconditional_model(tmp_path):
     from dff.pretrained import save_pretrained
     save_pretrained(PixelDiffusion(**TINY), tmp_path / "w")

@@ -77,11 +77,20 @@ def translate(model: DiffusionModule, cond: torch.Tensor, num_samples: int = 1, 
     return out[..., :H, :W]
 
 
+def average_samples(y: torch.Tensor, k: int) -> torch.Tensor:
+    """(B * k, C, H, W) samples grouped by condition -> (B, C, H, W), the mean of each group: a Monte
+    Carlo estimate of the posterior mean E[x | cond], the output that minimises the expected squared
+    error (higher PSNR/SSIM, less detail than any one sample: the perception-distortion trade-off)."""
+    return y.reshape(-1, k, *y.shape[1:]).mean(1)
+
+
 def translate_files(model: DiffusionModule, inputs: Union[str, Path], out: Union[str, Path], num_samples: int = 1,
                     sampler: str = "ddim", steps: Optional[int] = 50, eta: float = 0.0, seed: int = 0,
-                    mask: Optional[Union[str, Path]] = None, resize: bool = False, progress: bool = True) -> list[Path]:
+                    mask: Optional[Union[str, Path]] = None, resize: bool = False, progress: bool = True,
+                    average: bool = False) -> list[Path]:
     """Translate every input file; outputs keep the inputs' relative paths as PNGs
-    (NAME.png, or NAME_k.png for k = 0..num_samples-1 when num_samples > 1)."""
+    (NAME.png, or NAME_k.png for k = 0..num_samples-1 when num_samples > 1). average=True writes
+    one NAME.png per input: the mean of its num_samples samples (see `average_samples`)."""
     root, files = input_files(inputs)
     out = Path(out)
     m = to_tensor(load_image(Path(mask), 1)) if mask is not None else None  # (1, H, W)
@@ -90,9 +99,11 @@ def translate_files(model: DiffusionModule, inputs: Union[str, Path], out: Union
     for f in files:
         cond = condition_of(model, f, m, resize)
         y = translate(model, cond, num_samples, sampler, steps, eta, g, progress).cpu()  # (K, C, H, W)
+        if average:
+            y = average_samples(y, num_samples)  # (1, C, H, W)
         rel = f.relative_to(root).with_suffix("")
         for k, img in enumerate(y):
-            name = rel.name if num_samples == 1 else f"{rel.name}_{k}"
+            name = rel.name if len(y) == 1 else f"{rel.name}_{k}"
             path = out / rel.parent / f"{name}.png"
             path.parent.mkdir(parents=True, exist_ok=True)
             a = (img.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
@@ -123,8 +134,9 @@ def evaluation_set(model: DiffusionModule, data: str, layout: str = "side_by_sid
 @torch.no_grad()
 def evaluate(model: DiffusionModule, data: str, layout: str = "side_by_side", direction: str = "AtoB",
              num: Optional[int] = None, steps: int = 50, batch_size: int = 32, seed: int = 0,
-             progress: bool = False) -> dict:
-    """Mean PSNR/SSIM (and, for super-resolution, bicubic and consistency) over a paired set."""
+             progress: bool = False, average: int = 1) -> dict:
+    """Mean PSNR/SSIM (and, for super-resolution, bicubic and consistency) over a paired set;
+    average=K > 1 scores the mean of K samples per condition instead of one sample."""
     ds = evaluation_set(model, data, layout, direction)
     n = len(ds) if num is None else min(num, len(ds))
     g = torch.Generator().manual_seed(seed)
@@ -132,11 +144,12 @@ def evaluate(model: DiffusionModule, data: str, layout: str = "side_by_side", di
     for start in range(0, n, batch_size):
         items = [ds[i] for i in range(start, min(n, start + batch_size))]
         cond, target = torch.stack([it["cond"] for it in items]), torch.stack([it["image"] for it in items])
-        out = translate(model, cond.to(model.device), 1, "ddim", steps, 0.0, g, progress).cpu()
+        out = translate(model, cond.to(model.device), average, "ddim", steps, 0.0, g, progress).cpu()
+        out = average_samples(out, average) if average > 1 else out
         for k, v in translation_scores(out, target, cond, model.hparams.condition).items():
             totals[k] = totals.get(k, 0.0) + float(v) * len(items)
     res = {k: v / n for k, v in totals.items()}
-    res.update(n=n, steps=steps, data=str(data), condition=model.hparams.condition)
+    res.update(n=n, steps=steps, data=str(data), condition=model.hparams.condition, average=average)
     return res
 
 
