@@ -1,6 +1,6 @@
 """Benchmark of the image-to-image demo (x4 super-resolution of 32x32 photo patches).
 
-    python benchmarks/translate_bench.py [--out runs/translate_bench] [--run RUN_DIR] [--steps 50]
+    python benchmarks/translate_bench.py [--out runs/translate_bench] [--run RUN_DIR] [--steps 50] [--average K]
 
 Trains configs/translate_demo.yaml (unless --run names a finished run), then scores the EMA model on
 the held-out photo patches: PSNR and SSIM against the ground truth next to plain bicubic upsampling,
@@ -31,6 +31,7 @@ def main() -> None:
     ap.add_argument("--run", default=None, help="score this finished run instead of training one")
     ap.add_argument("--steps", type=int, default=50, help="DDIM steps of the scored translations")
     ap.add_argument("--max-steps", type=int, default=None, help="override the config's training steps")
+    ap.add_argument("--average", type=int, default=1, help="score the mean of K samples per input (K > 1)")
     args = ap.parse_args()
     out = Path(args.out)
     res: dict = {"machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, "
@@ -51,14 +52,15 @@ def main() -> None:
     res["run"] = str(run)
     model = load_pretrained(run, "cuda" if torch.cuda.is_available() else "cpu")
     t0 = time.time()
-    res["scores"] = evaluate(model, "photos", steps=args.steps, batch_size=64)
+    res["scores"] = evaluate(model, "photos", steps=args.steps, batch_size=64, average=args.average)
     res["eval_s"] = time.time() - t0
     out.mkdir(parents=True, exist_ok=True)
     (out / "translate_bench.json").write_text(json.dumps(res, indent=2) + "\n")
     s = res["scores"]
     print(f"\n{'':22s} {'PSNR dB':>8s} {'SSIM':>7s}")
     print(f"{'bicubic x4':22s} {s['psnr_bicubic']:8.2f} {s['ssim_bicubic']:7.4f}")
-    print(f"{'dff (DDIM ' + str(args.steps) + ')':22s} {s['psnr']:8.2f} {s['ssim']:7.4f}")
+    name = f"dff (DDIM {args.steps}" + (f", mean of {args.average})" if args.average > 1 else ")")
+    print(f"{name:22s} {s['psnr']:8.2f} {s['ssim']:7.4f}")
     print(f"consistency with the input: {s['consistency_psnr']:.2f} dB   ({s['n']} held-out 32x32 patches)")
     for k in ("train_s", "train_steps", "peak_rss_mib", "eval_s"):
         if k in res:
