@@ -236,23 +236,16 @@ def autoencoder_scores(args: argparse.Namespace) -> dict:
 def eval_command(args: argparse.Namespace) -> dict:
     from .translate import evaluate, write_json
 
-    if args.autoencoder or is_autoencoder_only(args.weights):
-        try:
-            res = autoencoder_scores(args)
-        except (FileNotFoundError, ValueError) as e:
-            raise SystemExit(f"dff: {e}")
-        for k, v in res.items():
-            print(f"{k:18s} {v:.4f}" if isinstance(v, float) else f"{k:18s} {v}")
-        if args.json:
-            write_json(res, args.json)
-        return res
-    model = load_model(args.weights, args.device)
     try:
-        if model.hparams.condition == "none":
-            res = generation_scores(model, args)
+        if args.autoencoder or is_autoencoder_only(args.weights):
+            res = autoencoder_scores(args)
         else:
-            res = evaluate(model, args.data, args.layout, args.direction, args.num, args.steps, args.batch_size,
-                           args.seed, average=args.average or 1)
+            model = load_model(args.weights, args.device)
+            if model.hparams.condition == "none":
+                res = generation_scores(model, args)
+            else:
+                res = evaluate(model, args.data, args.layout, args.direction, args.num, args.steps, args.batch_size,
+                               args.seed, average=args.average or 1)
     except (FileNotFoundError, ValueError, ModuleNotFoundError) as e:
         raise SystemExit(f"dff: {e}")
     for k, v in res.items():
