@@ -250,8 +250,9 @@ def main() -> None:
         ratios = {"ddim50": o_ddim / p_ddim, "best": o_best["fid"] / p_best["fid"]}
         print(f"\nFID ours / peer ({args.variants[0]}), both DDIM 50: {ratios['ddim50']:.3f}; best sampler each "
               f"(ours {o_best['sampler']}, peer {p_best['sampler']}): {ratios['best']:.3f}   (target <= 0.7)")
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    try:  # the commit of the dff code that ran (empty when it is not a git checkout, e.g. an exported tree)
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(dff.__file__).parent, capture_output=True,
+                                text=True).stdout.strip()
     except OSError:
         commit = ""
     res = dict(num=args.num, seed=args.seed, budget_seconds=budget, same_steps=args.same_steps, threads=1,
