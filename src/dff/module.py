@@ -55,7 +55,7 @@ class DiffusionModule(L.LightningModule):
         dim: int = 64,  # U-Net base width
         dim_mults: Sequence[int] = (1, 2, 4, 8),  # U-Net width multipliers, one per level
         attention: bool = True,  # convnext: linear attention per level, full in the middle; adm: full at the lowest level and middle
-        backbone: str = "convnext",  # convnext (the original project's U-Net) | adm (residual U-Net of DDPM / ADM)
+        backbone: str = "adm",  # adm (residual U-Net of DDPM / ADM; measured best) | convnext (the original project's U-Net)
         timesteps: int = 1000,  # T
         schedule: str = "linear",  # beta schedule: linear | quadratic | sigmoid | cosine
         zero_terminal_snr: bool = False,  # rescale the schedule to alpha_bar_T = 0 (needs v or x0)
