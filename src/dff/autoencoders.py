@@ -125,10 +125,15 @@ def find_autoencoder_dir(path: Path) -> Optional[Path]:
     return found[-1].parent if found else None
 
 
+def is_pixel_space(spec: Optional[str]) -> bool:
+    """model.autoencoder values that mean the identity autoencoder."""
+    return spec in (None, "", "identity")
+
+
 def load_autoencoder(spec: Optional[str], channels: int, local_files_only: bool = False) -> Autoencoder:
     """The autoencoder named by `spec`: None or "identity" for pixel space; a local folder (diffusers'
     format, or a dff autoencoder run); else a Hugging Face hub id (needs network or the hub cache)."""
-    if spec in (None, "", "identity"):
+    if is_pixel_space(spec):
         return IdentityAutoencoder(channels)
     from diffusers import AutoencoderKL
 

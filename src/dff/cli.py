@@ -208,14 +208,14 @@ def is_autoencoder_only(path: str) -> bool:
     return p.is_dir() and find_autoencoder_dir(p) is not None and not any(p.glob(f"**/{WEIGHTS}"))
 
 
-def autoencoder_scores(args: argparse.Namespace) -> dict:
-    """Reconstruction PSNR/SSIM of an autoencoder (alone, or a latent model's) on --data."""
+def autoencoder_scores(args: argparse.Namespace, alone: bool) -> dict:
+    """Reconstruction PSNR/SSIM on --data of an autoencoder folder/run (alone) or of a latent model's."""
     import json
 
     from .autoencoders import find_autoencoder_dir, load_autoencoder
     from .evaluation.reconstruction import evaluate_autoencoder, reconstruction_images
 
-    if is_autoencoder_only(args.weights):
+    if alone:
         folder = find_autoencoder_dir(Path(args.weights))
         channels = json.loads((folder / "config.json").read_text())["in_channels"]
         ae, size = load_autoencoder(str(folder), channels), args.image_size or 256
@@ -237,8 +237,9 @@ def eval_command(args: argparse.Namespace) -> dict:
     from .translate import evaluate, write_json
 
     try:
-        if args.autoencoder or is_autoencoder_only(args.weights):
-            res = autoencoder_scores(args)
+        alone = is_autoencoder_only(args.weights)
+        if args.autoencoder or alone:
+            res = autoencoder_scores(args, alone)
         else:
             model = load_model(args.weights, args.device)
             if model.hparams.condition == "none":

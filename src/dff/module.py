@@ -13,7 +13,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
-from .autoencoders import load_autoencoder
+from .autoencoders import IdentityAutoencoder, is_pixel_space, load_autoencoder
 from .diffusion import GaussianDiffusion, get_sampler
 from .diffusion.samplers import randn
 from .ema import EMA
@@ -90,7 +90,7 @@ class DiffusionModule(L.LightningModule):
             raise ValueError(f"unknown latent_condition {latent_condition!r}: expected 'encode' or 'resize'")
         self.save_hyperparameters()
         self.autoencoder = load_autoencoder(autoencoder, channels)
-        ae, latent = self.autoencoder, autoencoder not in (None, "", "identity")
+        ae, latent = self.autoencoder, not is_pixel_space(autoencoder)
         if latent and residual:
             raise ValueError("residual=True is for pixel space; a latent model (model.autoencoder set) cannot use it")
         if latent and cond_channels and latent_condition == "encode" and cond_channels != channels:
@@ -121,7 +121,7 @@ class DiffusionModule(L.LightningModule):
     # ------------------------------------------------------------------ latent space
     @property
     def is_latent(self) -> bool:
-        return self.hparams.get("autoencoder") not in (None, "", "identity")
+        return not isinstance(self.autoencoder, IdentityAutoencoder)
 
     @property
     def size_factor(self) -> int:
@@ -297,19 +297,18 @@ class DiffusionModule(L.LightningModule):
         if generator is None:
             generator = torch.Generator()
             generator.manual_seed(seed) if seed is not None else generator.seed()
-        size = (h.image_size, h.image_size)
+        f = self.autoencoder.factor
+        size = (h.image_size // f, h.image_size // f)  # of z_T: the latent size (pixel space: the image size)
         if h.cond_channels and cond is None:
             raise ValueError(f"this model is conditional ({h.condition}, {h.cond_channels} channels): pass cond images")
         if cond is not None:
             self.check_condition(cond)
-            image_cond = to_model_space(cond.to(self.device))
             cond = self.scale_condition(self.condition_code(cond.to(self.device))).repeat_interleave(num_samples, dim=0)
-            num, size = cond.shape[0], tuple(s * self.autoencoder.factor for s in cond.shape[-2:])
-        f = self.autoencoder.factor
+            num, size = cond.shape[0], tuple(cond.shape[-2:])
         net = self.ema if use_ema else self.net
         was_training = net.training
         net.eval()
-        x_T = randn((num, self.autoencoder.latent_channels, size[0] // f, size[1] // f), generator, self.device)
+        x_T = randn((num, self.autoencoder.latent_channels, *size), generator, self.device)
         model = net
         if labels is not None:
             from .diffusion.guidance import ClassifierFreeGuidance
@@ -318,8 +317,8 @@ class DiffusionModule(L.LightningModule):
         x0 = fn(model, self.diffusion, x_T, cond=cond, generator=generator,
                 clip_x0=h.clip_x0 and not residual and not self.is_latent,  # latents are not bounded
                 progress=progress, callback=callback, **opts)
-        if residual:
-            x0 = x0 / h.residual_scale + image_cond.repeat_interleave(num_samples, dim=0)
+        if residual:  # pixel space only: cond is the condition image in [-1, 1]
+            x0 = x0 / h.residual_scale + cond
         net.train(was_training)
         return self.decode(x0)
 
@@ -366,7 +365,7 @@ class LatentDiffusion(DiffusionModule):
     default was the hub id stabilityai/sd-vae-ft-ema)."""
 
     def __init__(self, **kwargs):
-        if kwargs.get("autoencoder") in (None, "", "identity"):
+        if is_pixel_space(kwargs.get("autoencoder")):
             raise ValueError("LatentDiffusion needs model.autoencoder: an AutoencoderKL folder, a dff autoencoder "
                              "run or a hub id such as stabilityai/sd-vae-ft-ema")
         if kwargs.get("cond_channels", 0):
@@ -382,7 +381,7 @@ class LatentDiffusionConditional(DiffusionModule):
     def __init__(self, **kwargs):
         kwargs.setdefault("cond_channels", 3)
         kwargs.setdefault("condition", "image")
-        if kwargs.get("autoencoder") in (None, "", "identity"):
+        if is_pixel_space(kwargs.get("autoencoder")):
             raise ValueError("LatentDiffusionConditional needs model.autoencoder (see LatentDiffusion)")
         if kwargs["cond_channels"] <= 0:
             raise ValueError("LatentDiffusionConditional needs cond_channels > 0; use LatentDiffusion without a condition")
