@@ -46,7 +46,7 @@ def main() -> None:
         train_s = time.time() - t0
         model = cli.model.eval()
         with torch.no_grad():
-            x = model.sample(args.num, "dpmpp_2m", 20, seed=0, progress=False)
+            x = model.sample(args.num, "dpmpp_2m", steps=20, seed=0, progress=False)
         feats = compute_features(extractor, x)
         kid = kid_from_features(feats, ref)
         res[name] = {"dim": BACKBONES[name], "params": sum(p.numel() for p in model.net.parameters()),

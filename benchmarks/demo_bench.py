@@ -56,9 +56,9 @@ def train_speed(model, batch_size: int, steps: int = 20) -> float:
 
 def sample_ms_per_step(model, batch: int = 64, steps: int = 20) -> float:
     model.eval()
-    model.sample(batch, "ddim", 2, seed=0, progress=False)  # warm-up
+    model.sample(batch, "ddim", steps=2, seed=0, progress=False)  # warm-up
     t0 = time.time()
-    model.sample(batch, "ddim", steps, seed=0, progress=False)
+    model.sample(batch, "ddim", steps=steps, seed=0, progress=False)
     return (time.time() - t0) / steps * 1000
 
 
@@ -90,7 +90,7 @@ def main() -> None:
     res["classifier_heldout_accuracy"] = acc
     x, _ = load_digits_tensor(cfg["image_size"], 1)
     res["real_digits"] = judge(clf, x[torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:256]])
-    samples = model.sample(256, "ddim", 50, seed=0, progress=False)
+    samples = model.sample(256, "ddim", steps=50, seed=0, progress=False)
     res["samples_ddim50"] = judge(clf, samples)
     res["train_steps_per_s"] = train_speed(load_pretrained(run / "export"), batch_size)
     res["train_batch_size"] = batch_size

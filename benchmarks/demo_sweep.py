@@ -44,7 +44,7 @@ cli = fit(["--config", {config!r}, "--trainer.enable_progress_bar", "false", "--
 train_s = time.time() - t0
 m = cli.model.eval()
 t0 = time.time()
-s = m.sample(256, "ddim", 50, seed=0, progress=False)
+s = m.sample(256, "ddim", steps=50, seed=0, progress=False)
 sample_s = time.time() - t0
 clf, acc = train_classifier()
 print("RESULT " + json.dumps(dict(judge(clf, s), train_s=train_s, sample_s=sample_s)))

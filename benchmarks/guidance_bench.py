@@ -49,7 +49,7 @@ def main() -> None:
     y = torch.arange(10).repeat_interleave(args.per_class)
     res["run"], res["scales"] = str(run), {}
     for s in args.scales:
-        x = model.sample(len(y), "ddim", 50, seed=0, labels=y, guidance=s, progress=False)
+        x = model.sample(len(y), "ddim", steps=50, seed=0, labels=y, guidance=s, progress=False)
         with torch.no_grad():
             by_cnn = cnn.classify(x).argmax(1)
         by_mlp = torch.as_tensor(mlp.predict(x[:, :1].flatten(1).numpy()))

@@ -52,7 +52,7 @@ def one(setting: str, variant: str, batch: int, steps: int, device: str, vae_dir
                         latent_scale=0.18 if latent else None, **cfg["unet"]).to(device)
     m.train()
     opt = torch.optim.AdamW(m.net.parameters(), lr=1e-4)
-    f, c = m.autoencoder.factor, m.autoencoder.latent_channels
+    f, c = m.latent.factor, m.latent.channels
     if variant == "cached":
         batch_of = lambda: {"latent": torch.randn(batch, c, size // f, size // f, device=device)}  # noqa: E731
     else:
@@ -79,7 +79,7 @@ def one(setting: str, variant: str, batch: int, steps: int, device: str, vae_dir
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB (Linux)
     return {"variant": variant, "batch": batch, "s_per_step": sec, "images_per_s": batch / sec, "peak_mib": peak,
             "unet_params": sum(p.numel() for p in m.net.parameters()),
-            "autoencoder_params": sum(p.numel() for p in m.autoencoder.parameters())}
+            "autoencoder_params": sum(p.numel() for p in m.latent.autoencoder.parameters())}
 
 
 def main() -> None:

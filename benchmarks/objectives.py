@@ -45,7 +45,7 @@ def main() -> None:
             step = int(ckpt.stem.split("_")[1])
             model = load_pretrained(ckpt).eval()
             with torch.no_grad():
-                x = model.sample(args.num, "dpmpp_2m", 20, seed=0, progress=False)
+                x = model.sample(args.num, "dpmpp_2m", steps=20, seed=0, progress=False)
             res[name][step] = fid_from_features(compute_features(extractor, x), ref)
             print(f"{name:14s} step {step:5d}  FID {res[name][step]:.3f}", flush=True)
     Path(args.out).mkdir(parents=True, exist_ok=True)

@@ -96,7 +96,7 @@ def train_ours(out: Path, budget: float | None, seed: int):
 
 def sample_ours(model, sampler: str, steps: int, num: int, batch: int, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
-    return torch.cat([model.sample(min(batch, num - i), sampler, steps, generator=g, progress=False)
+    return torch.cat([model.sample(min(batch, num - i), sampler, steps=steps, generator=g, progress=False)
                       for i in range(0, num, batch)])
 
 

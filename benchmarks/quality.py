@@ -32,7 +32,7 @@ GRID: dict[str, list[int]] = {
 
 def generate(model, sampler: str, steps: int, num: int, batch: int, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
-    return torch.cat([model.sample(min(batch, num - i), sampler, None if sampler == "ddpm" else steps,
+    return torch.cat([model.sample(min(batch, num - i), sampler, steps=None if sampler == "ddpm" else steps,
                                    generator=g, progress=False) for i in range(0, num, batch)])
 
 

@@ -4,17 +4,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dff.diffusion import GaussianDiffusion
+from dff.diffusion import GaussianDiffusion, output_from_x0_eps, x0_eps_from_output
 
 
 def as_prediction(d: GaussianDiffusion, x0_hat: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """Turn the exact x0 estimate into the network output type d.prediction."""
-    eps_hat = d.eps_from_x0(x_t, t, x0_hat)
-    if d.prediction == "eps":
-        return eps_hat
-    if d.prediction == "x0":
-        return x0_hat
-    return d.v_target(x0_hat, t, eps_hat)
+    """Turn the exact x0 estimate into the network output type d.prediction, through the project's one
+    conversion (tests/test_process.py checks it against the closed forms)."""
+    alpha, sigma = d.alpha_sigma(t, x_t)
+    _, eps_hat = x0_eps_from_output("x0", x0_hat, x_t, alpha, sigma)
+    return output_from_x0_eps(d.prediction, x0_hat, eps_hat, alpha, sigma)
 
 
 class GaussianData:

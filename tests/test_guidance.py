@@ -36,7 +36,7 @@ def test_module_guidance_ends():
     torch.nn.init.normal_(m.ema.model.class_emb.weight)  # make the labels matter
     for p in m.ema.model.parameters():  # as after training: no zero-initialised output layer
         p.data.add_(0.05 * torch.randn_like(p))
-    s = lambda **kw: m.sample(4, "ddim", 3, seed=0, progress=False, **kw)  # noqa: E731
+    s = lambda **kw: m.sample(4, "ddim", steps=3, seed=0, progress=False, **kw)  # noqa: E731
     unconditional = s()
     assert torch.allclose(s(labels=1, guidance=0.0), unconditional, atol=1e-6)
     assert torch.allclose(s(labels=2, guidance=0.0), unconditional, atol=1e-6)
@@ -47,9 +47,9 @@ def test_module_guidance_ends():
 def test_unknown_class_and_unlabelled_model(tmp_path):
     m = PixelDiffusion(num_classes=3, **TINY)
     with pytest.raises(ValueError, match=r"class 3 unknown: this model was trained with classes 0..2"):
-        m.sample(2, "ddim", 2, labels=3, progress=False)
+        m.sample(2, "ddim", steps=2, labels=3, progress=False)
     with pytest.raises(ValueError, match="trained without class labels"):
-        PixelDiffusion(**TINY).sample(2, "ddim", 2, labels=0, progress=False)
+        PixelDiffusion(**TINY).sample(2, "ddim", steps=2, labels=0, progress=False)
     save_pretrained(m, tmp_path / "w")
     with pytest.raises(SystemExit, match="class 7 unknown"):
         main(["sample", str(tmp_path / "w"), "--class", "7", "--num", "2", "--steps", "2", "--out", str(tmp_path / "o")])

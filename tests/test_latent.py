@@ -71,10 +71,10 @@ def test_encode_is_the_posterior_mean(vae_dir):
 
 def test_identity_autoencoder_is_pixel_space():
     m = DiffusionModule(image_size=8, channels=3, **LATENT)
-    assert not m.is_latent and m.autoencoder.factor == 1 and float(m.scale) == 1.0
+    assert not m.is_latent and m.latent.factor == 1 and float(m.latent.scale) == 1.0
     x = torch.rand(2, 3, 8, 8)
-    torch.testing.assert_close(m.encode(x), x * 2 - 1)
-    torch.testing.assert_close(m.decode(m.encode(x)), x)
+    torch.testing.assert_close(m.latent.encode(x), x * 2 - 1)
+    torch.testing.assert_close(m.latent.decode(m.latent.encode(x)), x)
 
 
 # ---------------------------------------------------------------------- bad input
@@ -129,38 +129,43 @@ def test_estimated_scale_makes_the_training_latents_unit_variance(vae_dir):
 
     m = LatentDiffusion(image_size=16, channels=3, autoencoder=str(vae_dir), **LATENT)
     train = crops(0)
-    s = m.estimate_latent_scale(sample_latents(m, [{"image": x} for x in train], num=len(train)))
-    assert float(m.scale) == pytest.approx(s)
+    s = m.latent.estimate_scale(sample_latents(m.latent.encode_unscaled, [{"image": x} for x in train], num=len(train)))
+    assert float(m.latent.scale) == pytest.approx(s)
     assert abs(s - 1.0) > 0.05  # the raw latents are not unit-variance: the scale matters here
-    assert m.encode(train).std().item() == pytest.approx(1.0, abs=1e-3)  # the training sample
-    assert m.encode(crops(1)).std().item() == pytest.approx(1.0, abs=0.15)  # fresh crops: within sampling error
+    assert m.latent.encode(train).std().item() == pytest.approx(1.0, abs=1e-3)  # the training sample
+    assert m.latent.encode(crops(1)).std().item() == pytest.approx(1.0, abs=0.15)  # fresh crops: within sampling error
 
 
 def test_given_scale_is_kept(vae_dir):
     m = LatentDiffusion(image_size=16, channels=3, autoencoder=str(vae_dir), latent_scale=0.5, **LATENT)
     x = torch.rand(2, 3, 16, 16)
-    torch.testing.assert_close(m.encode(x), 0.5 * m.autoencoder.encode(x * 2 - 1))
+    torch.testing.assert_close(m.latent.encode(x), 0.5 * m.latent.autoencoder.encode(x * 2 - 1))
 
 
 # ---------------------------------------------------------------------- caching
+def cache_args(m) -> dict:
+    """What the data layer is given to cache a model's latents: two callables and a dict."""
+    return dict(encode=m.latent.encode_unscaled, condition_code=m.latent.condition_code, meta=m.latent_cache_meta())
+
+
 def test_cached_and_uncached_training_see_the_same_latents(vae_dir, tmp_path):
     from dff.data.builtin import PhotoPatches
 
     m = LatentDiffusion(image_size=16, channels=3, autoencoder=str(vae_dir), latent_scale=0.7, **LATENT)
     ds = PhotoPatches("val", 16, 3)  # a fixed grid of patches
-    data = load_or_make_cache(str(tmp_path / "lat.pt"), m, ds, hflip=True, vflip=True, batch_size=8)
+    data = load_or_make_cache(str(tmp_path / "lat.pt"), ds, **cache_args(m), hflip=True, vflip=True, batch_size=8)
     assert data["latent"].shape == (len(ds), 4, 4, 8, 8)  # 4 flip variants
     x = torch.stack([ds[i]["image"] for i in range(len(ds))])
     for v, (h, vf) in enumerate([(False, False), (True, False), (False, True), (True, True)]):
-        torch.testing.assert_close(data["latent"][:, v], m.encode_unscaled(flip(x, h, vf)), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(data["latent"][:, v], m.latent.encode_unscaled(flip(x, h, vf)), atol=1e-5, rtol=1e-5)
     # a training step on a cached item sees exactly s * E(x) of one variant of that image
     cached = LatentDataset(data, seed=0)
     for i in range(3):
-        z = cached[i]["latent"] * m.latent_scale()
-        fresh = [m.encode(flip(x[i:i + 1], h, vf))[0] for h, vf in [(False, False), (True, False), (False, True), (True, True)]]
+        z = cached[i]["latent"] * m.latent.s()
+        fresh = [m.latent.encode(flip(x[i:i + 1], h, vf))[0] for h, vf in [(False, False), (True, False), (False, True), (True, True)]]
         assert min((z - f).abs().max().item() for f in fresh) < 1e-5
     # read back rather than re-encoded
-    again = load_or_make_cache(str(tmp_path / "lat.pt"), m, ds, hflip=True, vflip=True)
+    again = load_or_make_cache(str(tmp_path / "lat.pt"), ds, **cache_args(m), hflip=True, vflip=True)
     assert torch.equal(again["latent"], data["latent"])
 
 
@@ -170,10 +175,10 @@ def test_cache_made_for_other_settings_is_an_error_not_overwritten(vae_dir, tmp_
     m = LatentDiffusion(image_size=16, channels=3, autoencoder=str(vae_dir), latent_scale=1.0, **LATENT)
     ds = PhotoPatches("val", 16, 3)
     path = tmp_path / "lat.pt"
-    load_or_make_cache(str(path), m, ds, hflip=True, vflip=False)
+    load_or_make_cache(str(path), ds, **cache_args(m), hflip=True, vflip=False)
     before = path.read_bytes()
     with pytest.raises(ValueError, match=r"lat.pt was made with vflip=False, this run has vflip=True"):
-        load_or_make_cache(str(path), m, ds, hflip=True, vflip=True)
+        load_or_make_cache(str(path), ds, **cache_args(m), hflip=True, vflip=True)
     assert path.read_bytes() == before
 
 
@@ -185,9 +190,10 @@ def test_cached_conditions_match_fresh_ones(vae_dir):
     for mode in ("encode", "resize"):
         m = LatentDiffusionConditional(image_size=16, channels=3, condition="sr2", autoencoder=str(vae_dir),
                                        latent_condition=mode, latent_scale=0.8, **LATENT)
-        data = encode_dataset(m, ds, hflip=True, vflip=False, progress=False)
+        data = encode_dataset(ds, encode=m.latent.encode_unscaled, condition_code=m.latent.condition_code, hflip=True,
+                              vflip=False, progress=False)
         c = torch.stack([ds[i]["cond"] for i in range(len(ds))])
-        torch.testing.assert_close(data["cond_code"][:, 1], m.condition_code(flip(c, True, False)), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(data["cond_code"][:, 1], m.latent.condition_code(flip(c, True, False)), atol=1e-5, rtol=1e-5)
         assert data["cond_code"].shape[-3:] == ((4 if mode == "encode" else 3), 8, 8)
 
 
@@ -205,22 +211,22 @@ def test_latent_model_trains_and_samples_at_64(tmp_path, gray_vae_dir):
     cli = fit_latent(tmp_path, gray_vae_dir, ["--data.latent_cache", str(tmp_path / "lat.pt")])
     model = cli.model
     assert model.is_latent and (tmp_path / "lat.pt").exists()
-    assert 0 < float(model.scale) < 100 and not torch.isnan(model.scale)
-    x = model.sample(3, "ddim", 3, seed=0, progress=False)
+    assert 0 < float(model.latent.scale) < 100 and not torch.isnan(model.latent.scale)
+    x = model.sample(3, "ddim", steps=3, seed=0, progress=False)
     assert x.shape == (3, 1, 64, 64) and 0 <= x.min() and x.max() <= 1
     for sampler in ("ddpm", "dpmpp_2m"):
-        assert model.sample(2, sampler, None if sampler == "ddpm" else 3, seed=0, progress=False).shape == (2, 1, 64, 64)
+        assert model.sample(2, sampler, steps=None if sampler == "ddpm" else 3, seed=0, progress=False).shape == (2, 1, 64, 64)
     # the checkpoint holds the network and the scale, not the autoencoder
     ckpt = torch.load(next(Path(cli.trainer.log_dir, "checkpoints").glob("*.ckpt")), weights_only=True)
-    assert "scale" in ckpt["state_dict"] and not any(k.startswith("autoencoder.") for k in ckpt["state_dict"])
+    assert "latent.scale" in ckpt["state_dict"] and not any("autoencoder." in k for k in ckpt["state_dict"])
     # the export is self-contained and samples the same images
     export = Path(cli.trainer.log_dir) / "export"
     cfg = json.loads((export / "config.json").read_text())
     assert cfg["hparams"]["autoencoder"] == "autoencoder" and (export / "autoencoder" / "config.json").exists()
-    assert cfg["hparams"]["latent_scale"] == pytest.approx(float(model.scale))
+    assert cfg["hparams"]["latent_scale"] == pytest.approx(float(model.latent.scale))
     for source in (export, next(Path(cli.trainer.log_dir, "checkpoints").glob("last.ckpt"))):
         again = load_pretrained(source)
-        torch.testing.assert_close(again.sample(3, "ddim", 3, seed=0, progress=False), x)
+        torch.testing.assert_close(again.sample(3, "ddim", steps=3, seed=0, progress=False), x)
 
 
 def test_dff_sample_and_eval_autoencoder_on_a_latent_run(tmp_path, gray_vae_dir, capsys):
@@ -236,7 +242,7 @@ def test_dff_sample_and_eval_autoencoder_on_a_latent_run(tmp_path, gray_vae_dir,
 
     ds = PhotoPatches("val", 64, 1, source="textures")
     x = torch.stack([ds[i]["image"] for i in range(len(ds))])
-    ae = cli.model.autoencoder
+    ae = cli.model.latent.autoencoder
     x_hat = ((ae.decode(ae.encode(x * 2 - 1)) + 1) / 2).clamp(0, 1)
     assert res["n"] == len(ds) and res["psnr"] == pytest.approx(float(psnr(x_hat, x)), rel=1e-4)
 
@@ -343,10 +349,10 @@ def test_half_of_side_by_side_files_for_unpaired_data(tmp_path):
     (tmp_path / "maps").mkdir()
     Image.fromarray(np.concatenate([a, b], axis=1)).save(tmp_path / "maps" / "1.png")
     for half, value in (("A", 0.0), ("B", 1.0)):
-        ds = ImageFolder(tmp_path / "maps", 8, 3, "random", True, True, half=half)
+        ds = ImageFolder(tmp_path / "maps", 8, 3, crop="random", hflip=True, vflip=True, half=half)
         assert ds[0]["image"].shape == (3, 8, 8) and torch.all(ds[0]["image"] == value)
     with pytest.raises(ValueError, match="data.half='A' takes one half .* leave it unset"):
-        ImageDataModule("folder", str(tmp_path / "maps"), 8, pairs="side_by_side", half="A")
+        ImageDataModule("folder", str(tmp_path / "maps"), image_size=8, pairs="side_by_side", half="A")
 
 
 def test_builtin_textures_are_split_into_train_and_held_out_parts():

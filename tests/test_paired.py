@@ -81,7 +81,7 @@ def test_folders_with_different_extensions_and_channels(tmp_path):
 
 @pytest.mark.parametrize("task,cond_ch", [("sr2", 3), ("sr4", 3), ("colorize", 1), ("inpaint", 4)])
 def test_task_pairs_from_single_images(image_folder, task, cond_ch):
-    ds = TaskDataset(ImageFolder(image_folder, 8, 3, "random", seed=0), task)
+    ds = TaskDataset(ImageFolder(image_folder, 8, 3, crop="random", seed=0), task)
     item = ds[0]
     assert item["cond"].shape == (cond_ch, 8, 8) and item["image"].shape == (3, 8, 8)
     if task == "colorize":

@@ -38,12 +38,12 @@ def test_fit_resume_sample_export_reload(tmp_path, image_folder):
 
     # exported EMA weights reload without pickle and give identical samples for one seed
     model = cli2.model.eval()
-    a = model.sample(3, "ddim", 5, seed=123, progress=False)
+    a = model.sample(3, "ddim", steps=5, seed=123, progress=False)
     reloaded = load_pretrained(Path(cli2.trainer.log_dir) / "export")
-    b = reloaded.sample(3, "ddim", 5, seed=123, progress=False)
+    b = reloaded.sample(3, "ddim", steps=5, seed=123, progress=False)
     assert a.shape == (3, 3, 8, 8) and torch.equal(a, b)
     # the checkpoint loads with weights_only=True and gives the same samples too
-    c = load_pretrained(Path(cli2.trainer.log_dir) / "checkpoints" / "last.ckpt").sample(3, "ddim", 5, seed=123, progress=False)
+    c = load_pretrained(Path(cli2.trainer.log_dir) / "checkpoints" / "last.ckpt").sample(3, "ddim", steps=5, seed=123, progress=False)
     assert torch.equal(a, c)
 
 
@@ -52,8 +52,8 @@ def test_sampling_uses_the_ema_weights():
     with torch.no_grad():
         for p in m.ema.model.parameters():  # EMA weights differ from the raw ones (none left at zero)
             p.add_(0.05 * torch.randn_like(p))
-    ema_out = m.sample(2, "ddim", 5, seed=0, progress=False)
-    raw_out = m.sample(2, "ddim", 5, seed=0, progress=False, use_ema=False)
+    ema_out = m.sample(2, "ddim", steps=5, seed=0, progress=False)
+    raw_out = m.sample(2, "ddim", steps=5, seed=0, progress=False, use_ema=False)
     assert not torch.equal(ema_out, raw_out)
 
 

@@ -25,9 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .autoencoders import EXPORT_SUBDIR, KLAutoencoder, build_autoencoder_kl
+from .autoencoders import EXPORT_SUBDIR, KLAutoencoder, build_autoencoder_kl, to_image_space, to_model_space
 from .metrics import psnr, ssim
-from .module import to_image_space, to_model_space
 
 
 class PatchDiscriminator(nn.Module):
@@ -73,8 +72,10 @@ class AutoencoderModule(L.LightningModule):
     ):
         super().__init__()
         self.save_hyperparameters()
-        self.vae = build_autoencoder_kl(channels, latent_channels, block_out_channels, layers_per_block,
-                                        norm_num_groups, image_size, mid_attention)
+        self.vae = build_autoencoder_kl(channels=channels, latent_channels=latent_channels,
+                                        block_out_channels=block_out_channels, layers_per_block=layers_per_block,
+                                        norm_num_groups=norm_num_groups, image_size=image_size,
+                                        mid_attention=mid_attention)
         self.factor = 2 ** (len(block_out_channels) - 1)
         if image_size % self.factor:
             raise ValueError(f"image_size {image_size} must be a multiple of the autoencoder's down-sampling factor "

@@ -23,6 +23,16 @@ from torch import nn
 CONFIG, EXPORT_SUBDIR = "config.json", "autoencoder"
 
 
+def to_model_space(x: torch.Tensor) -> torch.Tensor:
+    """Images in [0, 1] -> [-1, 1], the range every autoencoder and diffusion model works in."""
+    return x * 2 - 1
+
+
+def to_image_space(x: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] -> images in [0, 1], clamped."""
+    return ((x + 1) / 2).clamp(0, 1)
+
+
 class Autoencoder(nn.Module):
     """The interface: channels in, latent channels, spatial down-sampling factor f."""
 
@@ -93,6 +103,7 @@ class KLAutoencoder(Autoencoder):
 
 def build_autoencoder_kl(
     channels: int = 3,
+    *,
     latent_channels: int = 4,
     block_out_channels: Sequence[int] = (64, 128, 256),
     layers_per_block: int = 1,

@@ -7,6 +7,8 @@ from typing import Optional
 import lightning as L
 import torch
 
+from .autoencoder_module import AutoencoderModule
+from .module import DiffusionModule
 from .pretrained import EXPORT_DIR, save_pretrained
 from .viz import save_grid, translation_grid
 
@@ -26,7 +28,7 @@ class SampleGrid(L.Callback):
         every_n_steps: int = 1000,  # 0 disables
         num: int = 16,  # images per grid
         sampler: str = "ddim",  # sampler for the grids
-        steps: Optional[int] = 50,  # DDIM steps
+        steps: Optional[int] = None,  # sampler steps (None: the sampler's default, 50 for DDIM)
         seed: int = 0,  # the same noise every time, so grids are comparable across steps
     ):
         self.every_n_steps, self.num, self.sampler, self.steps, self.seed = every_n_steps, num, sampler, steps, seed
@@ -35,10 +37,10 @@ class SampleGrid(L.Callback):
         if not trainer.is_global_zero:
             return None
         path = run_dir(trainer) / "samples" / f"step_{trainer.global_step:06d}.png"
-        if not pl_module.hparams.get("cond_channels", 0):
-            nc = pl_module.hparams.get("num_classes", 0)
+        if not pl_module.hparams.cond_channels:
+            nc = pl_module.hparams.num_classes
             labels = torch.arange(self.num) % nc if nc else None  # class-conditional: cycle through the classes
-            x = pl_module.sample(self.num, self.sampler, self.steps, seed=self.seed, labels=labels, progress=False)
+            x = pl_module.sample(self.num, self.sampler, steps=self.steps, seed=self.seed, labels=labels, progress=False)
             return save_grid(x, path, nrow=nc if nc and self.num % nc == 0 else None)
         dm = trainer.datamodule
         ds = getattr(dm, "val_set", None) or dm.train_set
@@ -49,7 +51,7 @@ class SampleGrid(L.Callback):
         return save_grid(images, path, nrow=nrow)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if not hasattr(pl_module, "sample"):  # an autoencoder: ExportWeights writes its reconstructions
+        if not isinstance(pl_module, DiffusionModule):  # an autoencoder: ExportWeights writes its reconstructions
             return
         step = trainer.global_step
         if self.every_n_steps > 0 and step > 0 and step % self.every_n_steps == 0 and step != getattr(self, "_last", -1):
@@ -64,7 +66,7 @@ class ExportWeights(L.Callback):
     def on_train_end(self, trainer, pl_module) -> None:
         if not trainer.is_global_zero:
             return
-        if hasattr(pl_module, "export"):
+        if isinstance(pl_module, AutoencoderModule):
             out = pl_module.export(run_dir(trainer) / EXPORT_DIR)
             print(f"exported the autoencoder to {out}")
             dm = trainer.datamodule

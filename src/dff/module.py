@@ -1,9 +1,9 @@
-"""The LightningModule: a network, the diffusion process, EMA and the optimiser, composed.
+"""The LightningModule: the latent space, a network, the diffusion process, EMA and the optimiser, composed.
 
 `DiffusionModule` is the one core; `PixelDiffusion`, `PixelDiffusionConditional`,
 `LatentDiffusion` and `LatentDiffusionConditional` are presets of it. Images enter and leave as
 (B, C, H, W) floats in [0, 1]; the network works on z_0 = s * E(2x - 1), where E is the
-autoencoder (the identity in pixel space) and s the latent scale (1 in pixel space).
+autoencoder (the identity in pixel space) and s the latent scale (1 in pixel space): latent.py.
 """
 from __future__ import annotations
 
@@ -11,51 +11,42 @@ from typing import Callable, Optional, Sequence
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 
-from .autoencoders import IdentityAutoencoder, is_pixel_space, load_autoencoder
+from .autoencoders import is_pixel_space
+from .data import ImageDataModule
+from .data.latents import sample_latents
 from .diffusion import GaussianDiffusion, get_sampler
+from .diffusion.guidance import ClassifierFreeGuidance
 from .diffusion.samplers import randn
 from .ema import EMA
+from .latent import LatentSpace
 from .metrics import translation_scores
 from .nn import BACKBONES
 
 
-def to_model_space(x: torch.Tensor) -> torch.Tensor:
-    """[0, 1] -> [-1, 1]."""
-    return x * 2 - 1
-
-
-def to_image_space(x: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] -> [0, 1], clamped."""
-    return ((x + 1) / 2).clamp(0, 1)
-
-
-def _drop_autoencoder_keys(module, state_dict, prefix, local_metadata) -> None:
-    """State-dict hook: the frozen autoencoder is not part of the model's weights."""
-    for k in [k for k in state_dict if k.startswith(prefix + "autoencoder.")]:
-        del state_dict[k]
-
-
-def _ignore_missing_autoencoder_keys(module, incompatible_keys) -> None:
-    """Load hook: the autoencoder's weights come from its own folder, so they are never missing."""
-    keys = incompatible_keys.missing_keys
-    keys[:] = [k for k in keys if not k.startswith("autoencoder.")]
+def _rename_old_keys(state_dict, prefix, *args) -> None:
+    """Load pre-hook: checkpoints of dff 0.1 kept the latent scale at `scale`; it is `latent.scale` now."""
+    if prefix + "scale" in state_dict:
+        state_dict[prefix + "latent.scale"] = state_dict.pop(prefix + "scale")
 
 
 class DiffusionModule(L.LightningModule):
-    """Diffusion model on images: training by L_simple, EMA weights, sampling with any sampler."""
+    """Diffusion model on images: training by L_simple, EMA weights, sampling with any sampler.
+
+    Composed of: `latent` (LatentSpace: autoencoder and latent scale; the identity in pixel space),
+    `net` (the U-Net), `ema` (its EMA copy) and `diffusion` (GaussianDiffusion: schedule, loss)."""
 
     def __init__(
         self,
-        image_size: int = 64,  # side of the square images (set from the data in `dff fit`)
-        channels: int = 3,  # image channels (set from the data in `dff fit`)
-        cond_channels: int = 0,  # channels of a condition image concatenated to x_t (0: unconditional)
-        condition: str = "none",  # none | image (given) | sr2 | sr4 | colorize | inpaint (made from an input; set from the data)
+        # ---- data (set from data: by `dff fit`)
+        image_size: int = 64,  # side of the square images
+        channels: int = 3,  # image channels
+        # ---- network
+        backbone: str = "adm",  # adm (residual U-Net of DDPM / ADM; measured best) | convnext (the original project's U-Net)
         dim: int = 64,  # U-Net base width
         dim_mults: Sequence[int] = (1, 2, 4, 8),  # U-Net width multipliers, one per level
         attention: bool = True,  # convnext: linear attention per level, full in the middle; adm: full at the lowest level and middle
-        backbone: str = "adm",  # adm (residual U-Net of DDPM / ADM; measured best) | convnext (the original project's U-Net)
+        # ---- diffusion process and loss
         timesteps: int = 1000,  # T
         schedule: str = "linear",  # beta schedule: linear | quadratic | sigmoid | cosine
         zero_terminal_snr: bool = False,  # rescale the schedule to alpha_bar_T = 0 (needs v or x0)
@@ -63,17 +54,24 @@ class DiffusionModule(L.LightningModule):
         loss_weighting: str = "none",  # none (L_simple) | min_snr (min-SNR-gamma, Hang et al. 2023)
         min_snr_gamma: float = 5.0,  # gamma of min-SNR weighting
         offset_noise: float = 0.0,  # offset-noise strength (0: off)
+        # ---- optimisation
         lr: float = 1e-4,  # AdamW learning rate
         weight_decay: float = 0.0,  # AdamW weight decay
         warmup_steps: int = 0,  # linear learning-rate warm-up
+        # ---- EMA
         ema_decay: float = 0.9999,  # EMA decay (reached after the warm-up)
         ema_warmup: bool = True,  # EMA decay warm-up min(decay, (1 + n) / (10 + n))
+        # ---- sampling and validation
         clip_x0: bool = True,  # clip predicted x0 to [-1, 1] while sampling (pixel space)
         val_steps: int = 20,  # DDIM steps of the translations scored in validation (paired data)
+        # ---- conditioning: image-to-image (set from data: by `dff fit`) and classes
+        cond_channels: int = 0,  # channels of a condition image concatenated to x_t (0: unconditional)
+        condition: str = "none",  # none | image (given) | sr2 | sr4 | colorize | inpaint (made from an input)
         residual: bool = False,  # diffuse the residual x0 - cond (SRDiff, Li et al. 2022); cond has the output's channels
         residual_scale: float = 1.0,  # multiply the residual by this (~ 1 / its std) so the diffused data has unit scale
         num_classes: int = 0,  # class-conditional with classifier-free guidance: labels 0..num_classes-1 (0: off)
         label_dropout: float = 0.1,  # share of training labels replaced by "no label" (Ho & Salimans 2022)
+        # ---- latent space (latent.py)
         autoencoder: Optional[str] = None,  # latent diffusion: AutoencoderKL folder, dff autoencoder run or hub id (None: pixel space)
         latent_scale: Optional[float] = None,  # s in z_0 = s * E(x); None: 1 / std of the training latents, estimated at the start of fit
         latent_condition: str = "encode",  # latent conditional models: encode (by the autoencoder) | resize (to the latent size)
@@ -86,102 +84,63 @@ class DiffusionModule(L.LightningModule):
         if residual and cond_channels != channels:
             raise ValueError(f"residual=True diffuses x0 - cond, so the condition needs the output's {channels} "
                              f"channels, got cond_channels={cond_channels}")
-        if latent_condition not in ("encode", "resize"):
-            raise ValueError(f"unknown latent_condition {latent_condition!r}: expected 'encode' or 'resize'")
         self.save_hyperparameters()
-        self.autoencoder = load_autoencoder(autoencoder, channels)
-        ae, latent = self.autoencoder, not is_pixel_space(autoencoder)
+        # 1. the latent space: z_0 = s * E(2x - 1) (the identity in pixel space)
+        self.latent = LatentSpace(autoencoder, channels, scale=latent_scale, condition=latent_condition)
+        latent = self.latent.is_latent
         if latent and residual:
             raise ValueError("residual=True is for pixel space; a latent model (model.autoencoder set) cannot use it")
         if latent and cond_channels and latent_condition == "encode" and cond_channels != channels:
             raise ValueError(f"latent_condition='encode' passes the condition through the autoencoder, which takes "
                              f"{channels}-channel images, but cond_channels={cond_channels}: use latent_condition='resize'")
-        net_cond = ae.latent_channels if latent and cond_channels and latent_condition == "encode" else cond_channels
-        # z_0 = s * E(x); s is a buffer so that checkpoints keep the estimate (NaN: not estimated yet)
-        s = 1.0 if not latent else float("nan") if latent_scale is None else float(latent_scale)
-        self.register_buffer("scale", torch.tensor(s, dtype=torch.float32))
+        self._register_load_state_dict_pre_hook(_rename_old_keys)
+        # 2. the network, on z_t (and the condition code) in the latent space
+        net_cond = self.latent.channels if latent and cond_channels and latent_condition == "encode" else cond_channels
         if backbone not in BACKBONES:
             raise ValueError(f"unknown backbone {backbone!r}: expected one of {', '.join(BACKBONES)}")
-        self.net = BACKBONES[backbone](ae.latent_channels, ae.latent_channels, net_cond, dim, dim_mults, attention,
+        self.net = BACKBONES[backbone](in_channels=self.latent.channels, out_channels=self.latent.channels,
+                                       cond_channels=net_cond, dim=dim, dim_mults=dim_mults, attention=attention,
                                        num_classes=num_classes)
         if image_size % self.size_factor:
             raise ValueError(
                 f"image_size {image_size} cannot be divided down by the U-Net: with dim_mults={tuple(dim_mults)}"
-                + (f" and the autoencoder's factor {ae.factor}" if latent else "")
+                + (f" and the autoencoder's factor {self.latent.factor}" if latent else "")
                 + f" it must be a multiple of {self.size_factor}"
             )
-        # the frozen autoencoder is rebuilt from `autoencoder`, never stored in checkpoints
-        self._register_state_dict_hook(_drop_autoencoder_keys)
-        self.register_load_state_dict_post_hook(_ignore_missing_autoencoder_keys)
+        # 3. its EMA copy, and the diffusion process
         self.ema = EMA(self.net, ema_decay, ema_warmup)
-        self.diffusion = GaussianDiffusion(timesteps, schedule, prediction, zero_terminal_snr,
-                                           loss_weighting=loss_weighting, min_snr_gamma=min_snr_gamma,
-                                           offset_noise=offset_noise)
+        self.diffusion = GaussianDiffusion(timesteps=timesteps, schedule=schedule, prediction=prediction,
+                                           zero_terminal_snr=zero_terminal_snr, loss_weighting=loss_weighting,
+                                           min_snr_gamma=min_snr_gamma, offset_noise=offset_noise)
 
-    # ------------------------------------------------------------------ latent space
     @property
     def is_latent(self) -> bool:
-        return not isinstance(self.autoencoder, IdentityAutoencoder)
+        return self.latent.is_latent
 
     @property
     def size_factor(self) -> int:
         """Image sides must be multiples of this: the autoencoder's factor times the U-Net's."""
-        return self.autoencoder.factor * self.net.size_factor
+        return self.latent.factor * self.net.size_factor
 
-    def latent_scale(self) -> torch.Tensor:
-        if torch.isnan(self.scale):
-            raise RuntimeError("the latent scale is not set: it is estimated at the start of `fit` "
-                               "(or give model.latent_scale, or call estimate_latent_scale)")
-        return self.scale
-
-    def encode_unscaled(self, x: torch.Tensor) -> torch.Tensor:
-        """E(2x - 1): images (B, C, H, W) in [0, 1] -> latents (B, c, H/f, W/f), before the scale."""
-        return self.autoencoder.encode(to_model_space(x))
-
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """z_0 = s * E(2x - 1), the data the diffusion model sees."""
-        return self.encode_unscaled(x) * self.latent_scale()
-
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Images in [0, 1] from z_0: (D(z_0 / s) + 1) / 2."""
-        return to_image_space(self.autoencoder.decode(z / self.latent_scale()))
-
-    def condition_code(self, cond: torch.Tensor) -> torch.Tensor:
-        """The condition as the network takes it, before any latent scale: pixel space and
-        latent_condition='resize': the image in [-1, 1] (area-resized to the latent size);
-        'encode': its latent E(2c - 1)."""
-        c = to_model_space(cond)
-        if not self.is_latent:
-            return c
-        if self.hparams.latent_condition == "encode":
-            return self.autoencoder.encode(c)
-        f = self.autoencoder.factor
-        return F.interpolate(c, size=(c.shape[-2] // f, c.shape[-1] // f), mode="area")
-
-    def scale_condition(self, code: torch.Tensor) -> torch.Tensor:
-        """Encoded conditions get the latents' scale; images stay as they are."""
-        return code * self.latent_scale() if self.is_latent and self.hparams.latent_condition == "encode" else code
-
-    @torch.no_grad()
-    def estimate_latent_scale(self, latents: torch.Tensor) -> float:
-        """s = 1 / std of the given unscaled latents (Rombach et al. 2022, sec. 4.3.2 / appendix G);
-        stored in the `scale` buffer and returned."""
-        s = 1.0 / latents.float().std().item()
-        self.scale.fill_(s)
-        return s
+    def latent_cache_meta(self) -> dict:
+        """What a latent cache made for this model depends on (data/latents.py checks it before reuse)."""
+        h = self.hparams
+        return {"autoencoder": str(h.autoencoder), "image_size": int(h.image_size), "channels": int(h.channels),
+                "condition": str(h.condition), "latent_condition": str(h.latent_condition)}
 
     def on_fit_start(self) -> None:
         """Latent models: cache the training latents if the data asks for it, and estimate the
         latent scale from the training data when it is not set (rank 0's estimate is shared)."""
         dm = getattr(self.trainer, "datamodule", None)
-        if dm is not None and getattr(dm, "wants_latent_cache", False):
-            dm.use_latent_cache(self)  # (an error for pixel models)
-        if self.is_latent and torch.isnan(self.scale):
-            from .data.latents import sample_latents
-
-            z = sample_latents(self, dm.train_set if dm is not None else None, self.hparams.latent_scale_samples)
-            s = self.trainer.strategy.broadcast(self.estimate_latent_scale(z), 0)
-            self.scale.fill_(s)
+        if isinstance(dm, ImageDataModule) and dm.hparams.latent_cache:
+            if not self.is_latent:
+                raise ValueError("data.latent_cache is for latent models: set model.autoencoder, or remove data.latent_cache")
+            dm.use_latent_cache(self.latent.encode_unscaled, self.latent.condition_code, self.latent_cache_meta())
+        if self.is_latent and torch.isnan(self.latent.scale):
+            z = sample_latents(self.latent.encode_unscaled, dm.train_set if dm is not None else None,
+                               self.hparams.latent_scale_samples)
+            s = self.trainer.strategy.broadcast(self.latent.estimate_scale(z), 0)
+            self.latent.scale.fill_(s)
             print(f"latent scale s = 1 / std of {len(z)} training latents = {s:.4f}")
 
     # ------------------------------------------------------------------ forward
@@ -192,18 +151,18 @@ class DiffusionModule(L.LightningModule):
     # ------------------------------------------------------------------ training
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         if "latent" in batch:  # cached latents (data.latent_cache)
-            x0 = batch["latent"] * self.latent_scale()  # (B, c, h, w)
+            x0 = batch["latent"] * self.latent.s()  # (B, c, h, w)
         else:
-            x0 = self.encode(batch["image"])  # (B, c, H/f, W/f); pixel space: (B, C, H, W) in [-1, 1]
+            x0 = self.latent.encode(batch["image"])  # (B, c, H/f, W/f); pixel space: (B, C, H, W) in [-1, 1]
         cond = None
         if "cond_code" in batch:
-            cond = self.scale_condition(batch["cond_code"])
+            cond = self.latent.scale_condition(batch["cond_code"])
         elif "cond" in batch:
-            cond = self.scale_condition(self.condition_code(batch["cond"]))
-        if self.hparams.get("residual"):
+            cond = self.latent.scale_condition(self.latent.condition_code(batch["cond"]))
+        if self.hparams.residual:
             x0 = (x0 - cond) * self.hparams.residual_scale  # the diffused data is what the condition misses
         net = self.net
-        if self.hparams.get("num_classes"):
+        if self.hparams.num_classes:
             y = self.training_labels(batch)
             net = lambda x_t, t, c=None: self.net(x_t, t, c, y)  # noqa: E731
         loss = self.diffusion.loss(net, x0, cond)
@@ -270,7 +229,8 @@ class DiffusionModule(L.LightningModule):
         self,
         num: int = 16,  # number of images (unconditional models)
         sampler: str = "ddim",  # ddpm | ddim | dpmpp_2m | euler | heun
-        steps: Optional[int] = None,  # DDIM steps (default 50), fast samplers (default 20); DDPM takes all T
+        *,
+        steps: Optional[int] = None,  # None: the sampler's default (diffusion.default_steps); DDPM takes all T
         eta: float = 0.0,  # DDIM noise: 0 deterministic, 1 ancestral
         spacing: str = "leading",  # DDIM timestep spacing: leading | trailing
         seed: Optional[int] = None,  # seed of a CPU generator (ignored if generator is given)
@@ -287,40 +247,37 @@ class DiffusionModule(L.LightningModule):
         condition, grouped by condition (rows 0..K-1 belong to cond[0]), at the condition's size."""
         h = self.hparams
         fn = get_sampler(sampler)
-        opts: dict = {}
+        opts: dict = {} if steps is None else {"steps": steps}
         if sampler == "ddim":
-            opts = dict(steps=50 if steps is None else steps, eta=eta, spacing=spacing)
-        elif sampler != "ddpm":  # dpmpp_2m, euler, heun: their own default spacing
-            opts = dict(steps=20 if steps is None else steps)
-        elif steps is not None and steps != h.timesteps:
+            opts.update(eta=eta, spacing=spacing)  # the other samplers keep their own default spacing
+        elif sampler == "ddpm" and opts.pop("steps", h.timesteps) != h.timesteps:
             raise ValueError(f"the ddpm sampler always takes all T={h.timesteps} steps, got steps={steps}; use ddim for fewer")
         if generator is None:
             generator = torch.Generator()
             generator.manual_seed(seed) if seed is not None else generator.seed()
-        f = self.autoencoder.factor
+        f = self.latent.factor
         size = (h.image_size // f, h.image_size // f)  # of z_T: the latent size (pixel space: the image size)
         if h.cond_channels and cond is None:
             raise ValueError(f"this model is conditional ({h.condition}, {h.cond_channels} channels): pass cond images")
         if cond is not None:
             self.check_condition(cond)
-            cond = self.scale_condition(self.condition_code(cond.to(self.device))).repeat_interleave(num_samples, dim=0)
+            cond = self.latent.scale_condition(self.latent.condition_code(cond)).repeat_interleave(num_samples, dim=0)
             num, size = cond.shape[0], tuple(cond.shape[-2:])
         net = self.ema if use_ema else self.net
         was_training = net.training
         net.eval()
-        x_T = randn((num, self.autoencoder.latent_channels, *size), generator, self.device)
+        x_T = randn((num, self.latent.channels, *size), generator, self.device)
         model = net
         if labels is not None:
-            from .diffusion.guidance import ClassifierFreeGuidance
             model = ClassifierFreeGuidance(net, self.class_labels(labels, num), guidance, h.num_classes)
-        residual = h.get("residual", False)
+        residual = h.residual
         x0 = fn(model, self.diffusion, x_T, cond=cond, generator=generator,
                 clip_x0=h.clip_x0 and not residual and not self.is_latent,  # latents are not bounded
                 progress=progress, callback=callback, **opts)
         if residual:  # pixel space only: cond is the condition image in [-1, 1]
             x0 = x0 / h.residual_scale + cond
         net.train(was_training)
-        return self.decode(x0)
+        return self.latent.decode(x0)
 
     def check_condition(self, cond: torch.Tensor) -> None:
         """Clear errors for a condition the network cannot take."""

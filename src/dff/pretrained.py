@@ -47,11 +47,11 @@ def save_pretrained(model: DiffusionModule, out_dir: Union[str, Path]) -> Path:
     state = {k: v.detach().cpu().contiguous() for k, v in model.ema.model.state_dict().items()}
     save_file(state, out_dir / WEIGHTS)
     hparams = constructor_hparams(model)
-    if getattr(model, "is_latent", False):
+    if model.is_latent:
         # self-contained: the autoencoder travels with the weights, the estimated scale in the config
-        model.autoencoder.save_pretrained(out_dir / EXPORT_SUBDIR)
+        model.latent.autoencoder.save_pretrained(out_dir / EXPORT_SUBDIR)
         hparams["autoencoder"] = EXPORT_SUBDIR  # relative to this folder
-        hparams["latent_scale"] = float(model.latent_scale())
+        hparams["latent_scale"] = float(model.latent.s())
     cfg = {"format": "dff", "version": 1, "model_class": type(model).__name__, "hparams": hparams}
     (out_dir / CONFIG).write_text(json.dumps(cfg, indent=2) + "\n")
     return out_dir

@@ -19,6 +19,7 @@ from PIL import Image
 
 from .data.folder import MODES, find_images, load_image, to_tensor
 from .data.tasks import TASKS, condition_from_input, sr_factor
+from .diffusion import default_steps
 from .metrics import translation_scores
 from .module import DiffusionModule
 
@@ -67,8 +68,8 @@ def pad_to(x: torch.Tensor, factor: int) -> tuple[torch.Tensor, tuple[int, int]]
     return x, (H, W)
 
 
-def translate(model: DiffusionModule, cond: torch.Tensor, num_samples: int = 1, sampler: str = "ddim",
-              steps: Optional[int] = 50, eta: float = 0.0, generator: Optional[torch.Generator] = None,
+def translate(model: DiffusionModule, cond: torch.Tensor, *, num_samples: int = 1, sampler: str = "ddim",
+              steps: Optional[int] = None, eta: float = 0.0, generator: Optional[torch.Generator] = None,
               progress: bool = True) -> torch.Tensor:
     """Outputs (B * num_samples, C, H, W) in [0, 1] for conditions (B, C_cond, H, W) of any size."""
     padded, (H, W) = pad_to(cond, model.size_factor)
@@ -84,8 +85,8 @@ def average_samples(y: torch.Tensor, k: int) -> torch.Tensor:
     return y.reshape(-1, k, *y.shape[1:]).mean(1)
 
 
-def translate_files(model: DiffusionModule, inputs: Union[str, Path], out: Union[str, Path], num_samples: int = 1,
-                    sampler: str = "ddim", steps: Optional[int] = 50, eta: float = 0.0, seed: int = 0,
+def translate_files(model: DiffusionModule, inputs: Union[str, Path], out: Union[str, Path], *, num_samples: int = 1,
+                    sampler: str = "ddim", steps: Optional[int] = None, eta: float = 0.0, seed: int = 0,
                     mask: Optional[Union[str, Path]] = None, resize: bool = False, progress: bool = True,
                     average: bool = False) -> list[Path]:
     """Translate every input file; outputs keep the inputs' relative paths as PNGs
@@ -98,7 +99,8 @@ def translate_files(model: DiffusionModule, inputs: Union[str, Path], out: Union
     written = []
     for f in files:
         cond = condition_of(model, f, m, resize)
-        y = translate(model, cond, num_samples, sampler, steps, eta, g, progress).cpu()  # (K, C, H, W)
+        y = translate(model, cond, num_samples=num_samples, sampler=sampler, steps=steps, eta=eta, generator=g,
+                      progress=progress).cpu()  # (K, C, H, W)
         if average:
             y = average_samples(y, num_samples)  # (1, C, H, W)
         rel = f.relative_to(root).with_suffix("")
@@ -112,7 +114,7 @@ def translate_files(model: DiffusionModule, inputs: Union[str, Path], out: Union
     return written
 
 
-def evaluation_set(model: DiffusionModule, data: str, layout: str = "side_by_side", direction: str = "AtoB"):
+def evaluation_set(model: DiffusionModule, data: str, *, layout: str = "side_by_side", direction: str = "AtoB"):
     """The paired data a model is scored on: 'photos' (the held-out photo patches), a folder of
     single images for task models, or a side_by_side / folders pair folder for image models."""
     from .data.builtin import PhotoPatches
@@ -125,31 +127,33 @@ def evaluation_set(model: DiffusionModule, data: str, layout: str = "side_by_sid
     if h.condition == "image":
         if data in ("photos", "textures"):
             raise ValueError(f"the built-in {data} make task pairs (sr2, sr4, colorize, inpaint), not given conditions")
-        return PairFolder(data, layout, h.image_size, h.channels, h.cond_channels, direction, "center", False, False)
+        return PairFolder(data, layout, image_size=h.image_size, channels=h.channels, cond_channels=h.cond_channels,
+                          direction=direction, crop="center", hflip=False, vflip=False)
     base = (PhotoPatches("val", h.image_size, h.channels, source=data) if data in ("photos", "textures")
-            else ImageFolder(data, h.image_size, h.channels, "center", False, False))
+            else ImageFolder(data, h.image_size, h.channels, crop="center", hflip=False, vflip=False))
     return TaskDataset(base, h.condition, seed=0)
 
 
 @torch.no_grad()
-def evaluate(model: DiffusionModule, data: str, layout: str = "side_by_side", direction: str = "AtoB",
-             num: Optional[int] = None, steps: int = 50, batch_size: int = 32, seed: int = 0,
+def evaluate(model: DiffusionModule, data: str, *, layout: str = "side_by_side", direction: str = "AtoB",
+             num: Optional[int] = None, steps: Optional[int] = None, batch_size: int = 32, seed: int = 0,
              progress: bool = False, average: int = 1) -> dict:
     """Mean PSNR/SSIM (and, for super-resolution, bicubic and consistency) over a paired set;
     average=K > 1 scores the mean of K samples per condition instead of one sample."""
-    ds = evaluation_set(model, data, layout, direction)
+    ds = evaluation_set(model, data, layout=layout, direction=direction)
     n = len(ds) if num is None else min(num, len(ds))
     g = torch.Generator().manual_seed(seed)
     totals: dict[str, float] = {}
     for start in range(0, n, batch_size):
         items = [ds[i] for i in range(start, min(n, start + batch_size))]
         cond, target = torch.stack([it["cond"] for it in items]), torch.stack([it["image"] for it in items])
-        out = translate(model, cond.to(model.device), average, "ddim", steps, 0.0, g, progress).cpu()
+        out = translate(model, cond.to(model.device), num_samples=average, steps=steps, generator=g,
+                        progress=progress).cpu()
         out = average_samples(out, average) if average > 1 else out
         for k, v in translation_scores(out, target, cond, model.hparams.condition).items():
             totals[k] = totals.get(k, 0.0) + float(v) * len(items)
     res = {k: v / n for k, v in totals.items()}
-    res.update(n=n, steps=steps, data=str(data), condition=model.hparams.condition, average=average)
+    res.update(n=n, steps=default_steps("ddim") if steps is None else steps, data=str(data), condition=model.hparams.condition, average=average)
     return res
 
 

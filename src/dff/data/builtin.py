@@ -89,7 +89,7 @@ class PhotoPatches(torch.utils.data.Dataset):
     for training (`repeat` crops per photo and epoch); for validation, the fixed grid of
     non-overlapping patches that tiles the held-out quarter."""
 
-    def __init__(self, split: str = "train", image_size: int = 32, channels: int = 3, repeat: int = 256,
+    def __init__(self, split: str = "train", image_size: int = 32, channels: int = 3, *, repeat: int = 256,
                  hflip: bool = True, vflip: bool = False, seed: Optional[int] = None, source: str = "photos"):
         if channels not in MODES:
             raise ValueError(f"channels must be one of {sorted(MODES)}, got {channels}")
@@ -108,7 +108,8 @@ class PhotoPatches(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict:
         s = self.image_size
         if self.split == "train":
-            im = transform_same([self.photos[i % len(self.photos)]], s, "random", self.hflip, self.vflip, self.rng)[0]
+            im = transform_same([self.photos[i % len(self.photos)]], s, "random", hflip=self.hflip, vflip=self.vflip,
+                                rng=self.rng)[0]
         else:
             k, left, top = self.grid[i]
             im = self.photos[k].crop((left, top, left + s, top + s))

@@ -13,7 +13,7 @@ or, for the built-in photos, their held-out bottom quarter.
 """
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Callable, Literal, Optional
 
 import lightning as L
 import torch
@@ -48,6 +48,7 @@ class ImageDataModule(L.LightningDataModule):
         self,
         dataset: Literal["folder", "digits", "photos", "textures"] = "folder",  # folder: files below `root`; the others are built in
         root: Optional[str] = None,  # the image folder (dataset="folder")
+        *,
         image_size: int = 64,  # side of the square training images
         channels: int = 3,  # channels of the generated images; files are converted (1: L, 3: RGB, 4: RGBA)
         pairs: str = "none",  # none | side_by_side | folders | sr2 | sr4 | colorize | inpaint
@@ -89,28 +90,24 @@ class ImageDataModule(L.LightningDataModule):
         h = self.hparams
         return condition_channels(h.pairs, h.channels, h.cond_image_channels)
 
-    @property
-    def wants_latent_cache(self) -> bool:
-        return bool(self.hparams.latent_cache)
-
-    def use_latent_cache(self, model) -> None:
-        """Train from cached latents: encode each training item once per flip variant with the
-        model's autoencoder (rank 0 writes the file, the other ranks read it) and replace the
-        training set. Called by latent models at the start of fit."""
+    def use_latent_cache(self, encode: Callable, condition_code: Callable, meta: dict) -> None:
+        """Train from cached latents: encode each training item once per flip variant with `encode`
+        (images in [0, 1] -> unscaled latents) and `condition_code` (conditions -> their code), rank 0
+        writing data.latent_cache, the other ranks reading it; `meta` describes the model the latents
+        belong to (the cache is reused only when it matches). Called by latent models at the start of fit."""
         from .latents import LatentDataset, load_or_make_cache
 
         h = self.hparams
-        if not model.is_latent:
-            raise ValueError("data.latent_cache is for latent models: set model.autoencoder, or remove data.latent_cache")
         plain = self.make("train", flips=False)
-        strategy = model.trainer.strategy if model._trainer is not None else None
+        strategy = self.trainer.strategy if self.trainer is not None else None
         is_writer = strategy is None or strategy.is_global_zero
+        kw = dict(encode=encode, condition_code=condition_code, meta=meta, hflip=h.hflip, vflip=h.vflip)
         if is_writer:
-            data = load_or_make_cache(h.latent_cache, model, plain, h.hflip, h.vflip, h.val_batch_size)
+            data = load_or_make_cache(h.latent_cache, plain, batch_size=h.val_batch_size, **kw)
         if strategy is not None:
             strategy.barrier("latent_cache")
         if not is_writer:
-            data = load_or_make_cache(h.latent_cache, model, plain, h.hflip, h.vflip, is_writer=False)
+            data = load_or_make_cache(h.latent_cache, plain, is_writer=False, **kw)
         self.train_set = LatentDataset(data)
 
     def make(self, split: str, flips: bool = True) -> Optional[torch.utils.data.Dataset]:
@@ -121,8 +118,8 @@ class ImageDataModule(L.LightningDataModule):
         if h.dataset == "digits":
             return DigitsDataset(h.image_size, h.channels) if train else None
         if h.dataset in ("photos", "textures"):
-            base = PhotoPatches(split, h.image_size, h.channels, h.repeat, hflip_on and train, vflip_on and train,
-                                source=h.dataset)
+            base = PhotoPatches(split, h.image_size, h.channels, repeat=h.repeat, hflip=hflip_on and train,
+                                vflip=vflip_on and train, source=h.dataset)
         else:
             root = h.root if train else h.val_root
             if root is None:
@@ -130,9 +127,10 @@ class ImageDataModule(L.LightningDataModule):
             crop, hflip, vflip, repeat = (h.crop, hflip_on, vflip_on, h.repeat) if train else (
                 "resize" if h.crop == "resize" else "center", False, False, 1)
             if h.pairs in ("side_by_side", "folders"):
-                return PairFolder(root, h.pairs, h.image_size, h.channels, self.cond_channels_, h.direction,
-                                  crop, hflip, vflip, repeat, crop_scale=h.crop_scale)
-            base = ImageFolder(root, h.image_size, h.channels, crop, hflip, vflip, repeat=repeat,
+                return PairFolder(root, h.pairs, image_size=h.image_size, channels=h.channels,
+                                  cond_channels=self.cond_channels_, direction=h.direction, crop=crop, hflip=hflip,
+                                  vflip=vflip, repeat=repeat, crop_scale=h.crop_scale)
+            base = ImageFolder(root, h.image_size, h.channels, crop=crop, hflip=hflip, vflip=vflip, repeat=repeat,
                                labels=h.labels and h.pairs == "none", half=h.half)
         if h.pairs == "none":
             return base  # validation images of unpaired data: autoencoders score reconstructions on them
@@ -146,7 +144,7 @@ class ImageDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> torch.utils.data.DataLoader:
         h = self.hparams
-        in_memory = h.dataset != "folder" or self.wants_latent_cache
+        in_memory = h.dataset != "folder" or bool(h.latent_cache)
         workers = 0 if in_memory else h.num_workers
         return torch.utils.data.DataLoader(
             self.train_set, batch_size=h.batch_size, shuffle=True, drop_last=len(self.train_set) >= h.batch_size,

@@ -82,7 +82,7 @@ def crop_box(w: int, h: int, size: int, crop: Crop, rng: random.Random) -> tuple
     return left, top, left + size, top + size
 
 
-def transform_same(images: list[Image.Image], size: int, crop: Crop, hflip: bool, vflip: bool,
+def transform_same(images: list[Image.Image], size: int, crop: Crop, *, hflip: bool, vflip: bool,
                    rng: random.Random, crop_scale: float = 1.0) -> list[Image.Image]:
     """Crop (or resize) to size x size, then flip: one random draw applied to every image of the
     list, so that the two images of a pair stay aligned. The images must share one size.
@@ -121,6 +121,7 @@ class ImageFolder(torch.utils.data.Dataset):
         root: str | Path,
         image_size: int,  # side of the square training images
         channels: int = 3,  # 1 (grayscale), 3 (RGB) or 4 (RGBA); files are converted
+        *,
         crop: Crop = "random",  # random | center: a window at native resolution; resize: shorter side to size, centre crop
         hflip: bool = True,  # random horizontal flips
         vflip: bool = False,  # random vertical flips (aerial, microscopy data)
@@ -158,7 +159,7 @@ class ImageFolder(torch.utils.data.Dataset):
 
     def transform(self, im: Image.Image) -> Image.Image:
         """Crop or resize to image_size, then flip."""
-        return transform_same([im], self.image_size, self.crop, self.hflip, self.vflip, self.rng)[0]
+        return transform_same([im], self.image_size, self.crop, hflip=self.hflip, vflip=self.vflip, rng=self.rng)[0]
 
     def __getitem__(self, i: int) -> dict:
         i = i % len(self.files)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from tqdm.auto import tqdm
@@ -41,43 +41,37 @@ def flip(x: torch.Tensor, h: bool, v: bool) -> torch.Tensor:
 
 
 @torch.no_grad()
-def encode_dataset(model, dataset, hflip: bool, vflip: bool, batch_size: int = 16,
-                   progress: bool = True) -> dict[str, torch.Tensor]:
+def encode_dataset(dataset, *, encode: Callable, condition_code: Callable, hflip: bool, vflip: bool,
+                   batch_size: int = 16, progress: bool = True) -> dict[str, torch.Tensor]:
     """{"latent": (N, V, c, h, w)[, "cond_code": (N, V, ...)][, "label": (N,)]} for every item of
-    `dataset` ({"image"[, "cond"][, "label"]} items, drawn once), on the CPU."""
+    `dataset` ({"image"[, "cond"][, "label"]} items, drawn once), on the CPU. encode: images in [0, 1]
+    -> unscaled latents; condition_code: condition images -> what the network takes."""
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
     variants = flip_variants(hflip, vflip)
     out: dict[str, list] = {"latent": [], "cond_code": [], "label": []}
     for batch in tqdm(loader, desc="caching latents", disable=not progress):
-        x = batch["image"].to(model.device)
-        out["latent"].append(torch.stack([model.encode_unscaled(flip(x, h, v)) for h, v in variants], 1).cpu())
+        x = batch["image"]
+        out["latent"].append(torch.stack([encode(flip(x, h, v)) for h, v in variants], 1).cpu())
         if "cond" in batch:
-            c = batch["cond"].to(model.device)
-            out["cond_code"].append(torch.stack([model.condition_code(flip(c, h, v)) for h, v in variants], 1).cpu())
+            c = batch["cond"]
+            out["cond_code"].append(torch.stack([condition_code(flip(c, h, v)) for h, v in variants], 1).cpu())
         if "label" in batch:
             out["label"].append(batch["label"])
     return {k: torch.cat(v) for k, v in out.items() if v}
 
 
-def cache_meta(model, dataset, hflip: bool, vflip: bool) -> dict:
-    """What a cache must match to be reused: the autoencoder, the image size, the data's length, flips."""
-    h = model.hparams
-    return {"format": FORMAT, "autoencoder": str(h.autoencoder), "image_size": int(h.image_size),
-            "channels": int(h.channels), "condition": str(h.condition), "latent_condition": str(h.latent_condition),
-            "items": len(dataset), "hflip": bool(hflip), "vflip": bool(vflip)}
-
-
-def load_or_make_cache(path: str, model, dataset, hflip: bool, vflip: bool, batch_size: int = 16,
-                       is_writer: bool = True) -> dict[str, torch.Tensor]:
-    """Read the cache at `path` if it was made for the same model/data settings; else (writer only)
-    encode `dataset` and write it atomically. A cache made for other settings is an error, never
-    overwritten: the message names the file and the setting that differs."""
+def load_or_make_cache(path: str, dataset, *, encode: Callable, condition_code: Callable, meta: dict, hflip: bool,
+                       vflip: bool, batch_size: int = 16, is_writer: bool = True) -> dict[str, torch.Tensor]:
+    """Read the cache at `path` if it was made for the same model (`meta`) and data settings; else
+    (writer only) encode `dataset` and write it atomically. A cache made for other settings is an
+    error, never overwritten: the message names the file and the setting that differs."""
     p = Path(path)
-    meta = cache_meta(model, dataset, hflip, vflip)
+    meta = {"format": FORMAT, **meta, "items": len(dataset), "hflip": bool(hflip), "vflip": bool(vflip)}
     if not p.exists():
         if not is_writer:
             raise FileNotFoundError(f"latent cache {p} was not written by the first process")
-        data = encode_dataset(model, dataset, hflip, vflip, batch_size)
+        data = encode_dataset(dataset, encode=encode, condition_code=condition_code, hflip=hflip, vflip=vflip,
+                              batch_size=batch_size)
         p.parent.mkdir(parents=True, exist_ok=True)
         tmp = p.with_name(p.name + ".partial")
         torch.save({"meta": meta, **data}, tmp)
@@ -118,9 +112,9 @@ class LatentDataset(torch.utils.data.Dataset):
 
 
 @torch.no_grad()
-def sample_latents(model, dataset, num: int = 512, batch_size: int = 16, seed: int = 0) -> torch.Tensor:
-    """Unscaled latents of up to `num` training items (a fixed random subset), for the latent
-    scale. A LatentDataset gives its cached latents (all flip variants) directly."""
+def sample_latents(encode: Callable, dataset, num: int = 512, batch_size: int = 16, seed: int = 0) -> torch.Tensor:
+    """Unscaled latents (`encode`: images in [0, 1] -> latents) of up to `num` training items (a fixed
+    random subset), for the latent scale. A LatentDataset gives its cached latents (all flip variants)."""
     if dataset is None:
         raise ValueError("estimating the latent scale needs training data: give model.latent_scale or fit with data")
     if isinstance(dataset, LatentDataset):
@@ -130,6 +124,6 @@ def sample_latents(model, dataset, num: int = 512, batch_size: int = 16, seed: i
     idx = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:num].tolist()
     out = []
     for start in range(0, len(idx), batch_size):
-        x = torch.stack([dataset[i]["image"] for i in idx[start:start + batch_size]]).to(model.device)
-        out.append(model.encode_unscaled(x).cpu())
+        x = torch.stack([dataset[i]["image"] for i in idx[start:start + batch_size]])
+        out.append(encode(x).cpu())
     return torch.cat(out)

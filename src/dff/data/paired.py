@@ -90,6 +90,7 @@ class PairFolder(torch.utils.data.Dataset):
         self,
         root: str | Path,
         layout: Layout = "side_by_side",
+        *,
         image_size: int = 64,
         channels: int = 3,  # channels of the target (generated) image
         cond_channels: int = 3,  # channels of the condition image
@@ -141,8 +142,8 @@ class PairFolder(torch.utils.data.Dataset):
         cond, target = cond.convert(MODES[self.cond_channels]), target.convert(MODES[self.channels])
         if cond.size != target.size:
             cond = cond.resize(target.size, Image.Resampling.BICUBIC)
-        cond, target = transform_same([cond, target], self.image_size, self.crop, self.hflip, self.vflip, self.rng,
-                                      self.crop_scale)
+        cond, target = transform_same([cond, target], self.image_size, self.crop, hflip=self.hflip, vflip=self.vflip,
+                                      rng=self.rng, crop_scale=self.crop_scale)
         return {"cond": to_tensor(cond), "image": to_tensor(target)}
 
 

@@ -39,25 +39,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .process import GaussianDiffusion, Model, call_model
-from .samplers import Callback, Shape, initial_noise
-
-SPACINGS: tuple[str, ...] = ("leading", "trailing", "linspace")
-
-
-def _check_steps(T: int, steps: int, name: str) -> None:
-    if not 1 <= steps <= T:
-        raise ValueError(f"{name} steps must be between 1 and the training timesteps T={T}, got {steps}")
-
-
-def _check_spacing(spacing: str, name: str) -> None:
-    if spacing not in SPACINGS:
-        raise ValueError(f"unknown {name} spacing {spacing!r}: expected one of {', '.join(SPACINGS)}")
-
-
-def _t_batch(t: int, x: torch.Tensor) -> torch.Tensor:
-    return torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
-
+from .process import GaussianDiffusion, Model, call_model, x0_eps_from_output
+from .samplers import Callback, Shape, check_spacing, check_steps, initial_noise, spaced_timesteps, t_batch
 
 # ============================================================================ DPM-Solver++(2M)
 def dpm_timesteps(T: int, steps: int, spacing: str = "leading") -> np.ndarray:
@@ -67,19 +50,18 @@ def dpm_timesteps(T: int, steps: int, spacing: str = "leading") -> np.ndarray:
         'trailing'  round(T - k T / S) - 1 for k = 0, ..., S - 1  (as ddim_timesteps; starts at T - 1)
         'linspace'  round(linspace(0, T - 1, S + 1))[S:0:-1]      (starts at T - 1, never t = 0)
     A timestep that rounding repeats (only for S close to T) is kept once, as in ddim_timesteps."""
-    _check_steps(T, steps, "DPM-Solver++")
-    _check_spacing(spacing, "DPM-Solver++")
+    check_steps(T, steps, "DPM-Solver++")
+    check_spacing(spacing, "DPM-Solver++")
     if spacing == "leading":
-        ratio = T // (steps + 1)
-        if ratio == 0:
+        if T // (steps + 1) == 0:
             raise ValueError(f"DPM-Solver++ 'leading' spacing needs steps < T={T} (step ratio T // (steps + 1) is 0), "
                              f"got {steps}; use 'trailing' or 'linspace'")
-        ts = np.arange(steps, 0, -1) * ratio
+        ts = spaced_timesteps(T, steps + 1, "leading")[:-1]  # drop t = 0
     elif spacing == "trailing":
-        ts = np.round(np.arange(T, 0, -T / steps)).astype(np.int64) - 1
+        ts = spaced_timesteps(T, steps, "trailing")
     else:
-        ts = np.linspace(0, T - 1, steps + 1).round()[::-1][:-1].astype(np.int64)
-    return np.unique(ts)[::-1].copy()
+        ts = spaced_timesteps(T, steps + 1, "linspace").round()[:-1]  # drop t = 0
+    return np.unique(ts.astype(np.int64))[::-1].copy()
 
 
 @torch.no_grad()
@@ -115,7 +97,8 @@ def dpmpp_2m(
     x0_prev, h_prev = None, None  # x0 and step size of the previous step (the multistep history)
     for i, t in enumerate(tqdm(ts, desc="DPM-Solver++(2M)", disable=not progress, leave=False)):
         t = int(t)
-        x0_hat, _ = diffusion.x0_eps(call_model(model, x, _t_batch(t, x), cond), x, _t_batch(t, x), clip_x0)
+        tt = t_batch(t, x)
+        x0_hat, _ = diffusion.x0_eps(call_model(model, x, tt, cond), x, tt, clip_x0)
         if i + 1 == len(ts):  # to sigma = 0: e^{-h} = 0, alpha = 1
             x = x0_hat
         else:
@@ -163,14 +146,9 @@ def edm_sigmas(diffusion: GaussianDiffusion, steps: int, karras: bool = True,
     mapped back to a fractional timestep with sigma_to_t. alpha_bar = 0 (zero terminal SNR) is read
     as 2^-24, as diffusers' schedulers do with rescale_betas_zero_snr."""
     T = diffusion.T
-    _check_steps(T, steps, "Euler/Heun")
-    _check_spacing(spacing, "Euler/Heun")
-    if spacing == "linspace":
-        ts = np.linspace(0, T - 1, steps, dtype=np.float32)[::-1].copy()
-    elif spacing == "leading":
-        ts = (np.arange(steps) * (T // steps)).astype(np.float32)[::-1].copy()
-    else:
-        ts = np.round(np.arange(T, 0, -T / steps)).astype(np.float32) - 1
+    check_steps(T, steps, "Euler/Heun")
+    check_spacing(spacing, "Euler/Heun")
+    ts = spaced_timesteps(T, steps, spacing).astype(np.float32)
     ab = diffusion.alpha_bar.clone()
     ab[ab == 0] = 2.0**-24  # a zero terminal SNR gets sigma_max = 4096, not inf, as in diffusers
     table = ((1 - ab) / ab).sqrt().numpy()  # sigma_edm(t), t = 0..T-1
@@ -181,26 +159,15 @@ def edm_sigmas(diffusion: GaussianDiffusion, steps: int, karras: bool = True,
     return np.concatenate([sigmas, [0.0]]), ts.astype(np.float64)
 
 
-def _x0_at(prediction: str, out: torch.Tensor, x_t: torch.Tensor, alpha: float, sigma: float, clip_x0: bool) -> torch.Tensor:
-    """x0_hat from a network output at the noise level (alpha, sigma) (process.py's conversions at any
-    noise level, not only at a table timestep): eps -> (x_t - sigma eps) / alpha, v -> alpha x_t - sigma v."""
-    if prediction == "eps":
-        x0 = (x_t - sigma * out) / alpha
-    elif prediction == "x0":
-        x0 = out
-    else:
-        x0 = alpha * x_t - sigma * out
-    return x0.clamp(-1, 1) if clip_x0 else x0
-
-
 def _denoise(model, diffusion, x, sigma: float, t: float, cond, clip_x0) -> tuple[torch.Tensor, int]:
     """D(x; sigma_edm): the model sees x_t = x / sqrt(sigma^2 + 1) at the nearest integer timestep to t;
     returns (x0_hat, that timestep)."""
     t_int = int(np.round(t))
     alpha = 1 / math.sqrt(sigma**2 + 1)  # sqrt(ab) of this sigma_edm
     x_t = alpha * x  # (B, ...)
-    out = call_model(model, x_t, _t_batch(t_int, x), cond)
-    return _x0_at(diffusion.prediction, out, x_t, alpha, sigma * alpha, clip_x0), t_int
+    out = call_model(model, x_t, t_batch(t_int, x), cond)
+    x0_hat, _ = x0_eps_from_output(diffusion.prediction, out, x_t, alpha, sigma * alpha, clip_x0)
+    return x0_hat, t_int
 
 
 def _edm(second_order: bool, model, diffusion, x_T, steps, karras, spacing, cond, generator, clip_x0,

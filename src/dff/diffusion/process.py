@@ -8,7 +8,8 @@ Notation (Ho et al. 2020; Salimans & Ho 2022 for v):
     beta         beta_t;   alpha = 1 - beta_t;   alpha_bar = prod_{s<=t} alpha_s
     alpha_bar_prev  alpha_bar_{t-1}, with alpha_bar_0 := 1 (the paper's t = 0 is clean data)
     beta_tilde   posterior variance (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t) beta_t   (Eq. 7)
-    v            sqrt(alpha_bar) eps - sqrt(1 - alpha_bar) x0               (Salimans & Ho 2022, Sec. 4)
+    alpha, sigma sqrt(alpha_bar), sqrt(1 - alpha_bar): x_t = alpha x0 + sigma eps   (Eq. 4)
+    v            alpha eps - sigma x0                                       (Salimans & Ho 2022, Sec. 4)
     prediction   what the network outputs: "eps", "x0" or "v"
 
 The model is any callable `model(x_t, t) -> prediction` (or `model(x_t, t, cond)`); this module
@@ -33,6 +34,44 @@ def call_model(model: Model, x_t: torch.Tensor, t: torch.Tensor, cond: Optional[
     return model(x_t, t) if cond is None else model(x_t, t, cond)
 
 
+# ==================================================================== the one parameterisation
+# x_t = alpha x0 + sigma eps with alpha = sqrt(alpha_bar), sigma = sqrt(1 - alpha_bar)   (DDPM Eq. 4),
+# v = alpha eps - sigma x0   (Salimans & Ho 2022, Sec. 4). The loss and every sampler convert between
+# what the network predicts and (x0, eps) here and nowhere else, at a table timestep (GaussianDiffusion)
+# or at any noise level (the EDM samplers). alpha, sigma: floats or tensors broadcasting against x_t.
+def x0_eps_from_output(prediction: str, out: torch.Tensor, x_t: torch.Tensor, alpha, sigma,
+                       clip_x0: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x0_hat, eps_hat) from a network output of type `prediction` at the noise level (alpha, sigma):
+        eps   x0 = (x_t - sigma eps) / alpha                            (DDPM Eq. 4 solved for x0)
+        x0    eps = (x_t - alpha x0) / sigma                            (DDPM Eq. 4 solved for eps)
+        v     x0 = alpha x_t - sigma v,  eps = sigma x_t + alpha v      (Salimans & Ho 2022, App. D)
+    clip_x0 clamps x0 to [-1, 1] and re-derives eps from it, so both stay consistent with x_t."""
+    if prediction == "eps":
+        x0, eps = (x_t - sigma * out) / alpha, out
+    elif prediction == "x0":
+        x0, eps = out, (x_t - alpha * out) / sigma
+    elif prediction == "v":
+        x0, eps = alpha * x_t - sigma * out, sigma * x_t + alpha * out
+    else:
+        raise ValueError(f"unknown prediction {prediction!r}: expected one of {', '.join(PREDICTIONS)}")
+    if clip_x0:
+        x0 = x0.clamp(-1, 1)
+        eps = (x_t - alpha * x0) / sigma
+    return x0, eps
+
+
+def output_from_x0_eps(prediction: str, x0: torch.Tensor, eps: torch.Tensor, alpha, sigma) -> torch.Tensor:
+    """What a network of type `prediction` should output for (x0, eps) at (alpha, sigma): the regression
+    target eps, x0, or v = alpha eps - sigma x0   (Salimans & Ho 2022, Sec. 4)."""
+    if prediction == "eps":
+        return eps
+    if prediction == "x0":
+        return x0
+    if prediction == "v":
+        return alpha * eps - sigma * x0
+    raise ValueError(f"unknown prediction {prediction!r}: expected one of {', '.join(PREDICTIONS)}")
+
+
 class GaussianDiffusion:
     """DDPM forward process q and the quantities every sampler and loss needs."""
 
@@ -41,6 +80,7 @@ class GaussianDiffusion:
         timesteps: int = 1000,  # T, number of diffusion steps
         schedule: str = "linear",  # linear | quadratic | sigmoid | cosine
         prediction: str = "eps",  # what the network predicts: eps | x0 | v
+        *,
         zero_terminal_snr: bool = False,  # rescale so alpha_bar_T = 0 (Lin et al. 2023)
         betas: Optional[torch.Tensor] = None,  # explicit beta_1..beta_T, overrides schedule
         loss_weighting: str = "none",  # none (L_simple) | min_snr (Hang et al. 2023)
@@ -98,47 +138,18 @@ class GaussianDiffusion:
         return coef_x0 * x0 + coef_xt * x_t, self.gather(self.beta_tilde, t, x_t)
 
     # ---------------------------------------------------------------- prediction conversions
-    def x0_from_eps(self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        """x0 = (x_t - sqrt(1 - alpha_bar) eps) / sqrt(alpha_bar)   (DDPM Eq. 4 solved for x_0)."""
-        ab = self.gather(self.alpha_bar, t, x_t)
-        return (x_t - (1 - ab).sqrt() * eps) / ab.sqrt()
-
-    def eps_from_x0(self, x_t: torch.Tensor, t: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
-        """eps = (x_t - sqrt(alpha_bar) x0) / sqrt(1 - alpha_bar)   (DDPM Eq. 4 solved for eps)."""
-        ab = self.gather(self.alpha_bar, t, x_t)
-        return (x_t - ab.sqrt() * x0) / (1 - ab).sqrt()
-
-    def v_target(self, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        """v = sqrt(alpha_bar) eps - sqrt(1 - alpha_bar) x0   (Salimans & Ho 2022, Sec. 4)."""
-        ab = self.gather(self.alpha_bar, t, x0)
-        return ab.sqrt() * eps - (1 - ab).sqrt() * x0
-
-    def x0_eps_from_v(self, x_t: torch.Tensor, t: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x0 = sqrt(ab) x_t - sqrt(1-ab) v,  eps = sqrt(1-ab) x_t + sqrt(ab) v   (Salimans & Ho 2022, App. D)."""
-        ab = self.gather(self.alpha_bar, t, x_t)
-        return ab.sqrt() * x_t - (1 - ab).sqrt() * v, (1 - ab).sqrt() * x_t + ab.sqrt() * v
+    def alpha_sigma(self, t: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(alpha_t, sigma_t) = (sqrt(alpha_bar_t), sqrt(1 - alpha_bar_t)) at timesteps t (B,), shaped (B, 1, ...) like x."""
+        ab = self.gather(self.alpha_bar, t, x)
+        return ab.sqrt(), (1 - ab).sqrt()
 
     def x0_eps(self, out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, clip_x0: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """(x0_hat, eps_hat) from a network output of type self.prediction; clipping x0 to [-1, 1]
-        re-derives eps from the clipped x0 so both stay consistent with x_t."""
-        if self.prediction == "eps":
-            x0, eps = self.x0_from_eps(x_t, t, out), out
-        elif self.prediction == "x0":
-            x0, eps = out, self.eps_from_x0(x_t, t, out)
-        else:
-            x0, eps = self.x0_eps_from_v(x_t, t, out)
-        if clip_x0:
-            x0 = x0.clamp(-1, 1)
-            eps = self.eps_from_x0(x_t, t, x0)
-        return x0, eps
+        """(x0_hat, eps_hat) from a network output of type self.prediction at timesteps t (see x0_eps_from_output)."""
+        return x0_eps_from_output(self.prediction, out, x_t, *self.alpha_sigma(t, x_t), clip_x0)
 
     def target(self, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        """The regression target of the network for the configured prediction type."""
-        if self.prediction == "eps":
-            return eps
-        if self.prediction == "x0":
-            return x0
-        return self.v_target(x0, t, eps)
+        """The regression target of the network for the configured prediction type (see output_from_x0_eps)."""
+        return output_from_x0_eps(self.prediction, x0, eps, *self.alpha_sigma(t, x0))
 
     # ---------------------------------------------------------------- training
     def sample_t(self, batch: int, device: torch.device, generator: Optional[torch.Generator] = None) -> torch.Tensor:

@@ -16,6 +16,7 @@ the sampling sequence, and 1 after the last one.
 """
 from __future__ import annotations
 
+import inspect
 from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
@@ -42,8 +43,41 @@ def initial_noise(x_T: Shape, generator: Optional[torch.Generator], device=None)
     return randn(x_T, generator, device or "cpu")
 
 
-def _t_batch(t: int, x: torch.Tensor) -> torch.Tensor:
+def t_batch(t: int, x: torch.Tensor) -> torch.Tensor:
+    """The timestep t as a (B,) long tensor for a batch x (B, ...): the model's t argument."""
     return torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
+
+
+# ---------------------------------------------------------------------- timestep grids
+SPACINGS: tuple[str, ...] = ("leading", "trailing", "linspace")
+
+
+def check_steps(T: int, steps: int, name: str) -> None:
+    """A sampler takes between 1 and T steps."""
+    if not 1 <= steps <= T:
+        raise ValueError(f"{name} steps must be between 1 and the training timesteps T={T}, got {steps}")
+
+
+def check_spacing(spacing: str, name: str, allowed: tuple[str, ...] = SPACINGS) -> None:
+    if spacing not in allowed:
+        raise ValueError(f"unknown {name} spacing {spacing!r}: expected one of {', '.join(allowed)}")
+
+
+def spaced_timesteps(T: int, n: int, spacing: str) -> np.ndarray:
+    """n of the T training timesteps, decreasing, float64: diffusers' `timestep_spacing`
+    (Lin et al. 2023, Table 2). Every sampler builds its grid from this one function:
+        leading   k (T // n),            k = n - 1, ..., 0   (ends at t = 0)
+        trailing  round(T - k T / n) - 1, k = 0, ..., n - 1   (starts at t = T - 1)
+        linspace  linspace(0, T - 1, n), reversed              (fractional; from T - 1 to 0)"""
+    if spacing == "leading":
+        ts = np.arange(n, dtype=np.float64) * (T // n)
+    elif spacing == "trailing":
+        ts = np.round(np.arange(T, 0, -T / n)) - 1
+    elif spacing == "linspace":
+        ts = np.linspace(0, T - 1, n)
+    else:
+        raise ValueError(f"unknown spacing {spacing!r}: expected one of {', '.join(SPACINGS)}")
+    return np.sort(ts)[::-1].copy()
 
 
 @torch.no_grad()
@@ -66,7 +100,7 @@ def ddpm(
     x = initial_noise(x_T, generator, device)  # (B, C, H, W)
     sigma2_table = diffusion.beta_tilde if variance == "posterior" else diffusion.betas
     for i, t in enumerate(tqdm(range(diffusion.T - 1, -1, -1), desc="DDPM", disable=not progress, leave=False)):
-        tt = _t_batch(t, x)
+        tt = t_batch(t, x)
         # 1. predict x0 (and eps) from the network output
         x0_hat, _ = diffusion.x0_eps(call_model(model, x, tt, cond), x, tt, clip_x0)
         # 2. posterior mean mu_tilde(x_t, x0_hat) (Eq. 7)
@@ -83,18 +117,13 @@ def ddpm(
 
 
 def ddim_timesteps(T: int, steps: int, spacing: str = "leading") -> np.ndarray:
-    """Decreasing timesteps tau_S > ... > tau_1 of a DDIM run (Song et al. 2021, Sec. 4.2);
-    'leading' = 0, T//S, 2T//S, ...; 'trailing' ends at T-1 (Lin et al. 2023, Table 2)."""
-    if not 1 <= steps <= T:
-        raise ValueError(f"DDIM steps must be between 1 and the training timesteps T={T}, got {steps}")
-    if spacing == "leading":
-        ts = np.arange(steps) * (T // steps)
-    elif spacing == "trailing":
-        ts = np.round(np.arange(T, 0, -T / steps)).astype(np.int64) - 1
-    else:
-        raise ValueError(f"unknown DDIM spacing {spacing!r}: expected 'leading' or 'trailing'")
-    ts = np.unique(ts)[::-1]
-    return ts.copy()
+    """Decreasing integer timesteps tau_S > ... > tau_1 of a DDIM run (Song et al. 2021, Sec. 4.2):
+    spaced_timesteps' 'leading' (0, T//S, 2T//S, ...) or 'trailing' (ends at T - 1); a timestep that
+    rounding repeats is kept once."""
+    check_steps(T, steps, "DDIM")
+    check_spacing(spacing, "DDIM", ("leading", "trailing"))
+    ts = spaced_timesteps(T, steps, spacing).astype(np.int64)
+    return np.unique(ts)[::-1].copy()
 
 
 @torch.no_grad()
@@ -121,7 +150,7 @@ def ddim(
     for i, t in enumerate(tqdm(ts, desc="DDIM", disable=not progress, leave=False)):
         t = int(t)
         t_prev = int(ts[i + 1]) if i + 1 < len(ts) else -1
-        tt = _t_batch(t, x)
+        tt = t_batch(t, x)
         ab = float(diffusion.alpha_bar[t])
         ab_prev = float(diffusion.alpha_bar[t_prev]) if t_prev >= 0 else 1.0
         # 1. predict x0 and eps
@@ -145,3 +174,9 @@ def get_sampler(name: str) -> Callable[..., torch.Tensor]:
     if name not in SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}: expected one of {', '.join(SAMPLERS)}")
     return SAMPLERS[name]
+
+
+def default_steps(name: str) -> Optional[int]:
+    """The steps the sampler `name` takes when not told (stated once, in its signature); None for DDPM (all T)."""
+    p = inspect.signature(get_sampler(name)).parameters.get("steps")
+    return None if p is None else p.default

@@ -214,7 +214,7 @@ def load_image_folder(path: Union[str, Path], channels: int = 3, size: Optional[
         except Exception as e:  # noqa: BLE001 - PIL raises many types; name the file
             raise ValueError(f"could not decode image {str(p)!r}: {type(e).__name__}: {e}") from e
         if size is not None and im.size != (size, size):
-            im = transform_same([im], size, "resize", False, False, rng=None)[0]
+            im = transform_same([im], size, "resize", hflip=False, vflip=False, rng=None)[0]
         images.append(im)
     sizes = sorted({im.size for im in images})
     if len(sizes) > 1:

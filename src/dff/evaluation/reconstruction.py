@@ -7,6 +7,7 @@ from typing import Optional
 
 import torch
 
+from ..autoencoders import to_image_space, to_model_space
 from ..metrics import psnr, ssim
 
 
@@ -30,7 +31,7 @@ def evaluate_autoencoder(ae, images: torch.Tensor, batch_size: int = 16, device:
     totals = {"psnr": 0.0, "ssim": 0.0}
     for start in range(0, len(images), batch_size):
         x = images[start:start + batch_size].to(device)
-        x_hat = ((ae.decode(ae.encode(x * 2 - 1)) + 1) / 2).clamp(0, 1)
+        x_hat = to_image_space(ae.decode(ae.encode(to_model_space(x))))
         totals["psnr"] += float(psnr(x_hat, x)) * len(x)  # psnr/ssim are batch means
         totals["ssim"] += float(ssim(x_hat, x)) * len(x)
     return {k: v / len(images) for k, v in totals.items()} | {"n": len(images)}

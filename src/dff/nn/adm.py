@@ -18,8 +18,8 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
+from .base import UNetBase
 from .layers import Attention, SinusoidalEmbedding
-from .unet import UNet
 
 
 def norm(c: int) -> nn.GroupNorm:
@@ -51,13 +51,14 @@ class ResBlock(nn.Module):
         return self.skip(x) + self.out_layers(h)
 
 
-class ADMUNet(UNet):
-    """Residual U-Net (DDPM / ADM); the ConvNeXt U-Net's interface, checks and embeddings."""
+class ADMUNet(UNetBase):
+    """Residual U-Net (DDPM / ADM); the ConvNeXt U-Net's interface, checks and embeddings (UNetBase)."""
 
     def __init__(
         self,
         in_channels: int = 3,
         out_channels: Optional[int] = None,
+        *,
         cond_channels: int = 0,
         dim: int = 64,  # base width
         dim_mults: Sequence[int] = (1, 2, 4, 8),  # width multiplier per level; len - 1 downsamplings
@@ -65,11 +66,8 @@ class ADMUNet(UNet):
         num_classes: int = 0,
         num_res_blocks: int = 2,  # ResBlocks per level on the way down (one more on the way up)
     ):
-        nn.Module.__init__(self)
-        self.num_classes = num_classes
-        self.in_channels, self.cond_channels = in_channels, cond_channels
-        self.out_channels = out_channels or in_channels
-        self.dim_mults = tuple(dim_mults)
+        super().__init__(in_channels=in_channels, out_channels=out_channels, cond_channels=cond_channels,
+                         dim_mults=dim_mults, num_classes=num_classes)
         L, emb_dim = len(self.dim_mults), 4 * dim
         attn = lambda i, c: Attention(c) if attention and i == L - 1 else nn.Identity()  # noqa: E731
 

@@ -16,16 +16,18 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
+from .base import UNetBase
 from .layers import Attention, ConvNextBlock, LinearAttention, SinusoidalEmbedding, downsample, upsample
 
 
-class UNet(nn.Module):
+class UNet(UNetBase):
     """ConvNeXt U-Net with a sinusoidal time embedding and linear attention at each level."""
 
     def __init__(
         self,
         in_channels: int = 3,  # channels of x_t
         out_channels: Optional[int] = None,  # channels of the prediction (default: in_channels)
+        *,
         cond_channels: int = 0,  # channels of a condition image concatenated to x_t (0: none)
         dim: int = 64,  # base width
         dim_mults: Sequence[int] = (1, 2, 4, 8),  # width multiplier per level; len - 1 downsamplings
@@ -33,11 +35,8 @@ class UNet(nn.Module):
         convnext_mult: int = 2,  # expansion ratio inside ConvNeXt blocks
         num_classes: int = 0,  # class labels y in 0..num_classes-1, embedded and added to the time embedding
     ):
-        super().__init__()
-        self.num_classes = num_classes
-        self.in_channels, self.cond_channels = in_channels, cond_channels
-        self.out_channels = out_channels or in_channels
-        self.dim_mults = tuple(dim_mults)
+        super().__init__(in_channels=in_channels, out_channels=out_channels, cond_channels=cond_channels,
+                         dim_mults=dim_mults, num_classes=num_classes)
         chs = [dim] + [dim * m for m in self.dim_mults]
         time_dim = 4 * dim
         L = len(self.dim_mults)
@@ -73,39 +72,6 @@ class UNet(nn.Module):
             ]))
 
         self.final = nn.Sequential(ConvNextBlock(dim, dim, None, convnext_mult), nn.Conv2d(dim, self.out_channels, 1))
-
-    @property
-    def size_factor(self) -> int:
-        """Height and width must be multiples of this: 2 ** (number of downsamplings)."""
-        return 2 ** (len(self.dim_mults) - 1)
-
-    def check_input(self, x: torch.Tensor, cond: Optional[torch.Tensor]) -> None:
-        """Clear errors for inputs the network cannot take."""
-        if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(f"UNet expects x_t of shape (B, {self.in_channels}, H, W), got {tuple(x.shape)}")
-        H, W = x.shape[-2:]
-        f = self.size_factor
-        if H % f or W % f:
-            raise ValueError(
-                f"image size {H}x{W} cannot be divided down by the U-Net: with dim_mults={self.dim_mults} "
-                f"height and width must be multiples of {f}"
-            )
-        if self.cond_channels and (cond is None or cond.shape[1] != self.cond_channels or cond.shape[-2:] != x.shape[-2:]):
-            got = None if cond is None else tuple(cond.shape)
-            raise ValueError(f"UNet expects a condition of shape (B, {self.cond_channels}, {H}, {W}), got {got}")
-        if not self.cond_channels and cond is not None:
-            raise ValueError("this UNet was built without a condition (cond_channels=0) but was given one")
-
-    def embedding(self, t: torch.Tensor, y: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Time embedding (B, 4 dim), plus the class embedding of y for a class-conditional network."""
-        t_emb = self.time_mlp(t)
-        if self.class_emb is not None:
-            if y is None:  # the "no label" row
-                y = torch.full((t.shape[0],), self.num_classes, dtype=torch.long, device=t.device)
-            t_emb = t_emb + self.class_emb(y)
-        elif y is not None:
-            raise ValueError("this UNet was built without classes (num_classes=0) but was given labels")
-        return t_emb
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Optional[torch.Tensor] = None,
                 y: Optional[torch.Tensor] = None) -> torch.Tensor:

@@ -1,0 +1,107 @@
+"""`dff fit`: Lightning's CLI with the data's size and channels linked into the model, periodic
+checkpoints, sample grids and exported weights.
+
+    dff fit --config configs/pixel_digits.yaml [--model.lr 2e-4 ...]   any key overridable
+    fit(["--config", ...])                                             the same from Python
+"""
+from __future__ import annotations
+
+import importlib.util
+import warnings
+from pathlib import Path
+from typing import Optional, Sequence
+
+import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.loggers import CSVLogger
+
+from .callbacks import ExportWeights, SampleGrid
+from .data import ImageDataModule
+from .data.datamodule import condition_channels, condition_kind
+from .module import DiffusionModule
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+class DffCLI(LightningCLI):
+    """LightningCLI with the data's size and channels linked into the model, periodic checkpoints,
+    sample grids and exported weights; logs (CSV, and TensorBoard when installed) go to
+    trainer.default_root_dir/version_N."""
+
+    autoencoder_mode = False  # model: class_path: ... (an AutoencoderModule) instead of DiffusionModule's keys
+
+    def add_arguments_to_parser(self, parser) -> None:
+        m = "model.init_args." if self.autoencoder_mode else "model."
+        parser.link_arguments("data.image_size", m + "image_size")
+        parser.link_arguments("data.channels", m + "channels")
+        if not self.autoencoder_mode:
+            parser.link_arguments(("data.pairs", "data.channels", "data.cond_image_channels"), "model.cond_channels",
+                                  compute_fn=condition_channels)
+            parser.link_arguments("data.pairs", "model.condition", compute_fn=condition_kind)
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults({"checkpoint.save_last": True, "checkpoint.every_n_train_steps": 1000,
+                             "checkpoint.save_top_k": -1, "checkpoint.filename": "step_{step:06d}",
+                             "checkpoint.auto_insert_metric_name": False})
+        parser.add_lightning_class_args(SampleGrid, "samples")
+
+    clean_errors = False  # the command line: a bad setting ends with "dff: message", not a traceback
+
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except (ValueError, FileNotFoundError) as e:  # the model's and data's own checks of their settings
+            if not self.clean_errors:
+                raise
+            raise SystemExit(f"dff: {e}") from None
+
+    def instantiate_trainer(self, **kwargs):
+        cfg = self._get(self.config_init, "trainer", default={})
+        if cfg.get("logger") in (None, True):
+            root = cfg.get("default_root_dir") or "runs"
+            csv_logger = CSVLogger(root, name="")
+            loggers = [csv_logger]
+            if importlib.util.find_spec("tensorboard") is not None:
+                from lightning.pytorch.loggers import TensorBoardLogger
+                loggers.append(TensorBoardLogger(root, name="", version=csv_logger.version))
+            kwargs["logger"] = loggers
+        return super().instantiate_trainer(**kwargs)
+
+
+def config_model_class_path(argv: Sequence[str]) -> Optional[str]:
+    """The `model.class_path` of the --config files in argv, if any (autoencoder configs name one)."""
+    import yaml
+
+    paths = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--config"]
+    paths += [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
+    found = None
+    for path in paths:
+        try:
+            cfg = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError):
+            continue  # LightningCLI reports unreadable configs itself
+        model = cfg.get("model") if isinstance(cfg, dict) else None
+        if isinstance(model, dict) and "class_path" in model:
+            found = model["class_path"]
+    return found
+
+
+def fit(argv: Sequence[str], run: bool = True, clean_errors: bool = False) -> DffCLI:
+    """Run `fit` through Lightning's CLI with the given arguments (after the word 'fit'). A config
+    whose model section names a class_path (configs/autoencoder_*.yaml) trains that LightningModule;
+    otherwise the keys of model: are DiffusionModule's arguments."""
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+    # the EMA copy of the network stays in eval mode on purpose
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+    subclass = config_model_class_path(argv) is not None
+    cli_class = type("DffFitCLI", (DffCLI,), {"autoencoder_mode": subclass, "clean_errors": clean_errors})
+    return cli_class(
+        L.LightningModule if subclass else DiffusionModule, ImageDataModule,
+        subclass_mode_model=subclass,
+        args=["fit", *argv] if run else list(argv),
+        run=run,
+        trainer_defaults={"default_root_dir": "runs", "callbacks": [ExportWeights()]},
+        save_config_kwargs={"overwrite": False},
+        seed_everything_default=0,
+        parser_kwargs={"prog": "dff", "description": "Train a diffusion model (Lightning's CLI)."},
+    )
