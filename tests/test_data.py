@@ -32,15 +32,31 @@ def test_grayscale_values_are_kept(tmp_path):
     assert torch.allclose(x[0], torch.from_numpy(a).float() / 255)
 
 
-def test_resize_keeps_whole_image_and_random_crop_stays_inside(tmp_path):
+def test_resize_keeps_whole_image(tmp_path):
     (tmp_path / "r").mkdir()
     a = np.zeros((40, 20, 3), np.uint8)
     a[:, :10] = 255  # left half white
     Image.fromarray(a).save(tmp_path / "r" / "half.png")
     x = ImageFolder(tmp_path / "r", 10, 3, crop="resize", hflip=False)[0]["image"]
     assert x.shape == (3, 10, 10) and x[:, :, :4].mean() > 0.95 and x[:, :, 6:].mean() < 0.05
+
+
+def test_random_crop_is_a_window_inside_the_image(tmp_path):
+    """Every random crop equals the image at some offset inside it (PIL would pad a box reaching
+    outside with black, which this image never holds), and the offsets vary."""
+    (tmp_path / "r").mkdir()
+    rows, cols = np.meshgrid(np.arange(40), np.arange(20), indexing="ij")
+    a = np.stack([5 + 6 * rows, 5 + 12 * cols, np.full_like(rows, 200)], -1).astype(np.uint8)  # (40, 20, 3), unique pixels
+    Image.fromarray(a).save(tmp_path / "r" / "ramp.png")
     crops = ImageFolder(tmp_path / "r", 10, 3, crop="random", hflip=False, seed=0)
-    assert all(crops[0]["image"].shape == (3, 10, 10) for _ in range(5))
+    offsets = set()
+    for _ in range(20):
+        x = (crops[0]["image"] * 255).round().byte().permute(1, 2, 0).numpy()  # (10, 10, 3)
+        top, left = (int(x[0, 0, 0]) - 5) // 6, (int(x[0, 0, 1]) - 5) // 12
+        assert 0 <= top <= 30 and 0 <= left <= 10, (top, left)
+        assert np.array_equal(x, a[top:top + 10, left:left + 10])
+        offsets.add((top, left))
+    assert len(offsets) > 5
 
 
 def test_flip_is_applied_sometimes(tmp_path):

@@ -114,10 +114,21 @@ def test_backbone_option_builds_and_trains_the_adm_unet():
     from dff.module import DiffusionModule
     from dff.nn import ADMUNet
 
+    torch.manual_seed(0)
     m = DiffusionModule(image_size=8, channels=1, backbone="adm", dim=16, dim_mults=(1, 2), timesteps=50)
     assert isinstance(m.net, ADMUNet) and isinstance(m.ema.model, ADMUNet)
-    loss = m.training_step({"image": torch.rand(4, 1, 8, 8)}, 0)
-    loss.backward()
-    assert all(p.grad is not None for p in m.net.parameters())
+    x0, t, eps = torch.rand(4, 1, 8, 8) * 2 - 1, torch.tensor([3, 15, 30, 45]), torch.randn(4, 1, 8, 8)
+    opt = torch.optim.AdamW(m.net.parameters(), lr=1e-3)
+    losses = []
+    for step in range(30):
+        loss = m.diffusion.loss(m.net, x0, t=t, eps=eps)
+        loss.backward()
+        # zero-initialised layers block gradients at first: step 0 reaches only the output conv, step 1 the
+        # residual branches' last convs too; from step 2 on every weight gets a non-zero gradient
+        blocked = [n for n, p in m.net.named_parameters() if not p.grad.abs().sum() > 0]
+        assert (blocked != []) == (step < 2), (step, blocked[:3])
+        opt.step(), opt.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0], losses
     with pytest.raises(ValueError, match="unknown backbone 'vit'"):
         DiffusionModule(image_size=8, channels=1, backbone="vit")

@@ -6,15 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from analytic import GaussianData, MixtureData, as_prediction, assert_recovers_mixture
+from analytic import MIX, MU, N, SIGMA, GaussianData, assert_recovers_mixture, gaussian_check, x_T
+from reference import PRED, make_fake_model, same_tables
 from dff.diffusion import GaussianDiffusion
 from dff.diffusion.fast_samplers import FAST_SAMPLERS, dpm_timesteps, dpmpp_2m, edm_sigmas, euler, heun
-
-N = 4000  # samples per check: standard error of a mean ~ 0.016 per unit of std
-MU = torch.tensor([1.0, -2.0])
-SIGMA = torch.tensor([[1.0, 0.6], [0.6, 0.5]])
-MIX = MixtureData(torch.tensor([0.2, 0.5, 0.3]), torch.tensor([[-2.0, 0.0], [2.0, 1.0], [0.0, -2.5]]), torch.tensor([0.3, 0.4, 0.25]))
-
 
 @pytest.fixture(autouse=True)
 def one_thread():
@@ -24,17 +19,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
-
-
-def x_T(n=N, D=2, seed=0):
-    return torch.randn(n, D, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-
-
-def gaussian_check(x: torch.Tensor) -> None:
-    """Sample mean within 5 standard errors, covariance within 10% of its scale (as test_samplers.py)."""
-    se = (SIGMA.diagonal().double() / len(x)).sqrt()
-    assert torch.all((x.mean(0) - MU.double()).abs() < 5 * se), x.mean(0)
-    assert torch.allclose(torch.cov(x.T), SIGMA.double(), atol=0.1 * SIGMA.abs().max().item()), torch.cov(x.T)
 
 
 # ----------------------------------------------------------------------------- analytic data
@@ -112,25 +96,8 @@ def test_dpm_timesteps():
 
 
 # ----------------------------------------------------------------------------- diffusers reference
-PRED = {"eps": "epsilon", "x0": "sample", "v": "v_prediction"}
 SCHEDULE = {"linear": "linear", "cosine": "squaredcos_cap_v2"}
 STEPS = 20
-
-
-def make_fake_model(d, scale=0.9):
-    """A deterministic stand-in network of (x_t, t) in float64 (as test_samplers.py): it outputs the
-    prediction type of d for x0_hat = scale tanh(x_t) + small t term (scale > 1 makes clip_x0 act)."""
-    def model(x, t):
-        x0_hat = scale * torch.tanh(x) + 0.05 * torch.sin(t.float()[:, None, None, None] / 50)
-        return as_prediction(d, x0_hat, x, t)
-    return model
-
-
-def same_tables(sched, prediction):
-    """Our process on diffusers' betas, both alpha_bar tables in float64 (as test_samplers.py)."""
-    betas = sched.betas.double()
-    sched.alphas_cumprod = torch.cumprod(1 - betas, 0)
-    return GaussianDiffusion(prediction=prediction, betas=betas)
 
 
 def xT_image():

@@ -136,6 +136,18 @@ def test_estimated_scale_makes_the_training_latents_unit_variance(vae_dir):
     assert m.latent.encode(crops(1)).std().item() == pytest.approx(1.0, abs=0.15)  # fresh crops: within sampling error
 
 
+def test_checkpoints_of_dff_0_1_load(vae_dir):
+    """dff 0.1 kept the latent scale at the state-dict key `scale`; it is `latent.scale` now."""
+    m = LatentDiffusion(image_size=16, channels=3, autoencoder=str(vae_dir), latent_scale=0.7, **LATENT)
+    state = m.state_dict()
+    assert "latent.scale" in state and not any("autoencoder." in k for k in state)
+    state["scale"] = state.pop("latent.scale")
+    again = LatentDiffusion(image_size=16, channels=3, autoencoder=str(vae_dir), **LATENT)
+    assert torch.isnan(again.latent.scale)
+    again.load_state_dict(state)  # strict: nothing missing (the autoencoder keeps its own weights), nothing unexpected
+    assert float(again.latent.scale) == pytest.approx(0.7)
+
+
 def test_given_scale_is_kept(vae_dir):
     m = LatentDiffusion(image_size=16, channels=3, autoencoder=str(vae_dir), latent_scale=0.5, **LATENT)
     x = torch.rand(2, 3, 16, 16)

@@ -3,24 +3,9 @@ and DDIM(eta=1, all steps) is DDPM with the posterior variance."""
 import pytest
 import torch
 
-from analytic import GaussianData, MixtureData, as_prediction, assert_recovers_mixture
+from analytic import MIX, MU, N, SIGMA, GaussianData, assert_recovers_mixture, gaussian_check, x_T
+from reference import PRED, make_fake_model, same_tables
 from dff.diffusion import GaussianDiffusion, ddim, ddim_timesteps, ddpm, get_sampler
-
-N = 4000  # samples per check: standard error of a mean ~ 0.016 per unit of std
-MU = torch.tensor([1.0, -2.0])
-SIGMA = torch.tensor([[1.0, 0.6], [0.6, 0.5]])
-
-
-def gaussian_check(x: torch.Tensor) -> None:
-    """Sample mean within 5 standard errors, covariance within 10% of its scale."""
-    se = (SIGMA.diagonal().double() / len(x)).sqrt()
-    assert torch.all((x.mean(0) - MU.double()).abs() < 5 * se), x.mean(0)
-    assert torch.allclose(torch.cov(x.T), SIGMA.double(), atol=0.1 * SIGMA.abs().max().item()), torch.cov(x.T)
-
-
-def x_T(n=N, D=2, seed=0):
-    return torch.randn(n, D, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-
 
 @pytest.mark.parametrize("variance", ["posterior", "beta"])
 def test_ddpm_recovers_gaussian(variance):
@@ -42,9 +27,6 @@ def test_ddim_trailing_with_zero_terminal_snr_recovers_gaussian():
     d = GaussianDiffusion(1000, "linear", "v", zero_terminal_snr=True)
     x = ddim(GaussianData(MU, SIGMA).denoiser(d), d, x_T(), steps=50, spacing="trailing", progress=False)
     gaussian_check(x)
-
-
-MIX = MixtureData(torch.tensor([0.2, 0.5, 0.3]), torch.tensor([[-2.0, 0.0], [2.0, 1.0], [0.0, -2.5]]), torch.tensor([0.3, 0.4, 0.25]))
 
 
 @pytest.mark.parametrize("sampler,opts", [("ddpm", {}), ("ddim", {"steps": 50}), ("ddim", {"steps": 100, "eta": 1.0})])
@@ -107,33 +89,11 @@ def test_sampler_bad_input():
 
 
 # ----------------------------------------------------------------------------- diffusers reference
-def make_fake_model(d):
-    """A deterministic stand-in network, any function of (x_t, t), run in float64 so that the comparison
-    sees the update rules rather than float32 rounding; it outputs the prediction type of d
-    for x0_hat = 0.9 tanh(x_t) + small t term, so the trajectory stays bounded like a real one."""
-    def model(x, t):
-        x0_hat = 0.9 * torch.tanh(x) + 0.05 * torch.sin(t.float()[:, None, None, None] / 50)
-        return as_prediction(d, x0_hat, x, t)
-    return model
-
-
 def run_ours(sampler, d, xT, seed, **kw):
     states, fake_model = [], make_fake_model(d)
     sampler(fake_model, d, xT, generator=torch.Generator().manual_seed(seed), progress=False,
             callback=lambda s: states.append(s["x_t"].clone()), **kw)
     return states
-
-
-PRED = {"eps": "epsilon", "x0": "sample", "v": "v_prediction"}
-
-
-def same_tables(sched, prediction):
-    """Our process on diffusers' betas, with both alpha_bar tables in float64: the comparison then
-    tests the update rules alone (schedules are compared in test_process.py); diffusers keeps its
-    tables in float32, whose rounding near t = 0 (1 - alpha_bar ~ 1e-4) would swamp a 1e-5 check."""
-    betas = sched.betas.double()
-    sched.alphas_cumprod = torch.cumprod(1 - betas, 0)
-    return GaussianDiffusion(prediction=prediction, betas=betas)
 
 
 @pytest.mark.parametrize("prediction", ["eps", "x0", "v"])

@@ -24,7 +24,8 @@ _PUBLIC = {
     "save_pretrained": "dff.pretrained",
     "fit": "dff.train",
 }
-__all__ = ["__version__", *_PUBLIC]
+__all__ = ["__version__", "DiffusionModule", "PixelDiffusion", "PixelDiffusionConditional", "LatentDiffusion",
+           "LatentDiffusionConditional", "GaussianDiffusion", "load_pretrained", "save_pretrained", "fit"]
 
 if TYPE_CHECKING:  # for editors and type checkers: the same names, imported eagerly
     from .diffusion import GaussianDiffusion

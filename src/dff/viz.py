@@ -10,6 +10,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .data.tasks import grayscale
+
 
 def make_grid(images: torch.Tensor, nrow: Optional[int] = None, pad: int = 2, pad_value: float = 0.5) -> torch.Tensor:
     """(B, C, H, W) in [0, 1] -> one (C, H', W') image with nrow images per row."""
@@ -60,7 +62,7 @@ def show_condition(cond: torch.Tensor, channels: int) -> torch.Tensor:
         return cond
     if cond.shape[1] == 1:
         return cond.repeat(1, channels, 1, 1)
-    return cond[:, :3].mul(torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True).repeat(1, channels, 1, 1)
+    return grayscale(cond[:, :3]).repeat(1, channels, 1, 1)
 
 
 def translation_grid(cond: torch.Tensor, outputs: torch.Tensor, target: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, int]:

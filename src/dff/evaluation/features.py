@@ -36,11 +36,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..data.tasks import grayscale
+
 HERE = Path(__file__).resolve().parent
 DIGITS_WEIGHTS = HERE / "digits_features.safetensors"
 DIGITS_INFO = HERE / "digits_features.json"
 TRAIN_SCRIPT = "scripts/train_digits_features.py"
-LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601, as PIL's convert("L")
 
 # torch-fidelity's InceptionV3 FID weights (the TensorFlow 2015-12-05 graph converted to PyTorch)
 INCEPTION_WEIGHTS_NAME = "weights-inception-2015-12-05-6726825d.pth"
@@ -63,8 +64,7 @@ def match_channels(x: torch.Tensor, channels: Optional[int]) -> torch.Tensor:
     if channels is None or c == channels:
         return x
     if channels == 1 and c in (3, 4):
-        w = torch.tensor(LUMA, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-        return (x[:, :3] * w).sum(dim=1, keepdim=True)
+        return grayscale(x)  # ITU-R BT.601 luma, as PIL's convert("L")
     if channels == 3 and c == 1:
         return x.repeat(1, 3, 1, 1)
     if channels == 3 and c == 4:
