@@ -150,7 +150,7 @@ def run_edm(fn, d, xT, fake_model, **kw):
 
 def check_edm_tables(d, karras, spacing, sigmas_theirs):
     """Our sigmas equal diffusers' up to their float32 rounding; returned in float64 for both to use."""
-    sigmas, _ = edm_sigmas(d, STEPS, karras, spacing)
+    sigmas, _ = edm_sigmas(d, STEPS, karras=karras, spacing=spacing)
     assert np.allclose(sigmas_theirs, sigmas, rtol=1e-6, atol=0)
     return torch.from_numpy(sigmas)
 

@@ -20,7 +20,7 @@ def test_guidance_scale_interpolates_unconditional_and_conditional(scale):
     x, t, y = torch.randn(4, 3), torch.zeros(4, dtype=torch.long), torch.tensor([0, 1, 2, 1])
     null = 5
     uncond, cond = fake_net(x, t, None, torch.full_like(y, null)), fake_net(x, t, None, y)
-    out = ClassifierFreeGuidance(fake_net, y, scale, null)(x, t)
+    out = ClassifierFreeGuidance(fake_net, y, scale=scale, null=null)(x, t)
     assert torch.allclose(out, uncond + scale * (cond - uncond))
     if scale == 0.0:
         assert torch.equal(out, uncond)

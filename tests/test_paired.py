@@ -131,7 +131,7 @@ def test_psnr_ssim_closed_form():
     assert torch.isclose(psnr(x + 0.1, x), torch.tensor(20.0), atol=1e-3)  # MSE 0.01 -> 20 dB
     assert torch.isclose(ssim(x, x), torch.tensor(1.0), atol=1e-5)
     assert ssim(x + 0.2 * torch.rand_like(x), x) < 0.99
-    s = translation_scores(x, x, upsample(downsample(x, 4), 4), "sr4")
+    s = translation_scores(x, x, upsample(downsample(x, 4), 4), condition="sr4")
     assert set(s) == {"psnr", "ssim", "psnr_bicubic", "ssim_bicubic", "consistency_psnr"}
     assert s["consistency_psnr"] > 100  # the target is consistent with its own low resolution
 

@@ -104,7 +104,7 @@ def generation_scores(model, args: argparse.Namespace) -> dict:
     g = torch.Generator().manual_seed(args.seed)
     samples = torch.cat([model.sample(min(args.batch_size, num - i), args.sampler, steps=args.steps, generator=g,
                                       progress=False).cpu() for i in range(0, num, args.batch_size)])
-    res = evaluate_generation(samples, reference, args.extractor, args.extractor_weights)
+    res = evaluate_generation(samples, reference, args.extractor, weights=args.extractor_weights)
     steps = default_steps(args.sampler) if args.steps is None else args.steps
     res.update(sampler=args.sampler, steps=steps or model.hparams.timesteps, data=args.data, extractor=args.extractor)
     return res
@@ -176,7 +176,7 @@ def data_command(args: argparse.Namespace) -> Path:
             print(f"{name:16s} {desc}")
         return Path(args.dir)
     try:
-        path = download(args.name, args.dir, args.base_url, args.sha256, progress=not args.no_progress)
+        path = download(args.name, args.dir, base_url=args.base_url, sha256=args.sha256, progress=not args.no_progress)
     except (ValueError, FileExistsError, ConnectionError) as e:
         raise SystemExit(f"dff: {e}")
     print(f"extracted {args.name} to {path}")

@@ -28,7 +28,7 @@ def digits_demo(out: Optional[str] = None, max_steps: Optional[int] = None) -> P
     model, run = cli.model.eval(), run_dir(cli.trainer)
     print(f"trained in {time.time() - t0:.0f} s")
 
-    x = model.sample(64, "ddim", steps=50, seed=0)
+    x = model.sample(64, "ddim", seed=0)
     save_grid(x, run / "samples.png", nrow=8)
     plot_trajectory(trajectory(model), run / "trajectory.png")
     plot_loss(run / "metrics.csv", run / "loss.png")
@@ -78,7 +78,7 @@ def latent_demo(out: Optional[str] = None, max_steps: Optional[int] = None,
     print(f"latent model trained in {t_train - t_ae:.0f} s ({t_train:.0f} s in total)")
 
     h = model.hparams
-    save_grid(model.sample(16, "ddim", steps=50, seed=0), run / "samples.png", nrow=4)
+    save_grid(model.sample(16, "ddim", seed=0), run / "samples.png", nrow=4)
     real = PhotoPatches("train", h.image_size, h.channels, repeat=16, seed=0, source="textures")
     save_grid(torch.stack([real[i]["image"] for i in range(16)]), run / "real.png", nrow=4)
     scores = evaluate_autoencoder(model.latent.autoencoder, reconstruction_images("textures", h.channels, h.image_size))

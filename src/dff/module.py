@@ -203,7 +203,7 @@ class DiffusionModule(L.LightningModule):
             return
         out = self.sample(cond=batch["cond"], sampler="ddim", steps=self.hparams.val_steps, seed=batch_idx,
                           progress=False)
-        scores = translation_scores(out, batch["image"], batch["cond"], self.hparams.condition)
+        scores = translation_scores(out, batch["image"], batch["cond"], condition=self.hparams.condition)
         for k, v in scores.items():
             self.log(f"val/{k}", v, batch_size=out.shape[0], sync_dist=True)
 
@@ -269,7 +269,7 @@ class DiffusionModule(L.LightningModule):
         x_T = randn((num, self.latent.channels, *size), generator, self.device)
         model = net
         if labels is not None:
-            model = ClassifierFreeGuidance(net, self.class_labels(labels, num), guidance, h.num_classes)
+            model = ClassifierFreeGuidance(net, self.class_labels(labels, num), scale=guidance, null=h.num_classes)
         residual = h.residual
         x0 = fn(model, self.diffusion, x_T, cond=cond, generator=generator,
                 clip_x0=h.clip_x0 and not residual and not self.is_latent,  # latents are not bounded

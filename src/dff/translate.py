@@ -34,7 +34,7 @@ def input_files(path: Union[str, Path]) -> tuple[Path, list[Path]]:
     return p, find_images(p)
 
 
-def condition_of(model: DiffusionModule, path: Path, mask: Optional[torch.Tensor] = None,
+def condition_of(model: DiffusionModule, path: Path, *, mask: Optional[torch.Tensor] = None,
                  resize: bool = False) -> torch.Tensor:
     """The (1, C_cond, H, W) condition the model takes for one input file."""
     h = model.hparams
@@ -98,7 +98,7 @@ def translate_files(model: DiffusionModule, inputs: Union[str, Path], out: Union
     g = torch.Generator().manual_seed(seed)
     written = []
     for f in files:
-        cond = condition_of(model, f, m, resize)
+        cond = condition_of(model, f, mask=m, resize=resize)
         y = translate(model, cond, num_samples=num_samples, sampler=sampler, steps=steps, eta=eta, generator=g,
                       progress=progress).cpu()  # (K, C, H, W)
         if average:
@@ -150,7 +150,7 @@ def evaluate(model: DiffusionModule, data: str, *, layout: str = "side_by_side",
         out = translate(model, cond.to(model.device), num_samples=average, steps=steps, generator=g,
                         progress=progress).cpu()
         out = average_samples(out, average) if average > 1 else out
-        for k, v in translation_scores(out, target, cond, model.hparams.condition).items():
+        for k, v in translation_scores(out, target, cond, condition=model.hparams.condition).items():
             totals[k] = totals.get(k, 0.0) + float(v) * len(items)
     res = {k: v / n for k, v in totals.items()}
     res.update(n=n, steps=default_steps("ddim") if steps is None else steps, data=str(data), condition=model.hparams.condition, average=average)

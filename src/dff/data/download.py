@@ -175,6 +175,7 @@ def _cleanup(*paths: Optional[Path]) -> None:
 def download(
     name: str,
     dest: str | Path = "data",
+    *,
     base_url: Optional[str] = None,  # folder holding NAME.tar.gz; default $DFF_PIX2PIX_URL, else PIX2PIX_URL
     sha256: Optional[str] = None,  # expected SHA-256 of the archive (hex); None: size check only
     progress: bool = True,  # tqdm progress bar on stderr

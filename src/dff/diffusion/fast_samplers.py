@@ -98,7 +98,7 @@ def dpmpp_2m(
     for i, t in enumerate(tqdm(ts, desc="DPM-Solver++(2M)", disable=not progress, leave=False)):
         t = int(t)
         tt = t_batch(t, x)
-        x0_hat, _ = diffusion.x0_eps(call_model(model, x, tt, cond), x, tt, clip_x0)
+        x0_hat, _ = diffusion.x0_eps(call_model(model, x, tt, cond), x, tt, clip_x0=clip_x0)
         if i + 1 == len(ts):  # to sigma = 0: e^{-h} = 0, alpha = 1
             x = x0_hat
         else:
@@ -135,7 +135,7 @@ def sigma_to_t(sigma: np.ndarray, log_sigmas: np.ndarray) -> np.ndarray:
     return (1 - w) * low + w * (low + 1)
 
 
-def edm_sigmas(diffusion: GaussianDiffusion, steps: int, karras: bool = True,
+def edm_sigmas(diffusion: GaussianDiffusion, steps: int, *, karras: bool = True,
                spacing: str = "linspace") -> tuple[np.ndarray, np.ndarray]:
     """(sigma_edm_0 > ... > sigma_edm_{S-1} > sigma_edm_S = 0 (S + 1,), fractional model timesteps (S,)),
     as EulerDiscreteScheduler / HeunDiscreteScheduler.set_timesteps with use_karras_sigmas=karras.
@@ -159,32 +159,32 @@ def edm_sigmas(diffusion: GaussianDiffusion, steps: int, karras: bool = True,
     return np.concatenate([sigmas, [0.0]]), ts.astype(np.float64)
 
 
-def _denoise(model, diffusion, x, sigma: float, t: float, cond, clip_x0) -> tuple[torch.Tensor, int]:
+def _denoise(model, diffusion, x, *, sigma: float, t: float, cond, clip_x0) -> tuple[torch.Tensor, int]:
     """D(x; sigma_edm): the model sees x_t = x / sqrt(sigma^2 + 1) at the nearest integer timestep to t;
     returns (x0_hat, that timestep)."""
     t_int = int(np.round(t))
     alpha = 1 / math.sqrt(sigma**2 + 1)  # sqrt(ab) of this sigma_edm
     x_t = alpha * x  # (B, ...)
     out = call_model(model, x_t, t_batch(t_int, x), cond)
-    x0_hat, _ = x0_eps_from_output(diffusion.prediction, out, x_t, alpha, sigma * alpha, clip_x0)
+    x0_hat, _ = x0_eps_from_output(diffusion.prediction, out, x_t, alpha, sigma * alpha, clip_x0=clip_x0)
     return x0_hat, t_int
 
 
-def _edm(second_order: bool, model, diffusion, x_T, steps, karras, spacing, cond, generator, clip_x0,
+def _edm(model, diffusion, x_T, *, second_order: bool, steps, karras, spacing, cond, generator, clip_x0,
          progress, callback, device) -> torch.Tensor:
     """Karras et al. 2022, Algorithm 1 (deterministic sampler, S_churn = 0, s(t) = 1, sigma(t) = t), in
     x = x_t / alpha: dx / dsigma = (x - D(x; sigma)) / sigma   (Eq. 1 with Eq. 3)."""
-    sigmas, ts = edm_sigmas(diffusion, steps, karras, spacing)
+    sigmas, ts = edm_sigmas(diffusion, steps, karras=karras, spacing=spacing)
     x = initial_noise(x_T, generator, device)  # (B, C, H, W), N(0, I) at sigma_max in model space
     x = x * math.sqrt(sigmas[0] ** 2 + 1)  # x = x_T / alpha_T  ~  N(0, (sigma_max^2 + 1) I)
     name = "Heun" if second_order else "Euler"
     for i in tqdm(range(steps), desc=name, disable=not progress, leave=False):
         sigma, sigma_next = float(sigmas[i]), float(sigmas[i + 1])
-        x0_hat, t = _denoise(model, diffusion, x, sigma, ts[i], cond, clip_x0)
+        x0_hat, t = _denoise(model, diffusion, x, sigma=sigma, t=ts[i], cond=cond, clip_x0=clip_x0)
         d = (x - x0_hat) / sigma  # dx / dsigma
         x_next = x + (sigma_next - sigma) * d  # Euler step
         if second_order and sigma_next > 0:  # trapezoidal correction, unless sigma_next = 0
-            x0_next, _ = _denoise(model, diffusion, x_next, sigma_next, ts[i + 1], cond, clip_x0)
+            x0_next, _ = _denoise(model, diffusion, x_next, sigma=sigma_next, t=ts[i + 1], cond=cond, clip_x0=clip_x0)
             d_next = (x_next - x0_next) / sigma_next
             x_next = x + (sigma_next - sigma) * 0.5 * (d + d_next)
         x = x_next
@@ -212,7 +212,8 @@ def euler(
     """Euler's method on the probability-flow ODE in sigma_edm (Karras et al. 2022, Algorithm 1 without
     the correction): x_{i+1} = x_i + (sigma_{i+1} - sigma_i) (x_i - D(x_i; sigma_i)) / sigma_i.
     Callback dicts also carry sigma, the sigma_edm of x_t."""
-    return _edm(False, model, diffusion, x_T, steps, karras, spacing, cond, generator, clip_x0, progress, callback, device)
+    return _edm(model, diffusion, x_T, second_order=False, steps=steps, karras=karras, spacing=spacing, cond=cond,
+                generator=generator, clip_x0=clip_x0, progress=progress, callback=callback, device=device)
 
 
 @torch.no_grad()
@@ -234,7 +235,8 @@ def heun(
     """Heun's second-order method (Karras et al. 2022, Algorithm 1, deterministic): an Euler step to
     sigma_{i+1}, then the average of the slopes at both ends; Euler alone for the last step to sigma = 0.
     Callback dicts (one per sigma level) carry the x0_hat of the first evaluation, and sigma, the sigma_edm of x_t."""
-    return _edm(True, model, diffusion, x_T, steps, karras, spacing, cond, generator, clip_x0, progress, callback, device)
+    return _edm(model, diffusion, x_T, second_order=True, steps=steps, karras=karras, spacing=spacing, cond=cond,
+                generator=generator, clip_x0=clip_x0, progress=progress, callback=callback, device=device)
 
 
 FAST_SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {"dpmpp_2m": dpmpp_2m, "euler": euler, "heun": heun}

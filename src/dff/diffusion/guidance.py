@@ -15,7 +15,7 @@ import torch
 class ClassifierFreeGuidance:
     """A sampler-ready model(x_t, t[, cond]) that guides `net(x_t, t, cond, y)` towards labels y."""
 
-    def __init__(self, net: Callable[..., torch.Tensor], y: torch.Tensor, scale: float, null: int):
+    def __init__(self, net: Callable[..., torch.Tensor], y: torch.Tensor, *, scale: float, null: int):
         self.net, self.y, self.scale, self.null = net, y, float(scale), null
 
     def __call__(self, x_t: torch.Tensor, t: torch.Tensor, cond: Optional[torch.Tensor] = None) -> torch.Tensor:

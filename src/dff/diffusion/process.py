@@ -39,7 +39,7 @@ def call_model(model: Model, x_t: torch.Tensor, t: torch.Tensor, cond: Optional[
 # v = alpha eps - sigma x0   (Salimans & Ho 2022, Sec. 4). The loss and every sampler convert between
 # what the network predicts and (x0, eps) here and nowhere else, at a table timestep (GaussianDiffusion)
 # or at any noise level (the EDM samplers). alpha, sigma: floats or tensors broadcasting against x_t.
-def x0_eps_from_output(prediction: str, out: torch.Tensor, x_t: torch.Tensor, alpha, sigma,
+def x0_eps_from_output(prediction: str, out: torch.Tensor, x_t: torch.Tensor, alpha, sigma, *,
                        clip_x0: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """(x0_hat, eps_hat) from a network output of type `prediction` at the noise level (alpha, sigma):
         eps   x0 = (x_t - sigma eps) / alpha                            (DDPM Eq. 4 solved for x0)
@@ -143,9 +143,9 @@ class GaussianDiffusion:
         ab = self.gather(self.alpha_bar, t, x)
         return ab.sqrt(), (1 - ab).sqrt()
 
-    def x0_eps(self, out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, clip_x0: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    def x0_eps(self, out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, *, clip_x0: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """(x0_hat, eps_hat) from a network output of type self.prediction at timesteps t (see x0_eps_from_output)."""
-        return x0_eps_from_output(self.prediction, out, x_t, *self.alpha_sigma(t, x_t), clip_x0)
+        return x0_eps_from_output(self.prediction, out, x_t, *self.alpha_sigma(t, x_t), clip_x0=clip_x0)
 
     def target(self, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         """The regression target of the network for the configured prediction type (see output_from_x0_eps)."""

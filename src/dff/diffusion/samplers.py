@@ -102,7 +102,7 @@ def ddpm(
     for i, t in enumerate(tqdm(range(diffusion.T - 1, -1, -1), desc="DDPM", disable=not progress, leave=False)):
         tt = t_batch(t, x)
         # 1. predict x0 (and eps) from the network output
-        x0_hat, _ = diffusion.x0_eps(call_model(model, x, tt, cond), x, tt, clip_x0)
+        x0_hat, _ = diffusion.x0_eps(call_model(model, x, tt, cond), x, tt, clip_x0=clip_x0)
         # 2. posterior mean mu_tilde(x_t, x0_hat) (Eq. 7)
         mean, _ = diffusion.q_posterior(x0_hat, x, tt)
         # 3. add noise sigma_t z, except at the last step
@@ -154,7 +154,7 @@ def ddim(
         ab = float(diffusion.alpha_bar[t])
         ab_prev = float(diffusion.alpha_bar[t_prev]) if t_prev >= 0 else 1.0
         # 1. predict x0 and eps
-        x0_hat, eps_hat = diffusion.x0_eps(call_model(model, x, tt, cond), x, tt, clip_x0)
+        x0_hat, eps_hat = diffusion.x0_eps(call_model(model, x, tt, cond), x, tt, clip_x0=clip_x0)
         # 2. sigma_t(eta) = eta sqrt((1 - ab_prev) / (1 - ab)) sqrt(1 - ab / ab_prev)   (Eq. 16)
         sigma = eta * ((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev)) ** 0.5
         # 3. x_{t-1} = sqrt(ab_prev) x0 + sqrt(1 - ab_prev - sigma^2) eps + sigma z   (Eq. 12)

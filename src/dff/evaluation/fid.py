@@ -61,7 +61,7 @@ def _batches(images, batch_size: int) -> Iterable[torch.Tensor]:
 
 
 @torch.no_grad()
-def compute_features(extractor: nn.Module, images: Images, batch_size: int = 256,
+def compute_features(extractor: nn.Module, images: Images, *, batch_size: int = 256,
                      device: Optional[Union[str, torch.device]] = None, what: str = "images") -> np.ndarray:
     """(N, D) float64 features of images: a (N, C, H, W) tensor or array in [0, 1] (uint8: 0..255),
     an iterable of such batches (a DataLoader of {"image": ...} dicts works), or a folder path.
@@ -171,7 +171,7 @@ def mmd2_unbiased(x: np.ndarray, y: np.ndarray) -> float:
     return float(sxx + syy - 2 * kxy.mean())
 
 
-def kid_from_features(f1, f2, subsets: int = DEFAULT_KID_SUBSETS, subset_size: int = DEFAULT_KID_SUBSET_SIZE,
+def kid_from_features(f1, f2, *, subsets: int = DEFAULT_KID_SUBSETS, subset_size: int = DEFAULT_KID_SUBSET_SIZE,
                       seed: int = 0) -> tuple[float, float]:
     """(mean, std) of the unbiased MMD^2 over `subsets` random subsets of `subset_size` rows drawn
     without replacement from each set (independently per subset; seeded, so repeatable).
@@ -224,7 +224,7 @@ def load_image_folder(path: Union[str, Path], channels: int = 3, size: Optional[
     return torch.stack([to_tensor(im) for im in images])
 
 
-def evaluate_generation(samples: Images, reference: Images, extractor: Union[str, nn.Module] = "digits",
+def evaluate_generation(samples: Images, reference: Images, extractor: Union[str, nn.Module] = "digits", *,
                         weights: Optional[str] = None, batch_size: int = 256,
                         kid_subsets: int = DEFAULT_KID_SUBSETS, kid_subset_size: Optional[int] = None,
                         seed: int = 0, device: Optional[Union[str, torch.device]] = None) -> dict:
@@ -239,11 +239,11 @@ def evaluate_generation(samples: Images, reference: Images, extractor: Union[str
         extractor = get_extractor(extractor, weights)
     if device is not None:
         extractor = extractor.to(device)
-    f_s = compute_features(extractor, samples, batch_size, device, what="samples")
-    f_r = compute_features(extractor, reference, batch_size, device, what="reference")
+    f_s = compute_features(extractor, samples, batch_size=batch_size, device=device, what="samples")
+    f_r = compute_features(extractor, reference, batch_size=batch_size, device=device, what="reference")
     if kid_subset_size is None:
         kid_subset_size = min(DEFAULT_KID_SUBSET_SIZE, len(f_s), len(f_r))
     fid = fid_from_features(f_s, f_r)
-    kid_mean, kid_std = kid_from_features(f_s, f_r, kid_subsets, kid_subset_size, seed)
+    kid_mean, kid_std = kid_from_features(f_s, f_r, subsets=kid_subsets, subset_size=kid_subset_size, seed=seed)
     return {"fid": fid, "kid_mean": kid_mean, "kid_std": kid_std, "n_samples": len(f_s),
             "n_reference": len(f_r), "feature_dim": f_s.shape[1]}
