@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from dff.cli import fit
+from dff import fit
 from dff.data import load_digits_tensor
 from dff.evaluation import compute_features, fid_from_features, get_extractor, kid_from_features
 

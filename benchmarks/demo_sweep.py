@@ -37,7 +37,7 @@ CHILD = r"""
 import json, sys, time, torch
 sys.path.insert(0, {bench!r})
 from digit_classifier import train_classifier, judge
-from dff.cli import fit
+from dff import fit
 t0 = time.time()
 cli = fit(["--config", {config!r}, "--trainer.enable_progress_bar", "false", "--samples.every_n_steps", "0",
            "--trainer.default_root_dir", {root!r}, "--seed_everything", str({seed}), *{overrides!r}])

@@ -20,7 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from digit_classifier import train_classifier  # noqa: E402
 
-from dff.cli import fit  # noqa: E402
+from dff import fit  # noqa: E402
 from dff.evaluation import DigitsFeatures  # noqa: E402
 from dff.pretrained import load_pretrained  # noqa: E402
 from dff.viz import save_grid  # noqa: E402

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from dff.cli import fit
+from dff import fit
 from dff.data import load_digits_tensor
 from dff.evaluation import compute_features, fid_from_features, get_extractor
 from dff.pretrained import load_pretrained

@@ -40,7 +40,7 @@ import dff  # noqa: E402
 import lightning as L  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from dff.cli import fit  # noqa: E402
+from dff import fit  # noqa: E402
 from dff.data import load_digits_tensor  # noqa: E402
 from dff.evaluation import compute_features, fid_from_features, get_extractor, kid_from_features  # noqa: E402
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from dff.cli import fit
+from dff import fit
 from dff.pretrained import load_pretrained
 from dff.translate import evaluate
 
