@@ -185,7 +185,7 @@ class DiffusionModule(L.LightningModule):
     def class_labels(self, labels, num: int) -> torch.Tensor:
         """Labels (num,) on the model's device from an int or a sequence; errors for unknown classes."""
         h = self.hparams
-        if not h.get("num_classes"):
+        if not h.num_classes:
             raise ValueError("this model was trained without class labels (num_classes=0): sample without a class")
         y = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
         y = y.expand(num) if y.numel() == 1 else y
