@@ -105,10 +105,42 @@ def test_cli_unknown_config_key(tmp_path, capsys):
     assert "dimm" in capsys.readouterr().err
 
 
-def test_cli_bad_data_folder(tmp_path):
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+def test_cli_bad_data_folder_is_one_line(tmp_path):
+    """Raised while fit sets up its data, yet one line on the command line (a traceback from Python)."""
+    with pytest.raises(SystemExit, match=r"^dff: data folder .*nothing.* does not exist$"):
         main(["fit", "--data.root", str(tmp_path / "nothing"), "--trainer.max_steps", "1",
               "--trainer.default_root_dir", str(tmp_path / "r"), *TINY])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit, match=r"^dff: data folder .*empty.* is empty"):
+        main(["fit", "--data.root", str(tmp_path / "empty"), "--trainer.max_steps", "1",
+              "--trainer.default_root_dir", str(tmp_path / "r"), *TINY])
+    with pytest.raises(FileNotFoundError, match="does not exist"):  # from Python: the exception itself
+        fit(["--data.root", str(tmp_path / "nothing"), "--trainer.max_steps", "1",
+             "--trainer.default_root_dir", str(tmp_path / "r"), *TINY])
+
+
+def test_cli_binary_or_missing_config_is_one_line(tmp_path):
+    (tmp_path / "weights.bin").write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(SystemExit, match=r"^dff: --config .*weights.bin: not a text file"):
+        main(["fit", "--config", str(tmp_path / "weights.bin")])
+    with pytest.raises(SystemExit, match=r"^dff: --config .*nope.yaml: no such file"):
+        main(["fit", "--config", str(tmp_path / "nope.yaml")])
+
+
+@pytest.mark.parametrize("args", [["--num", "-3"], ["--num", "0"], ["--batch-size", "0"], ["--steps", "0"]])
+def test_cli_sample_counts_must_be_positive(tmp_path, args):
+    save_pretrained(PixelDiffusion(image_size=8, channels=1, dim=8, dim_mults=(1, 2), timesteps=50), tmp_path / "w")
+    with pytest.raises(SystemExit, match=r"^dff: --(num|batch-size|steps) must be at least 1"):
+        main(["sample", str(tmp_path / "w"), "--out", str(tmp_path / "o"), *args])
+    assert not (tmp_path / "o").exists()
+
+
+def test_checkpoints_keep_last_and_the_newest_three(tmp_path, image_folder):
+    cli = tiny_fit(tmp_path / "run", image_folder, 10)  # every 2 steps: 2, 4, 6, 8, 10
+    names = sorted(p.name for p in (Path(cli.trainer.log_dir) / "checkpoints").iterdir())
+    assert names == ["last.ckpt", "step_000006.ckpt", "step_000008.ckpt", "step_000010.ckpt"]
+    cli = tiny_fit(tmp_path / "all", image_folder, 6, "--checkpoint.save_top_k", "-1")
+    assert len(list((Path(cli.trainer.log_dir) / "checkpoints").glob("step_*.ckpt"))) == 3
 
 
 def test_image_size_the_unet_cannot_divide():

@@ -14,7 +14,8 @@ from .viz import save_grid, translation_grid
 
 
 def run_dir(trainer: L.Trainer) -> Path:
-    """The folder of this run: the logger's version folder, else the trainer's root."""
+    """The folder of this run: the logger's version folder, else the trainer's root. Under DDP this is a
+    collective (Trainer.log_dir broadcasts rank 0's folder): call it on every rank, never on one alone."""
     return Path(trainer.log_dir or trainer.default_root_dir)
 
 
@@ -34,9 +35,10 @@ class SampleGrid(L.Callback):
         self.every_n_steps, self.num, self.sampler, self.steps, self.seed = every_n_steps, num, sampler, steps, seed
 
     def write(self, trainer: L.Trainer, pl_module) -> Optional[Path]:
+        """Called on every rank; rank 0 samples and writes (run_dir is a collective: every rank asks for it)."""
+        path = run_dir(trainer) / "samples" / f"step_{trainer.global_step:06d}.png"
         if not trainer.is_global_zero:
             return None
-        path = run_dir(trainer) / "samples" / f"step_{trainer.global_step:06d}.png"
         if not pl_module.hparams.cond_channels:
             nc = pl_module.hparams.num_classes
             labels = torch.arange(self.num) % nc if nc else None  # class-conditional: cycle through the classes
@@ -64,16 +66,17 @@ class ExportWeights(L.Callback):
     an autoencoder writes <run>/export/autoencoder (diffusers' format) and reconstructions.png."""
 
     def on_train_end(self, trainer, pl_module) -> None:
+        run = run_dir(trainer)  # a collective (Trainer.log_dir broadcasts): every rank asks, rank 0 writes
         if not trainer.is_global_zero:
             return
         if isinstance(pl_module, AutoencoderModule):
-            out = pl_module.export(run_dir(trainer) / EXPORT_DIR)
+            out = pl_module.export(run / EXPORT_DIR)
             print(f"exported the autoencoder to {out}")
             dm = trainer.datamodule
             ds = getattr(dm, "val_set", None) or dm.train_set
             idx = torch.linspace(0, len(ds) - 1, min(8, len(ds))).round().long().tolist()  # spread over the set
             images = torch.stack([ds[i]["image"] for i in idx])
-            print(f"wrote {pl_module.export_reconstructions(images, run_dir(trainer) / 'reconstructions.png')}")
+            print(f"wrote {pl_module.export_reconstructions(images, run / 'reconstructions.png')}")
             return
-        out = save_pretrained(pl_module, run_dir(trainer) / EXPORT_DIR)
+        out = save_pretrained(pl_module, run / EXPORT_DIR)
         print(f"exported EMA weights to {out}")

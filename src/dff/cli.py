@@ -50,9 +50,17 @@ def load_model(weights: str, device: str):
         raise SystemExit(f"dff: {e}")
 
 
+def check_positive(**values: Optional[int]) -> None:
+    """Counts given on the command line are at least 1 (None: not given)."""
+    for name, v in values.items():
+        if v is not None and v < 1:
+            raise SystemExit(f"dff: --{name.replace('_', '-')} must be at least 1, got {v}")
+
+
 def sample_command(args: argparse.Namespace) -> list[Path]:
     from .viz import save_grid, save_images
 
+    check_positive(num=args.num, batch_size=args.batch_size, steps=args.steps)
     out = Path(args.out)
     check_out_dir(out, args.overwrite)
     model = load_model(args.weights, args.device)
@@ -77,6 +85,7 @@ def sample_command(args: argparse.Namespace) -> list[Path]:
 def translate_command(args: argparse.Namespace) -> list[Path]:
     from .translate import translate_files
 
+    check_positive(num_samples=args.num_samples, steps=args.steps)
     out = Path(args.out)
     check_out_dir(out, args.overwrite)
     model = load_model(args.weights, args.device)
@@ -148,6 +157,7 @@ def autoencoder_scores(args: argparse.Namespace, alone: bool) -> dict:
 def eval_command(args: argparse.Namespace) -> dict:
     from .translate import evaluate, write_json
 
+    check_positive(num=args.num, batch_size=args.batch_size, steps=args.steps, average=args.average)
     try:
         alone = is_autoencoder_only(args.weights)
         if args.autoencoder or alone:

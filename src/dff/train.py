@@ -40,9 +40,11 @@ class DffCLI(LightningCLI):
                                   compute_fn=condition_channels)
             parser.link_arguments("data.pairs", "model.condition", compute_fn=condition_kind)
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        # last.ckpt plus the newest save_top_k periodic checkpoints (-1 keeps them all: a 58 M-parameter
+        # model's checkpoint with EMA and Adam state is ~0.9 GB)
         parser.set_defaults({"checkpoint.save_last": True, "checkpoint.every_n_train_steps": 1000,
-                             "checkpoint.save_top_k": -1, "checkpoint.filename": "step_{step:06d}",
-                             "checkpoint.auto_insert_metric_name": False})
+                             "checkpoint.save_top_k": 3, "checkpoint.monitor": "step", "checkpoint.mode": "max",
+                             "checkpoint.filename": "step_{step:06d}", "checkpoint.auto_insert_metric_name": False})
         parser.add_lightning_class_args(SampleGrid, "samples")
 
     clean_errors = False  # the command line: a bad setting ends with "dff: message", not a traceback
@@ -78,8 +80,8 @@ def config_model_class_path(argv: Sequence[str]) -> Optional[str]:
     for path in paths:
         try:
             cfg = yaml.safe_load(Path(path).read_text()) or {}
-        except (OSError, yaml.YAMLError):
-            continue  # LightningCLI reports unreadable configs itself
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            continue  # unreadable configs are reported by check_configs / LightningCLI
         model = cfg.get("model") if isinstance(cfg, dict) else None
         if isinstance(model, dict) and "class_path" in model:
             found = model["class_path"]
@@ -93,15 +95,38 @@ def fit(argv: Sequence[str], run: bool = True, clean_errors: bool = False) -> Df
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
     # the EMA copy of the network stays in eval mode on purpose
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+    if clean_errors:
+        check_configs(argv)
     subclass = config_model_class_path(argv) is not None
     cli_class = type("DffFitCLI", (DffCLI,), {"autoencoder_mode": subclass, "clean_errors": clean_errors})
-    return cli_class(
-        L.LightningModule if subclass else DiffusionModule, ImageDataModule,
-        subclass_mode_model=subclass,
-        args=["fit", *argv] if run else list(argv),
-        run=run,
-        trainer_defaults={"default_root_dir": "runs", "callbacks": [ExportWeights()]},
-        save_config_kwargs={"overwrite": False},
-        seed_everything_default=0,
-        parser_kwargs={"prog": "dff", "description": "Train a diffusion model (Lightning's CLI)."},
-    )
+    try:
+        return cli_class(
+            L.LightningModule if subclass else DiffusionModule, ImageDataModule,
+            subclass_mode_model=subclass,
+            args=["fit", *argv] if run else list(argv),
+            run=run,
+            trainer_defaults={"default_root_dir": "runs", "callbacks": [ExportWeights()], "log_every_n_steps": 10},
+            save_config_kwargs={"overwrite": False},
+            seed_everything_default=0,
+            parser_kwargs={"prog": "dff", "description": "Train a diffusion model (Lightning's CLI)."},
+        )
+    except (ValueError, FileNotFoundError, NotADirectoryError) as e:
+        # the data's and the model's checks of the user's settings, also those run while fit sets up its
+        # data (a missing or empty folder, corrupt or too small images): one line on the command line
+        if not clean_errors:
+            raise
+        raise SystemExit(f"dff: {e}") from None
+
+
+def check_configs(argv: Sequence[str]) -> None:
+    """Each --config file exists and is a text file: one clear line instead of a decoding traceback."""
+    paths = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--config"]
+    paths += [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
+    for path in paths:
+        try:
+            Path(path).read_text()
+        except FileNotFoundError:
+            raise SystemExit(f"dff: --config {path}: no such file") from None
+        except UnicodeDecodeError:
+            raise SystemExit(f"dff: --config {path}: not a text file; expected a YAML config "
+                             "(e.g. configs/pixel_digits.yaml)") from None

@@ -13,6 +13,7 @@ or, for the built-in photos, their held-out bottom quarter.
 """
 from __future__ import annotations
 
+import os
 from typing import Callable, Literal, Optional
 
 import lightning as L
@@ -63,7 +64,7 @@ class ImageDataModule(L.LightningDataModule):
         labels: bool = False,  # folder: class labels from top-level sub-folder names (the digits always have labels)
         batch_size: int = 16,
         val_batch_size: int = 32,
-        num_workers: int = 2,  # DataLoader workers for folders (built-in sets live in memory)
+        num_workers: Optional[int] = None,  # DataLoader workers for folders (None: min(4, CPU cores); built-in sets live in memory)
         latent_cache: Optional[str] = None,  # latent models: encode the training set once (flips included) to this file
         half: Optional[Literal["A", "B"]] = None,  # unpaired data from pix2pix files: their left (A) or right (B) half
     ):
@@ -89,6 +90,13 @@ class ImageDataModule(L.LightningDataModule):
     def cond_channels_(self) -> int:
         h = self.hparams
         return condition_channels(h.pairs, h.channels, h.cond_image_channels)
+
+    @property
+    def workers(self) -> int:
+        """DataLoader workers for image folders: data.num_workers, else min(4, the CPU cores this process may use)."""
+        if self.hparams.num_workers is not None:
+            return self.hparams.num_workers
+        return min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
     def use_latent_cache(self, encode: Callable, condition_code: Callable, meta: dict) -> None:
         """Train from cached latents: encode each training item once per flip variant with `encode`
@@ -145,7 +153,7 @@ class ImageDataModule(L.LightningDataModule):
     def train_dataloader(self) -> torch.utils.data.DataLoader:
         h = self.hparams
         in_memory = h.dataset != "folder" or bool(h.latent_cache)
-        workers = 0 if in_memory else h.num_workers
+        workers = 0 if in_memory else self.workers
         return torch.utils.data.DataLoader(
             self.train_set, batch_size=h.batch_size, shuffle=True, drop_last=len(self.train_set) >= h.batch_size,
             num_workers=workers, persistent_workers=workers > 0,
@@ -155,5 +163,5 @@ class ImageDataModule(L.LightningDataModule):
         if self.val_set is None:
             return []
         h = self.hparams
-        workers = 0 if h.dataset != "folder" else h.num_workers
+        workers = 0 if h.dataset != "folder" else self.workers
         return torch.utils.data.DataLoader(self.val_set, batch_size=h.val_batch_size, shuffle=False, num_workers=workers)

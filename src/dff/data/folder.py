@@ -35,13 +35,34 @@ def find_images(root: str | Path) -> list[Path]:
     return files
 
 
+# grayscale modes of more than 8 bits (16-bit PNG/TIFF, 32-bit integer, float TIFF) and the value of white
+HIGH_DEPTH: dict[str, float] = {"I;16": 65535.0, "I;16L": 65535.0, "I;16B": 65535.0, "I;16N": 65535.0,
+                                "I": 65535.0, "F": 1.0}
+
+
+def convert_image(im: Image.Image, channels: int) -> Image.Image:
+    """An image as L (1 channel), RGB (3) or RGBA (4). Grayscale images of more than 8 bits are not
+    clipped at 255 (as PIL's convert would do) but scaled to [0, 1] by their range: 16-bit (and 32-bit
+    integer, as PIL reads 16-bit files) by 65535, float (TIFF) as they are, both clipped to [0, 1]; with
+    channels=1 they stay at full precision (a float image, mode F), with 3 or 4 channels they are
+    rounded to 8 bits."""
+    if channels not in MODES:
+        raise ValueError(f"channels must be one of {sorted(MODES)} for image files, got {channels}")
+    if im.mode not in HIGH_DEPTH:
+        return im.convert(MODES[channels])
+    a = np.clip(np.asarray(im, dtype=np.float32) / HIGH_DEPTH[im.mode], 0.0, 1.0)  # (H, W) in [0, 1]
+    if channels == 1:
+        return Image.fromarray(a, "F")
+    return Image.fromarray((a * 255).round().astype(np.uint8), "L").convert(MODES[channels])
+
+
 def load_image(path: Path, channels: int) -> Image.Image:
-    """Decode an image fully and convert it to L (1 channel), RGB (3) or RGBA (4)."""
+    """Decode an image fully and convert it to `channels` (see convert_image)."""
     if channels not in MODES:
         raise ValueError(f"channels must be one of {sorted(MODES)} for image files, got {channels}")
     with Image.open(path) as im:
         im.load()
-        return im.convert(MODES[channels])
+        return convert_image(im, channels)
 
 
 def check_images(files: list[Path], image_size: int, crop: Crop) -> None:
@@ -107,8 +128,8 @@ def transform_same(images: list[Image.Image], size: int, crop: Crop, *, hflip: b
 
 
 def to_tensor(im: Image.Image) -> torch.Tensor:
-    """PIL image -> float tensor (C, H, W) in [0, 1]."""
-    a = np.asarray(im, dtype=np.float32) / 255.0
+    """PIL image -> float tensor (C, H, W) in [0, 1] (8-bit images / 255; float images, mode F, as they are)."""
+    a = np.asarray(im, dtype=np.float32) / (1.0 if im.mode == "F" else 255.0)
     a = a[:, :, None] if a.ndim == 2 else a
     return torch.from_numpy(a.transpose(2, 0, 1).copy())
 

@@ -22,7 +22,7 @@ from typing import Literal, Optional
 import torch
 from PIL import Image
 
-from .folder import MODES, Crop, find_images, to_tensor, transform_same
+from .folder import MODES, Crop, convert_image, find_images, to_tensor, transform_same
 from .tasks import TASKS, make_condition
 
 Layout = Literal["side_by_side", "folders"]
@@ -139,7 +139,7 @@ class PairFolder(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict:
         a, b = self.load_pair(i)
         cond, target = (a, b) if self.direction == "AtoB" else (b, a)
-        cond, target = cond.convert(MODES[self.cond_channels]), target.convert(MODES[self.channels])
+        cond, target = convert_image(cond, self.cond_channels), convert_image(target, self.channels)
         if cond.size != target.size:
             cond = cond.resize(target.size, Image.Resampling.BICUBIC)
         cond, target = transform_same([cond, target], self.image_size, self.crop, hflip=self.hflip, vflip=self.vflip,

@@ -1,0 +1,83 @@
+"""Nothing lost: high-bit-depth images keep their values, and a two-process DDP run finishes and
+writes its grids, checkpoint and export (it deadlocked when only rank 0 asked for the run folder)."""
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dff.data import ImageFolder
+from dff.data.paired import PairFolder
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ---------------------------------------------------------------------- 16-bit and float images
+def ramp16(h: int = 16, w: int = 16, seed: int = 0) -> np.ndarray:
+    """Random 16-bit values, most of them above 255 (which an 8-bit conversion clips to white)."""
+    return np.random.default_rng(seed).integers(0, 65536, (h, w)).astype(np.uint16)
+
+
+def test_16_bit_grayscale_keeps_full_precision(tmp_path):
+    (tmp_path / "d").mkdir()
+    a = ramp16()
+    Image.fromarray(a).save(tmp_path / "d" / "scan.png")
+    assert Image.open(tmp_path / "d" / "scan.png").mode.startswith("I")
+    x = ImageFolder(tmp_path / "d", 16, 1, crop="center", hflip=False)[0]["image"]  # (1, 16, 16)
+    torch.testing.assert_close(x[0], torch.from_numpy(a.astype(np.float32) / 65535), atol=1e-6, rtol=0)
+    assert len(np.unique(x.numpy())) > 200  # far more levels than 8 bits
+    # as RGB: 8-bit precision, but scaled, not clipped at 255
+    rgb = ImageFolder(tmp_path / "d", 16, 3, crop="center", hflip=False)[0]["image"]
+    assert (rgb - x).abs().max() <= 0.5 / 255 + 1e-6 and (rgb >= 0.999).float().mean() < 0.01
+
+
+def test_16_bit_random_crops_and_resize_keep_the_range(tmp_path):
+    (tmp_path / "d").mkdir()
+    a = ramp16(40, 30)
+    Image.fromarray(a).save(tmp_path / "d" / "big.png")
+    crop = ImageFolder(tmp_path / "d", 16, 1, crop="random", hflip=True, vflip=True, seed=0)[0]["image"]
+    assert 0 <= crop.min() and crop.max() <= 1 and crop.std() > 0.2  # uniform on [0, 1]: std 0.29
+    small = ImageFolder(tmp_path / "d", 8, 1, crop="resize", hflip=False)[0]["image"]
+    assert 0 <= small.min() and small.max() <= 1 and abs(small.mean().item() - a.mean() / 65535) < 0.1
+
+
+def test_float_tiff_is_read_as_its_values(tmp_path):
+    (tmp_path / "d").mkdir()
+    a = np.random.default_rng(1).random((12, 12)).astype(np.float32)
+    a[0, 0], a[0, 1] = -0.5, 1.5  # out of range: clipped
+    Image.fromarray(a, "F").save(tmp_path / "d" / "field.tif")
+    x = ImageFolder(tmp_path / "d", 12, 1, crop="center", hflip=False)[0]["image"][0]
+    torch.testing.assert_close(x, torch.from_numpy(np.clip(a, 0, 1)))
+
+
+def test_16_bit_pairs(tmp_path):
+    root = tmp_path / "pairs"
+    (root / "A").mkdir(parents=True), (root / "B").mkdir(parents=True)
+    a, b = ramp16(seed=2), ramp16(seed=3)
+    Image.fromarray(a).save(root / "A" / "x.png"), Image.fromarray(b).save(root / "B" / "x.png")
+    item = PairFolder(root, "folders", image_size=16, channels=1, cond_channels=1, crop="center", hflip=False)[0]
+    torch.testing.assert_close(item["cond"][0], torch.from_numpy(a / 65535).float(), atol=1e-6, rtol=0)
+    torch.testing.assert_close(item["image"][0], torch.from_numpy(b / 65535).float(), atol=1e-6, rtol=0)
+
+
+# ---------------------------------------------------------------------- DDP with 2 CPU processes
+def test_two_process_ddp_finishes_with_grids_checkpoint_and_export(tmp_path):
+    """`dff fit ... --trainer.devices 2 --trainer.strategy ddp` on the CPU (gloo): the sample grids and the
+    export run the run-folder collective on both ranks, so the run ends instead of hanging."""
+    cmd = [sys.executable, "-m", "dff.cli", "fit", "--config", str(ROOT / "configs" / "pixel_digits.yaml"),
+           "--model.dim", "8", "--trainer.max_steps", "4", "--trainer.accelerator", "cpu", "--trainer.devices", "2",
+           "--trainer.strategy", "ddp", "--trainer.enable_progress_bar", "false", "--samples.every_n_steps", "2",
+           "--samples.num", "4", "--samples.steps", "2", "--trainer.default_root_dir", str(tmp_path / "ddp")]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    except subprocess.TimeoutExpired:
+        pytest.fail("two-process DDP run did not finish in 240 s (deadlock)")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    run = tmp_path / "ddp" / "version_0"
+    for f in ("samples/step_000002.png", "samples/step_000004.png", "checkpoints/last.ckpt",
+              "export/model.safetensors", "export/config.json"):
+        assert (run / f).exists(), f
+    assert not (tmp_path / "ddp" / "version_1").exists()  # both ranks wrote into one run folder
