@@ -161,3 +161,22 @@ def test_module_samples_with_fast_samplers(sampler):
     m = PixelDiffusion(image_size=8, channels=1, dim=8, dim_mults=[1, 2], timesteps=50, schedule="cosine")
     x = m.sample(3, sampler, steps=4, seed=0, progress=False)
     assert x.shape == (3, 1, 8, 8) and torch.equal(x, m.sample(3, sampler, steps=4, seed=0, progress=False))
+
+
+def test_console_command_errors_are_one_line_with_exit_code_2(tmp_path):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", "from dff.cli import run; run()", "sample", str(tmp_path / "none"),
+                           "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.strip().startswith("dff: ") and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_fit_prints_nothing_a_user_cannot_act_on(tmp_path, capfd):
+    main(["fit", "--data.dataset", "digits", "--data.image_size", "8", "--data.channels", "1", "--model.dim", "8",
+          "--model.dim_mults", "[1, 2]", "--model.timesteps", "50", "--trainer.max_steps", "12",
+          "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(tmp_path)])
+    out = "".join(capfd.readouterr())
+    for noise in ("Tip:", "Total length of", "LeafSpec", "eval mode", "args parameter is intended"):
+        assert noise not in out, noise
+    assert (tmp_path / "version_0" / "metrics.csv").exists()  # a short run logs too (every 10 steps by default, not 50)

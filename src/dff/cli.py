@@ -312,5 +312,17 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         build_parser().print_help()
 
 
+def run() -> None:
+    """The `dff` console command: main(), with user errors (SystemExit("dff: ...")) printed as one line
+    and exit code 2, as argparse does for bad arguments."""
+    try:
+        main()
+    except SystemExit as e:
+        if isinstance(e.code, str):
+            print(e.code, file=sys.stderr)
+            raise SystemExit(2) from None
+        raise
+
+
 if __name__ == "__main__":
-    main()
+    run()

@@ -7,6 +7,7 @@ checkpoints, sample grids and exported weights.
 from __future__ import annotations
 
 import importlib.util
+import logging
 import warnings
 from pathlib import Path
 from typing import Optional, Sequence
@@ -88,13 +89,30 @@ def config_model_class_path(argv: Sequence[str]) -> Optional[str]:
     return found
 
 
+class _NoAdverts(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tip: For seamless" not in record.getMessage()
+
+
+def quiet_lightning() -> None:
+    """Silence Lightning's messages a dff user cannot act on; its other warnings stay."""
+    for message in (
+        "LightningCLI's args parameter is intended",  # dff passes the command line on purpose
+        r"Found \d+ module\(s\) in eval mode",  # the EMA copy of the network stays in eval mode on purpose
+        r"Total length of `\w+` across ranks is zero",  # no validation data: validation is for paired data only
+        r"`isinstance\(treespec, LeafSpec\)` is deprecated",  # inside Lightning, with this torch
+    ):
+        warnings.filterwarnings("ignore", message=message)
+    log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _NoAdverts) for f in log.filters):
+        log.addFilter(_NoAdverts())  # advertisements for Lightning's cloud loggers
+
+
 def fit(argv: Sequence[str], run: bool = True, clean_errors: bool = False) -> DffCLI:
     """Run `fit` through Lightning's CLI with the given arguments (after the word 'fit'). A config
     whose model section names a class_path (configs/autoencoder_*.yaml) trains that LightningModule;
     otherwise the keys of model: are DiffusionModule's arguments."""
-    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
-    # the EMA copy of the network stays in eval mode on purpose
-    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+    quiet_lightning()
     if clean_errors:
         check_configs(argv)
     subclass = config_model_class_path(argv) is not None
