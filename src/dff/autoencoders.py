@@ -154,7 +154,13 @@ def load_autoencoder(spec: Optional[str], channels: int, local_files_only: bool 
         if folder is None:
             raise FileNotFoundError(f"autoencoder {spec!r}: no {CONFIG} of a diffusers AutoencoderKL in this folder, "
                                     f"its export/{EXPORT_SUBDIR}/ or a run below it")
-        ae = KLAutoencoder(AutoencoderKL.from_pretrained(str(folder), low_cpu_mem_usage=False), str(folder))
+        try:  # diffusers reads safetensors, or .bin files with torch.load(weights_only=True)
+            vae = AutoencoderKL.from_pretrained(str(folder), low_cpu_mem_usage=False)
+        except OSError as e:
+            raise ValueError(f"autoencoder {folder}: its weights could not be loaded ({str(e).splitlines()[0].strip()}); "
+                             "dff reads diffusion_pytorch_model.safetensors, or a .bin file holding tensors only "
+                             "(a .bin that names other Python objects is refused: it could run code)") from None
+        ae = KLAutoencoder(vae, str(folder))
     else:
         try:
             vae = AutoencoderKL.from_pretrained(spec, local_files_only=local_files_only, low_cpu_mem_usage=False)

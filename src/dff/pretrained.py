@@ -19,6 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .autoencoders import EXPORT_SUBDIR
+from .safe_load import load_tensors
 from .module import MODELS, DiffusionModule
 
 WEIGHTS, CONFIG = "model.safetensors", "config.json"
@@ -86,10 +87,9 @@ def _load_weights_dir(weights: Path) -> DiffusionModule:
 
 
 def _load_checkpoint(ckpt: Path) -> DiffusionModule:
-    try:
-        data = torch.load(ckpt, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ValueError(f"{ckpt}: cannot be read as a Lightning checkpoint with weights_only=True: {e}") from e
+    data = load_tensors(ckpt)  # weights only: a crafted pickle is refused, no code runs
+    if not isinstance(data, dict) or "state_dict" not in data:
+        raise ValueError(f"{ckpt}: not a Lightning checkpoint (no state_dict)")
     hparams = dict(data.get("hyper_parameters", {}))
     model_class = data.get("dff_model_class", "PixelDiffusion")
     names = constructor_names(MODELS.get(model_class, DiffusionModule))

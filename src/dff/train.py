@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import pickle
 import warnings
 from pathlib import Path
 from typing import Optional, Sequence
@@ -21,6 +22,7 @@ from .callbacks import ExportWeights, SampleGrid
 from .data import ImageDataModule
 from .data.datamodule import condition_channels, condition_kind
 from .module import DiffusionModule
+from .safe_load import refusal
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
@@ -128,12 +130,26 @@ def fit(argv: Sequence[str], run: bool = True, clean_errors: bool = False) -> Df
             seed_everything_default=0,
             parser_kwargs={"prog": "dff", "description": "Train a diffusion model (Lightning's CLI)."},
         )
+    except pickle.UnpicklingError as e:  # Lightning's weights-only load of --ckpt_path refused the file
+        if not clean_errors:
+            raise
+        raise SystemExit(f"dff: --ckpt_path {refusal(ckpt_path_of(argv), e)}") from None
     except (ValueError, FileNotFoundError, NotADirectoryError) as e:
         # the data's and the model's checks of the user's settings, also those run while fit sets up its
         # data (a missing or empty folder, corrupt or too small images): one line on the command line
         if not clean_errors:
             raise
         raise SystemExit(f"dff: {e}") from None
+
+
+def ckpt_path_of(argv: Sequence[str]) -> str:
+    """The value of --ckpt_path in argv ('' if absent)."""
+    for i, a in enumerate(argv):
+        if a == "--ckpt_path" and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith("--ckpt_path="):
+            return a.split("=", 1)[1]
+    return ""
 
 
 def check_configs(argv: Sequence[str]) -> None:

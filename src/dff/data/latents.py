@@ -20,6 +20,8 @@ from typing import Callable, Optional
 import torch
 from tqdm.auto import tqdm
 
+from ..safe_load import load_tensors
+
 FORMAT = 1
 
 
@@ -79,10 +81,11 @@ def load_or_make_cache(path: str, dataset, *, encode: Callable, condition_code: 
         print(f"cached {len(dataset)} x {data['latent'].shape[1]} latents {tuple(data['latent'].shape[2:])} in {p}")
         return data
     try:
-        saved = torch.load(p, map_location="cpu", weights_only=True)
+        saved = load_tensors(p)  # weights only: a crafted pickle is refused, no code runs
         old = saved["meta"]
-    except Exception as e:
-        raise ValueError(f"latent cache {p}: not a dff latent cache ({e}); delete it or choose another data.latent_cache")
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"latent cache {p}: not a dff latent cache ({e}); delete it or choose another "
+                         "data.latent_cache") from None
     diff = [k for k in meta if old.get(k) != meta[k]]
     if diff:
         k = diff[0]
