@@ -31,10 +31,10 @@ def test_fit_resume_sample_export_reload(tmp_path, image_folder):
     assert int(cli.model.ema.num_updates) == 4  # one EMA update per optimiser step
     assert not torch.equal(cli.model.ema.model.init_conv.weight, cli.model.net.init_conv.weight)
 
-    # resume: the step count continues from the checkpoint, in a new version folder
+    # resume: the step count continues from the checkpoint, in the same run folder
     cli2 = tiny_fit(tmp_path / "run", image_folder, 6, "--ckpt_path", str(out / "checkpoints" / "last.ckpt"))
     assert cli2.trainer.global_step == 6 and int(cli2.model.ema.num_updates) == 6
-    assert Path(cli2.trainer.log_dir) != out
+    assert Path(cli2.trainer.log_dir) == out
 
     # exported EMA weights reload without pickle and give identical samples for one seed
     model = cli2.model.eval()
@@ -180,3 +180,32 @@ def test_fit_prints_nothing_a_user_cannot_act_on(tmp_path, capfd):
     for noise in ("Tip:", "Total length of", "LeafSpec", "eval mode", "args parameter is intended"):
         assert noise not in out, noise
     assert (tmp_path / "version_0" / "metrics.csv").exists()  # a short run logs too (every 10 steps by default, not 50)
+
+
+def test_resume_continues_in_the_same_run_folder(tmp_path, image_folder):
+    import csv
+
+    root = tmp_path / "runs"
+    run = Path(tiny_fit(root, image_folder, 4).trainer.log_dir)
+    config = (run / "config.yaml").read_text()
+    cli = tiny_fit(root, image_folder, 6, "--ckpt_path", str(run / "checkpoints" / "last.ckpt"))
+    assert Path(cli.trainer.log_dir) == run and not (root / "version_1").exists()
+    steps = [int(r["step"]) for r in csv.DictReader(open(run / "metrics.csv")) if r.get("train/loss")]
+    assert steps == list(range(6))  # one curve: the first run's steps 0-3, then the resumed 4-5
+    assert (run / "config.yaml").read_text() == config and (run / "config_resume_1.yaml").exists()
+    assert (run / "samples" / "step_000006.png").exists() and (run / "checkpoints" / "step_000006.ckpt").exists()
+    # --ckpt_path last: the newest run's last.ckpt below the root
+    cli = tiny_fit(root, image_folder, 8, "--ckpt_path", "last")
+    assert cli.trainer.global_step == 8 and Path(cli.trainer.log_dir) == run
+    assert (run / "config_resume_2.yaml").exists()
+    # a checkpoint from elsewhere starts a new run
+    other = tmp_path / "elsewhere.ckpt"
+    other.write_bytes((run / "checkpoints" / "last.ckpt").read_bytes())
+    cli = tiny_fit(root, image_folder, 10, "--ckpt_path", str(other))
+    assert Path(cli.trainer.log_dir) == root / "version_1" and cli.trainer.global_step == 10
+
+
+def test_ckpt_path_last_without_a_run_is_one_line(tmp_path, image_folder):
+    with pytest.raises(SystemExit, match=r"^dff: --ckpt_path last: no version_\*/checkpoints/last.ckpt below"):
+        main(["fit", "--data.root", str(image_folder), "--trainer.default_root_dir", str(tmp_path / "none"),
+              "--trainer.max_steps", "1", *TINY, "--ckpt_path", "last"])

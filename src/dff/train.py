@@ -16,12 +16,12 @@ from typing import Optional, Sequence
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
-from lightning.pytorch.loggers import CSVLogger
 
 from .callbacks import ExportWeights, SampleGrid
 from .data import ImageDataModule
 from .data.datamodule import condition_channels, condition_kind
 from .module import DiffusionModule
+from .runs import RunLogger, newest_last_checkpoint, resume_config_name, run_version
 from .safe_load import refusal
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -62,9 +62,19 @@ class DffCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs):
         cfg = self._get(self.config_init, "trainer", default={})
+        root = Path(cfg.get("default_root_dir") or "runs")
+        version = None  # a resumed run continues in its own version_N
+        ckpt = self._get(self.config_init, "ckpt_path", default=None)
+        if ckpt is not None:
+            if ckpt == "last":
+                ckpt = str(newest_last_checkpoint(root))
+                self.config_init[self.subcommand]["ckpt_path"] = ckpt
+            version = run_version(ckpt, root)
         if cfg.get("logger") in (None, True):
-            root = cfg.get("default_root_dir") or "runs"
-            csv_logger = CSVLogger(root, name="")
+            csv_logger = RunLogger(root, name="", version=version)
+            if version is not None:
+                self.save_config_kwargs = {**self.save_config_kwargs,
+                                           "config_filename": resume_config_name(root / f"version_{version}")}
             loggers = [csv_logger]
             if importlib.util.find_spec("tensorboard") is not None:
                 from lightning.pytorch.loggers import TensorBoardLogger
@@ -103,6 +113,7 @@ def quiet_lightning() -> None:
         r"Found \d+ module\(s\) in eval mode",  # the EMA copy of the network stays in eval mode on purpose
         r"Total length of `\w+` across ranks is zero",  # no validation data: validation is for paired data only
         r"`isinstance\(treespec, LeafSpec\)` is deprecated",  # inside Lightning, with this torch
+        r"Checkpoint directory .* exists and is not empty",  # a resumed run continues in its own folder
     ):
         warnings.filterwarnings("ignore", message=message)
     log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
