@@ -114,6 +114,7 @@ def test_cli_bad_data_folder_is_one_line(tmp_path):
     with pytest.raises(SystemExit, match=r"^dff: data folder .*empty.* is empty"):
         main(["fit", "--data.root", str(tmp_path / "empty"), "--trainer.max_steps", "1",
               "--trainer.default_root_dir", str(tmp_path / "r"), *TINY])
+    assert not list((tmp_path / "r").glob("version_*"))  # no empty run folder is left behind
     with pytest.raises(FileNotFoundError, match="does not exist"):  # from Python: the exception itself
         fit(["--data.root", str(tmp_path / "nothing"), "--trainer.max_steps", "1",
              "--trainer.default_root_dir", str(tmp_path / "r"), *TINY])

@@ -33,6 +33,7 @@ class DffCLI(LightningCLI):
     trainer.default_root_dir/version_N."""
 
     autoencoder_mode = False  # model: class_path: ... (an AutoencoderModule) instead of DiffusionModule's keys
+    new_run: Optional[Path] = None  # the version_N folder this run creates
 
     def add_arguments_to_parser(self, parser) -> None:
         m = "model.init_args." if self.autoencoder_mode else "model."
@@ -72,6 +73,8 @@ class DffCLI(LightningCLI):
             version = run_version(ckpt, root)
         if cfg.get("logger") in (None, True):
             csv_logger = RunLogger(root, name="", version=version)
+            if version is None:
+                type(self).new_run = root / f"version_{csv_logger.version}"  # removed again if fit fails empty
             if version is not None:
                 self.save_config_kwargs = {**self.save_config_kwargs,
                                            "config_filename": resume_config_name(root / f"version_{version}")}
@@ -142,15 +145,23 @@ def fit(argv: Sequence[str], run: bool = True, clean_errors: bool = False) -> Df
             parser_kwargs={"prog": "dff", "description": "Train a diffusion model (Lightning's CLI)."},
         )
     except pickle.UnpicklingError as e:  # Lightning's weights-only load of --ckpt_path refused the file
+        remove_if_empty(cli_class.new_run)
         if not clean_errors:
             raise
         raise SystemExit(f"dff: --ckpt_path {refusal(ckpt_path_of(argv), e)}") from None
     except (ValueError, FileNotFoundError, NotADirectoryError) as e:
         # the data's and the model's checks of the user's settings, also those run while fit sets up its
         # data (a missing or empty folder, corrupt or too small images): one line on the command line
+        remove_if_empty(cli_class.new_run)
         if not clean_errors:
             raise
         raise SystemExit(f"dff: {e}") from None
+
+
+def remove_if_empty(folder: Optional[Path]) -> None:
+    """A run that failed before writing anything leaves no empty version_N behind (a folder with files stays)."""
+    if folder is not None and folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
 
 
 def ckpt_path_of(argv: Sequence[str]) -> str:
