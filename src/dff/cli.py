@@ -6,6 +6,7 @@
     dff eval RUN_OR_WEIGHTS --data DIR|photos                          PSNR/SSIM of translations on pairs
     dff eval AUTOENCODER_RUN --data DIR|textures                       reconstruction PSNR/SSIM
     dff data download NAME [--dir data]                               a pix2pix archive (maps, facades, ...)
+    dff data check PATH [--image-size S] [--pairs folders]            what training would make of a folder
     dff demo [latent]                                                 train a demo (digits; or latent), write figures
 """
 from __future__ import annotations
@@ -181,6 +182,8 @@ def eval_command(args: argparse.Namespace) -> dict:
 def data_command(args: argparse.Namespace) -> Path:
     from .data.download import PIX2PIX, download
 
+    if args.action == "check":
+        return check_command(args)
     if args.action == "list" or args.name is None:
         for name, desc in PIX2PIX.items():
             print(f"{name:16s} {desc}")
@@ -191,6 +194,22 @@ def data_command(args: argparse.Namespace) -> Path:
         raise SystemExit(f"dff: {e}")
     print(f"extracted {args.name} to {path}")
     return path
+
+
+def check_command(args: argparse.Namespace) -> Path:
+    """dff data check PATH: print the report; exit code 1 when a file would stop training."""
+    from .data.check import check_folder, report
+
+    if args.name is None:
+        raise SystemExit("dff: dff data check needs the folder to check: dff data check PATH")
+    try:
+        text, stops = report(check_folder(args.name, args.image_size, args.crop, args.pairs))
+    except (FileNotFoundError, NotADirectoryError, ValueError) as e:
+        raise SystemExit(f"dff: {e}")
+    print(text)
+    if stops:
+        raise SystemExit(1)
+    return Path(args.name)
 
 
 # ====================================================================== demo
@@ -274,9 +293,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--image-size", type=int, default=None,
                    help="--autoencoder: side of the evaluated crops (default: the model's size, or 256)")
 
-    a = sub.add_parser("data", help="download a public data set: dff data download maps --dir data")
-    a.add_argument("action", choices=["download", "list"])
-    a.add_argument("name", nargs="?", default=None, help="pix2pix archive: facades, cityscapes, maps, edges2shoes, ...")
+    a = sub.add_parser("data", help="download a public data set (dff data download maps --dir data), or check an "
+                                    "image folder before training (dff data check PATH --image-size 64)")
+    a.add_argument("action", choices=["download", "list", "check"])
+    a.add_argument("name", nargs="?", default=None,
+                   help="download: pix2pix archive (facades, cityscapes, maps, edges2shoes, ...); check: the folder")
+    a.add_argument("--image-size", type=int, default=None, help="check: the training size (reports smaller images)")
+    a.add_argument("--crop", default="random", choices=["random", "center", "resize"], help="check: data.crop")
+    a.add_argument("--pairs", default="none", choices=["none", "side_by_side", "folders"], help="check: data.pairs")
     a.add_argument("--dir", default="data", help="destination folder (default ./data); the set lands in DIR/NAME")
     a.add_argument("--base-url", default=None, help="mirror of the pix2pix server (default: the authors' server)")
     a.add_argument("--sha256", default=None, help="expected SHA-256 of the archive, verified when given")

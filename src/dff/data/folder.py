@@ -65,17 +65,34 @@ def load_image(path: Path, channels: int) -> Image.Image:
         return convert_image(im, channels)
 
 
+def inspect_image(path: Path) -> dict:
+    """Decode a file fully once: {"error": None or why it cannot be read, "mode", "size": (w, h),
+    "orientation": its EXIF orientation (1: as stored), "bomb": larger than PIL's decompression-bomb
+    warning limit}. A zero-byte file, a truncated or corrupt one, and one over PIL's hard limit
+    (DecompressionBombError) give an error."""
+    if path.stat().st_size == 0:
+        return {"error": "zero-byte file"}
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                im.load()
+                info = {"error": None, "mode": im.mode, "size": im.size, "orientation": im.getexif().get(0x0112, 1)}
+    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError...
+        return {"error": f"{type(e).__name__}: {e}"}
+    info["bomb"] = any(issubclass(w.category, Image.DecompressionBombWarning) for w in caught)
+    return info
+
+
 def check_images(files: list[Path], image_size: int, crop: Crop) -> None:
     """Decode every file once; raise naming every unreadable file and every image too small to crop."""
     bad, small, upscaled = [], [], 0
     for p in files:
-        try:
-            with Image.open(p) as im:
-                im.load()
-                w, h = im.size
-        except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError...
-            bad.append(f"  {p}: {type(e).__name__}: {e}")
+        info = inspect_image(p)
+        if info["error"]:
+            bad.append(f"  {p}: {info['error']}")
             continue
+        w, h = info["size"]
         if min(w, h) < image_size and crop == "resize":
             upscaled += 1
         elif min(w, h) < image_size:

@@ -22,7 +22,7 @@ from typing import Literal, Optional
 import torch
 from PIL import Image
 
-from .folder import MODES, Crop, convert_image, find_images, to_tensor, transform_same
+from .folder import MODES, Crop, convert_image, find_images, inspect_image, to_tensor, transform_same
 from .tasks import TASKS, make_condition
 
 Layout = Literal["side_by_side", "folders"]
@@ -45,22 +45,17 @@ def match_stems(root: Path) -> list[tuple[Path, Path]]:
     return [(a[k], b[k]) for k in sorted(a)]
 
 
-def _size(p: Path) -> tuple[int, int]:
-    with Image.open(p) as im:
-        im.load()
-        return im.size
-
-
 def check_pairs(pairs: list[tuple[Path, Optional[Path]]], image_size: int, crop: Crop) -> int:
     """Decode every file once; raise naming unreadable files, odd-width side-by-side files and
     images too small to crop. Returns the number of pairs whose two images differ in size."""
     bad, odd, small, differ = [], [], [], 0
     for a, b in pairs:
-        try:
-            sizes = [_size(a)] if b is None else [_size(a), _size(b)]
-        except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ...
-            bad.append(f"  {a if b is None else f'{a} / {b}'}: {type(e).__name__}: {e}")
+        infos = [inspect_image(a)] if b is None else [inspect_image(a), inspect_image(b)]
+        errors = [f"{p}: {i['error']}" for p, i in zip((a, b), infos) if i["error"]]
+        if errors:
+            bad.append("  " + "; ".join(errors))
             continue
+        sizes = [i["size"] for i in infos]
         if b is None:  # side by side
             w, h = sizes[0]
             if w % 2:
