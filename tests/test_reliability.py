@@ -81,3 +81,60 @@ def test_two_process_ddp_finishes_with_grids_checkpoint_and_export(tmp_path):
               "export/model.safetensors", "export/config.json"):
         assert (run / f).exists(), f
     assert not (tmp_path / "ddp" / "version_1").exists()  # both ranks wrote into one run folder
+
+
+# ---------------------------------------------------------------------- nothing half-written
+def test_a_failed_checkpoint_write_leaves_the_previous_one_whole(tmp_path, monkeypatch):
+    from lightning.fabric.plugins.io import torch_io
+
+    from dff.runs import AtomicCheckpointIO
+
+    io, path = AtomicCheckpointIO(), tmp_path / "last.ckpt"
+    io.save_checkpoint({"step": 1, "w": torch.ones(3)}, path)
+
+    def dies_halfway(checkpoint, target):  # the process is killed while the bytes go out
+        Path(target).write_bytes(b"half a checkpoint")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch_io, "_atomic_save", dies_halfway)
+    with pytest.raises(KeyboardInterrupt):
+        io.save_checkpoint({"step": 2, "w": torch.zeros(3)}, path)
+    assert torch.load(path, weights_only=True)["step"] == 1  # the previous checkpoint, whole
+
+
+def test_a_failed_export_leaves_the_previous_export(tmp_path, monkeypatch):
+    import dff.pretrained
+    from dff.module import PixelDiffusion
+    from dff.pretrained import load_pretrained, save_pretrained
+
+    m = PixelDiffusion(image_size=8, channels=1, dim=8, dim_mults=(1, 2), timesteps=50)
+    save_pretrained(m, tmp_path / "export")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "export").iterdir()}
+
+    def dies(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(dff.pretrained, "save_file", dies)
+    with pytest.raises(KeyboardInterrupt):
+        save_pretrained(m, tmp_path / "export")
+    assert {p.name: p.read_bytes() for p in (tmp_path / "export").iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]  # no .partial left behind
+    monkeypatch.undo()
+    save_pretrained(m, tmp_path / "export")  # and a later export replaces it whole
+    assert load_pretrained(tmp_path / "export") is not None and sorted(p.name for p in tmp_path.iterdir()) == ["export"]
+
+
+def test_fit_writes_checkpoints_through_the_atomic_io(tmp_path, image_folder):
+    from dff.cli import fit
+    from dff.runs import AtomicCheckpointIO
+
+    cli = fit(["--data.root", str(image_folder), "--data.image_size", "8", "--data.num_workers", "0",
+               "--model.dim", "8", "--model.dim_mults", "[1, 2]", "--model.timesteps", "50",
+               "--trainer.max_steps", "2", "--trainer.enable_progress_bar", "false",
+               "--trainer.default_root_dir", str(tmp_path), "--samples.every_n_steps", "0"])
+    assert isinstance(cli.trainer.strategy.checkpoint_io, AtomicCheckpointIO)
+    ckpts = Path(cli.trainer.log_dir) / "checkpoints"
+    assert (ckpts / "last.ckpt").exists() and not list(ckpts.glob("*.partial"))
+    # the plugin is not written into config.yaml, so a run's config trains again as it is
+    again = fit(["--config", str(Path(cli.trainer.log_dir) / "config.yaml"), "--trainer.max_steps", "1"])
+    assert again.trainer.global_step == 1 and isinstance(again.trainer.strategy.checkpoint_io, AtomicCheckpointIO)

@@ -27,6 +27,7 @@ from torch import nn
 
 from .autoencoders import EXPORT_SUBDIR, KLAutoencoder, build_autoencoder_kl, to_image_space, to_model_space
 from .metrics import psnr, ssim
+from .runs import atomic_folder
 
 
 class PatchDiscriminator(nn.Module):
@@ -141,7 +142,10 @@ class AutoencoderModule(L.LightningModule):
     def export(self, out_dir: Path) -> Path:
         """The autoencoder in diffusers' format at out_dir/autoencoder (loadable by
         AutoencoderKL.from_pretrained and by model.autoencoder of a latent model)."""
-        return KLAutoencoder(self.vae).save_pretrained(Path(out_dir) / EXPORT_SUBDIR)
+        folder = Path(out_dir) / EXPORT_SUBDIR
+        with atomic_folder(folder) as tmp:
+            KLAutoencoder(self.vae).save_pretrained(tmp)
+        return folder
 
     def export_reconstructions(self, images: torch.Tensor, path: Path) -> Optional[Path]:
         """A grid: originals in the top rows, reconstructions below."""

@@ -19,6 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .autoencoders import EXPORT_SUBDIR
+from .runs import atomic_folder
 from .safe_load import load_tensors
 from .module import MODELS, DiffusionModule
 
@@ -42,19 +43,20 @@ def constructor_hparams(model: DiffusionModule) -> dict:
 
 
 def save_pretrained(model: DiffusionModule, out_dir: Union[str, Path]) -> Path:
-    """Write model.safetensors (EMA network weights) and config.json into out_dir."""
+    """Write model.safetensors (EMA network weights) and config.json into out_dir, atomically: an
+    existing export is replaced whole, or left as it was if writing fails."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.ema.model.state_dict().items()}
-    save_file(state, out_dir / WEIGHTS)
     hparams = constructor_hparams(model)
-    if model.is_latent:
-        # self-contained: the autoencoder travels with the weights, the estimated scale in the config
-        model.latent.autoencoder.save_pretrained(out_dir / EXPORT_SUBDIR)
-        hparams["autoencoder"] = EXPORT_SUBDIR  # relative to this folder
-        hparams["latent_scale"] = float(model.latent.s())
-    cfg = {"format": "dff", "version": 1, "model_class": type(model).__name__, "hparams": hparams}
-    (out_dir / CONFIG).write_text(json.dumps(cfg, indent=2) + "\n")
+    with atomic_folder(out_dir) as tmp:
+        save_file(state, tmp / WEIGHTS)
+        if model.is_latent:
+            # self-contained: the autoencoder travels with the weights, the estimated scale in the config
+            model.latent.autoencoder.save_pretrained(tmp / EXPORT_SUBDIR)
+            hparams["autoencoder"] = EXPORT_SUBDIR  # relative to this folder
+            hparams["latent_scale"] = float(model.latent.s())
+        cfg = {"format": "dff", "version": 1, "model_class": type(model).__name__, "hparams": hparams}
+        (tmp / CONFIG).write_text(json.dumps(cfg, indent=2) + "\n")
     return out_dir
 
 

@@ -10,11 +10,15 @@ version_N, as a first run does.
 from __future__ import annotations
 
 import csv
+import os
 import re
+import shutil
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional, Union
+from typing import Iterator, Optional, Union
 
 from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 
@@ -67,3 +71,36 @@ def resume_config_name(run: Union[str, Path]) -> str:
     while (run / f"config_resume_{k}.yaml").exists():
         k += 1
     return f"config_resume_{k}.yaml"
+
+
+# ---------------------------------------------------------------------- writing without half-written files
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints are written to NAME.partial and renamed into place: a process killed while saving
+    leaves the previous last.ckpt whole (a rename within one folder is atomic)."""
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        partial = Path(str(path) + ".partial")
+        super().save_checkpoint(checkpoint, partial, storage_options)
+        os.replace(partial, path)
+
+
+@contextmanager
+def atomic_folder(folder: Union[str, Path]) -> Iterator[Path]:
+    """Write a folder's files into FOLDER.partial, then swap it in for FOLDER: readers see the old
+    folder or the new one, never half of one; an error while writing leaves the old folder as it was."""
+    folder = Path(folder)
+    partial, old = folder.with_name(folder.name + ".partial"), folder.with_name(folder.name + ".old")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    try:
+        yield partial
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    if folder.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        folder.rename(old)
+        partial.rename(folder)
+        shutil.rmtree(old)
+    else:
+        partial.rename(folder)

@@ -21,7 +21,7 @@ from .callbacks import ExportWeights, SampleGrid
 from .data import ImageDataModule
 from .data.datamodule import condition_channels, condition_kind
 from .module import DiffusionModule
-from .runs import RunLogger, newest_last_checkpoint, resume_config_name, run_version
+from .runs import AtomicCheckpointIO, RunLogger, newest_last_checkpoint, resume_config_name, run_version
 from .safe_load import refusal
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -83,6 +83,8 @@ class DffCLI(LightningCLI):
                 from lightning.pytorch.loggers import TensorBoardLogger
                 loggers.append(TensorBoardLogger(root, name="", version=csv_logger.version))
             kwargs["logger"] = loggers
+        if not cfg.get("plugins"):  # given here, not as a default, so that config.yaml stays loadable
+            kwargs["plugins"] = [AtomicCheckpointIO()]
         return super().instantiate_trainer(**kwargs)
 
 
