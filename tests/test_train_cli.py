@@ -210,3 +210,17 @@ def test_ckpt_path_last_without_a_run_is_one_line(tmp_path, image_folder):
     with pytest.raises(SystemExit, match=r"^dff: --ckpt_path last: no version_\*/checkpoints/last.ckpt below"):
         main(["fit", "--data.root", str(image_folder), "--trainer.default_root_dir", str(tmp_path / "none"),
               "--trainer.max_steps", "1", *TINY, "--ckpt_path", "last"])
+
+
+def test_sampling_settings_the_model_cannot_use_stop_before_training(tmp_path, image_folder):
+    """DDIM steps > T for the grids (default 50 for a T = 30 model), an unknown sampler, val_steps > T: one line
+    before the first step, not a crash at the first grid after hours of training."""
+    base = ["fit", "--data.root", str(image_folder), "--trainer.default_root_dir", str(tmp_path), *TINY,
+            "--trainer.max_steps", "4", "--model.timesteps", "30"]
+    with pytest.raises(SystemExit, match=r"^dff: samples.steps \(ddim, default 50\) steps must be between 1 and .*T=30, got 50"):
+        main([*base, "--samples.steps", "50"])
+    with pytest.raises(SystemExit, match=r"^dff: unknown sampler 'dpm'"):
+        main([*base, "--samples.sampler", "dpm"])
+    with pytest.raises(SystemExit, match=r"^dff: model.val_steps \(DDIM\) steps must be between 1 and .*T=30, got 40"):
+        main([*base, "--model.val_steps", "40"])
+    assert not list(tmp_path.glob("version_*"))  # nothing was trained, and no run folder is left

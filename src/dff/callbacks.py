@@ -8,6 +8,8 @@ import lightning as L
 import torch
 
 from .autoencoder_module import AutoencoderModule
+from .diffusion import default_steps, get_sampler
+from .diffusion.samplers import check_steps
 from .module import DiffusionModule
 from .pretrained import EXPORT_DIR, save_pretrained
 from .viz import save_grid, translation_grid
@@ -32,7 +34,21 @@ class SampleGrid(L.Callback):
         steps: Optional[int] = None,  # sampler steps (None: the sampler's default, 50 for DDIM)
         seed: int = 0,  # the same noise every time, so grids are comparable across steps
     ):
+        get_sampler(sampler)  # an unknown name is an error now, not at the first grid
+        if every_n_steps < 0 or num < 1:
+            raise ValueError(f"samples.every_n_steps must be >= 0 and samples.num >= 1, got {every_n_steps} and {num}")
         self.every_n_steps, self.num, self.sampler, self.steps, self.seed = every_n_steps, num, sampler, steps, seed
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        """Settings the model cannot sample with stop the run before its first step, not at its first grid."""
+        if self.every_n_steps and isinstance(pl_module, DiffusionModule):
+            T = pl_module.hparams.timesteps
+            steps = self.steps if self.steps is not None else default_steps(self.sampler)
+            if steps is None or self.sampler == "ddpm":
+                if steps not in (None, T):
+                    raise ValueError(f"samples.steps={steps}: the ddpm sampler always takes all T={T} steps")
+            else:
+                check_steps(T, steps, f"samples.steps ({self.sampler}, default {default_steps(self.sampler)})")
 
     def write(self, trainer: L.Trainer, pl_module) -> Optional[Path]:
         """Called on every rank; rank 0 samples and writes (run_dir is a collective: every rank asks for it)."""

@@ -17,7 +17,7 @@ from .data import ImageDataModule
 from .data.latents import sample_latents
 from .diffusion import GaussianDiffusion, get_sampler
 from .diffusion.guidance import ClassifierFreeGuidance
-from .diffusion.samplers import randn
+from .diffusion.samplers import check_steps, randn
 from .ema import EMA
 from .latent import LatentSpace
 from .metrics import translation_scores
@@ -84,6 +84,7 @@ class DiffusionModule(L.LightningModule):
         if residual and cond_channels != channels:
             raise ValueError(f"residual=True diffuses x0 - cond, so the condition needs the output's {channels} "
                              f"channels, got cond_channels={cond_channels}")
+        check_steps(timesteps, val_steps, "model.val_steps (DDIM)")
         self.save_hyperparameters()
         # 1. the latent space: z_0 = s * E(2x - 1) (the identity in pixel space)
         self.latent = LatentSpace(autoencoder, channels, scale=latent_scale, condition=latent_condition)
