@@ -1,4 +1,6 @@
 """Image folders and the built-in digits: what loads, and the messages for what does not."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -129,3 +131,28 @@ def test_datamodule_batches(image_folder):
 def test_datamodule_needs_a_root():
     with pytest.raises(ValueError, match="data.root is required"):
         ImageDataModule("folder", None)
+
+
+def test_bad_files_can_be_skipped_and_are_listed(tmp_path, image_folder):
+    from dff.cli import fit
+
+    (image_folder / "garbage.png").write_bytes(b"not a png")
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(image_folder / "tiny.png")  # 4x4 < 8
+    with pytest.raises(ValueError, match="could not be decoded"):
+        ImageFolder(image_folder, 8)  # the default stops, naming the file
+    ds = ImageFolder(image_folder, 8, on_bad_file="skip")
+    assert sorted(p.name for p, _ in ds.skipped) == ["garbage.png", "tiny.png"] and len(ds) == 6
+    assert all(ds[i]["image"].shape == (3, 8, 8) for i in range(len(ds)))
+    cli = fit(["--data.root", str(image_folder), "--data.image_size", "8", "--data.on_bad_file", "skip",
+               "--data.num_workers", "0", "--model.dim", "8", "--model.dim_mults", "[1, 2]", "--model.timesteps", "50",
+               "--trainer.max_steps", "2", "--trainer.enable_progress_bar", "false",
+               "--trainer.default_root_dir", str(tmp_path / "run"), "--samples.every_n_steps", "0"])
+    listed = (Path(cli.trainer.log_dir) / "skipped_files.txt").read_text().splitlines()
+    assert cli.trainer.global_step == 2 and sorted(Path(line.split("\t")[0]).name for line in listed) == ["garbage.png", "tiny.png"]
+
+
+def test_skipping_needs_something_left(tmp_path):
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "a.png").write_bytes(b"x")
+    with pytest.raises(ValueError, match="all 1 image file"):
+        ImageFolder(tmp_path / "bad", 8, on_bad_file="skip")

@@ -14,6 +14,7 @@ or, for the built-in photos, their held-out bottom quarter.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Callable, Literal, Optional
 
 import lightning as L
@@ -67,6 +68,7 @@ class ImageDataModule(L.LightningDataModule):
         num_workers: Optional[int] = None,  # DataLoader workers for folders (None: min(4, CPU cores); built-in sets live in memory)
         latent_cache: Optional[str] = None,  # latent models: encode the training set once (flips included) to this file
         half: Optional[Literal["A", "B"]] = None,  # unpaired data from pix2pix files: their left (A) or right (B) half
+        on_bad_file: Literal["stop", "skip"] = "stop",  # folder of single images: stop at unreadable or too small files (naming them) or skip them, listed in <run>/skipped_files.txt
     ):
         super().__init__()
         if dataset not in DATASETS:
@@ -80,11 +82,15 @@ class ImageDataModule(L.LightningDataModule):
                              f"with data.pairs={pairs!r} leave it unset")
         if pairs in ("side_by_side", "folders") and dataset != "folder":
             raise ValueError(f"data.pairs={pairs!r} reads pairs from files: it needs data.dataset='folder' and data.root")
+        if on_bad_file == "skip" and pairs in ("side_by_side", "folders"):
+            raise ValueError(f"data.on_bad_file='skip' is for folders of single images; with data.pairs={pairs!r} "
+                             "bad files stop the run (dff data check PATH --pairs ... lists them)")
         if dataset == "digits" and pairs != "none":
             raise ValueError("the digits are for unconditional generation: use data.dataset='photos' or a folder for pairs")
         self.save_hyperparameters()
         self.train_set: Optional[torch.utils.data.Dataset] = None
         self.val_set: Optional[torch.utils.data.Dataset] = None
+        self.skipped: list[tuple[Path, str]] = []  # files left out by on_bad_file="skip": (file, why)
 
     @property
     def cond_channels_(self) -> int:
@@ -139,7 +145,8 @@ class ImageDataModule(L.LightningDataModule):
                                   cond_channels=self.cond_channels_, direction=h.direction, crop=crop, hflip=hflip,
                                   vflip=vflip, repeat=repeat, crop_scale=h.crop_scale)
             base = ImageFolder(root, h.image_size, h.channels, crop=crop, hflip=hflip, vflip=vflip, repeat=repeat,
-                               labels=h.labels and h.pairs == "none", half=h.half)
+                               labels=h.labels and h.pairs == "none", half=h.half, on_bad_file=h.on_bad_file)
+            self.skipped += base.skipped
         if h.pairs == "none":
             return base  # validation images of unpaired data: autoencoders score reconstructions on them
         # validation conditions are drawn once from a fixed seed, so every validation sees the same masks
@@ -149,6 +156,17 @@ class ImageDataModule(L.LightningDataModule):
         if self.train_set is None:
             self.train_set = self.make("train")
             self.val_set = self.make("val")
+            if self.skipped and self.trainer is not None:
+                self.write_skipped(Path(self.trainer.log_dir or self.trainer.default_root_dir))  # log_dir: every rank
+
+    def write_skipped(self, run: Path) -> Path:
+        """List the files data.on_bad_file="skip" left out in <run>/skipped_files.txt, and say how many."""
+        path = run / "skipped_files.txt"
+        if self.trainer is None or self.trainer.is_global_zero:
+            run.mkdir(parents=True, exist_ok=True)
+            path.write_text("".join(f"{p}\t{why}\n" for p, why in self.skipped))
+            print(f"data.on_bad_file=skip: left out {len(self.skipped)} unreadable or too small file(s), listed in {path}")
+        return path
 
     def train_dataloader(self) -> torch.utils.data.DataLoader:
         h = self.hparams

@@ -84,19 +84,29 @@ def inspect_image(path: Path) -> dict:
     return info
 
 
-def check_images(files: list[Path], image_size: int, crop: Crop) -> None:
-    """Decode every file once; raise naming every unreadable file and every image too small to crop."""
-    bad, small, upscaled = [], [], 0
+def check_images(files: list[Path], image_size: int, crop: Crop, skip: bool = False) -> list[tuple[Path, str]]:
+    """Decode every file once; raise naming every unreadable file and every image too small to crop, or,
+    with skip=True, return them as (file, why) for the caller to leave out (an error if none is left)."""
+    bad, small, upscaled, skipped = [], [], 0, []
     for p in files:
         info = inspect_image(p)
         if info["error"]:
             bad.append(f"  {p}: {info['error']}")
+            skipped.append((p, info["error"]))
             continue
         w, h = info["size"]
         if min(w, h) < image_size and crop == "resize":
             upscaled += 1
         elif min(w, h) < image_size:
             small.append(f"  {p}: {w}x{h}")
+            skipped.append((p, f"{w}x{h}, smaller than the training size {image_size} (crop={crop!r})"))
+    if skip and len(skipped) < len(files):
+        if upscaled:
+            warnings.warn(f"{upscaled} image(s) are smaller than {image_size}x{image_size} and will be upscaled")
+        return skipped
+    if skip:
+        raise ValueError(f"all {len(files)} image file(s) are unreadable or too small: nothing to train on, e.g.\n"
+                         + "\n".join((bad + small)[:20]))
     if bad:
         raise ValueError(
             f"{len(bad)} image file(s) could not be decoded (corrupt or truncated); fix or remove them, "
@@ -109,6 +119,7 @@ def check_images(files: list[Path], image_size: int, crop: Crop) -> None:
         )
     if upscaled:
         warnings.warn(f"{upscaled} image(s) are smaller than {image_size}x{image_size} and will be upscaled")
+    return []
 
 
 def crop_box(w: int, h: int, size: int, crop: Crop, rng: random.Random) -> tuple[int, int, int, int]:
@@ -167,6 +178,7 @@ class ImageFolder(torch.utils.data.Dataset):
         repeat: int = 1,  # visits of each file per epoch (small folders: fewer, longer epochs)
         labels: bool = False,  # also return "label": the index of the file's top-level sub-folder (sorted names)
         half: Optional[str] = None,  # "A" or "B": only the left or right half of pix2pix side-by-side files
+        on_bad_file: Literal["stop", "skip"] = "stop",  # unreadable or too small files: stop (naming them) or leave them out
     ):
         if half not in (None, "A", "B"):
             raise ValueError(f"unknown half {half!r}: expected 'A' (left), 'B' (right) or None (whole files)")
@@ -178,7 +190,11 @@ class ImageFolder(torch.utils.data.Dataset):
         self.repeat = repeat
         if channels not in MODES:
             raise ValueError(f"channels must be one of {sorted(MODES)} for image files, got {channels}")
-        check_images(self.files, image_size, crop)
+        if on_bad_file not in ("stop", "skip"):
+            raise ValueError(f"unknown on_bad_file {on_bad_file!r}: expected 'stop' or 'skip'")
+        self.skipped = check_images(self.files, image_size, crop, skip=on_bad_file == "skip")  # [(file, why)]
+        left_out = {p for p, _ in self.skipped}
+        self.files = [p for p in self.files if p not in left_out]
         self.classes: list[str] = []
         self.labels: Optional[list[int]] = None
         if labels:
