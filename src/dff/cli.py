@@ -7,6 +7,7 @@
     dff eval AUTOENCODER_RUN --data DIR|textures                       reconstruction PSNR/SSIM
     dff data download NAME [--dir data]                               a pix2pix archive (maps, facades, ...)
     dff data check PATH [--image-size S] [--pairs folders]            what training would make of a folder
+    dff doctor RUN                                                    why are my samples noise? findings with fixes
     dff demo [latent]                                                 train a demo (digits; or latent), write figures
 """
 from __future__ import annotations
@@ -212,6 +213,24 @@ def check_command(args: argparse.Namespace) -> Path:
     return Path(args.name)
 
 
+def doctor_command(args: argparse.Namespace) -> list:
+    """dff doctor RUN: print each finding; exit code 1 when one is bad."""
+    from .doctor import diagnose
+
+    check_positive(num=args.num)
+    try:
+        findings = diagnose(args.run, num=args.num)
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"dff: {e}")
+    for f in findings:
+        print(f)
+    bad = sum(not f.ok for f in findings)
+    print(f"{bad} problem(s) found" if bad else "no problem found")
+    if bad:
+        raise SystemExit(1)
+    return findings
+
+
 # ====================================================================== demo
 def demo_command(args: argparse.Namespace) -> Path:
     from .demo import digits_demo, latent_demo
@@ -225,7 +244,7 @@ def demo_command(args: argparse.Namespace) -> Path:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dff", description="DiffusionFastForward: train and sample diffusion models.")
     p.add_argument("--version", action="version", version=f"dff {__version__}")
-    sub = p.add_subparsers(dest="command", metavar="{fit,sample,translate,eval,data,demo}")
+    sub = p.add_subparsers(dest="command", metavar="{fit,sample,translate,eval,data,doctor,demo}")
     sub.add_parser("fit", help="train a model from a YAML config (dff fit --help for all keys)", add_help=False)
 
     s = sub.add_parser("sample", help="generate images from exported weights, a run folder or a checkpoint")
@@ -306,6 +325,11 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--sha256", default=None, help="expected SHA-256 of the archive, verified when given")
     a.add_argument("--no-progress", action="store_true")
 
+    o = sub.add_parser("doctor", help="why are my samples noise? check a run folder: loss, EMA, data, samples, "
+                                      "autoencoder, condition; each finding with its fix")
+    o.add_argument("run", help="a run folder written by dff fit (runs/NAME/version_N)")
+    o.add_argument("--num", type=int, default=64, help="images sampled and compared with the data (default 64)")
+
     d = sub.add_parser("demo", help="train on built-in data for a few minutes and write figures")
     d.add_argument("which", nargs="?", default="digits", choices=["digits", "latent"],
                    help="digits: pixel diffusion on the digits (default); latent: an autoencoder then latent "
@@ -330,6 +354,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         eval_command(args)
     elif args.command == "data":
         data_command(args)
+    elif args.command == "doctor":
+        doctor_command(args)
     elif args.command == "demo":
         demo_command(args)
     else:
