@@ -346,18 +346,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         fit(argv[1:], clean_errors=True)
         return
     args = build_parser().parse_args(argv)
-    if args.command == "sample":
-        sample_command(args)
-    elif args.command == "translate":
-        translate_command(args)
-    elif args.command == "eval":
-        eval_command(args)
-    elif args.command == "data":
-        data_command(args)
-    elif args.command == "doctor":
-        doctor_command(args)
-    elif args.command == "demo":
-        demo_command(args)
+    commands = {"sample": sample_command, "translate": translate_command, "eval": eval_command,
+                "data": data_command, "doctor": doctor_command, "demo": demo_command}
+    if args.command in commands:
+        commands[args.command](args)
     else:
         build_parser().print_help()
 
