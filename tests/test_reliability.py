@@ -145,3 +145,66 @@ def test_fit_writes_checkpoints_through_the_atomic_io(tmp_path, image_folder):
     # the plugin is not written into config.yaml, so a run's config trains again as it is
     again = fit(["--config", str(Path(cli.trainer.log_dir) / "config.yaml"), "--trainer.max_steps", "1"])
     assert again.trainer.global_step == 1 and isinstance(again.trainer.strategy.checkpoint_io, AtomicCheckpointIO)
+
+
+# ---------------------------------------------------------------------- non-finite steps
+class NaNAfter(torch.utils.data.Dataset):
+    """Batches of one image each; from item `bad_from` on, the images hold NaN (a diverging loss)."""
+
+    def __init__(self, n: int, bad_from: int):
+        self.x, self.bad_from = torch.rand(n, 1, 8, 8), bad_from
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> dict:
+        x = self.x[i].clone()
+        if i >= self.bad_from:
+            x[0, 0, 0] = float("nan")
+        return {"image": x}
+
+
+def fit_on(ds, patience: int, steps: int, root: Path):
+    import lightning as L
+
+    from dff.module import DiffusionModule
+
+    torch.manual_seed(0)
+    m = DiffusionModule(image_size=8, channels=1, dim=8, dim_mults=[1, 2], timesteps=50, lr=1e-2,
+                        nonfinite_patience=patience)
+    trainer = L.Trainer(max_steps=steps, log_every_n_steps=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=root)
+    loader = torch.utils.data.DataLoader(ds, batch_size=1, shuffle=False)
+    return m, trainer, loader
+
+
+def test_non_finite_steps_are_skipped_on_the_device_and_training_stops_after_patience(tmp_path):
+    ds = NaNAfter(20, bad_from=5)
+    m, trainer, loader = fit_on(ds, patience=4, steps=20, root=tmp_path)
+    weights = {}
+    m.on_train_batch_start = lambda batch, i: weights.__setitem__(i, [p.detach().clone() for p in m.net.parameters()])
+    with pytest.raises(ValueError, match=r"4 optimiser steps in a row had non-finite gradients .*skipped, 4 in all"):
+        trainer.fit(m, loader)
+    good = weights[5]  # the weights after the 5 good steps
+    assert not all(torch.equal(a, b) for a, b in zip(weights[1], weights[5]))  # the good steps did move them
+    assert all(torch.isfinite(p).all() for p in m.net.parameters())
+    assert all(torch.equal(a, p) for a, p in zip(good, m.net.parameters()))  # every bad step was skipped
+    assert all(torch.isfinite(p).all() for p in m.ema.model.parameters())
+
+
+def test_without_the_guard_a_nan_step_poisons_the_weights(tmp_path):
+    m, trainer, loader = fit_on(NaNAfter(8, bad_from=5), patience=0, steps=8, root=tmp_path)
+    trainer.fit(m, loader)
+    assert not all(torch.isfinite(p).all() for p in m.net.parameters())  # what the guard prevents
+
+
+def test_an_isolated_bad_step_is_skipped_and_training_goes_on(tmp_path):
+    class OneBad(NaNAfter):
+        def __getitem__(self, i):
+            item = super().__getitem__(i)
+            return {"image": torch.nan_to_num(item["image"]) if i != 3 else item["image"]}
+
+    m, trainer, loader = fit_on(OneBad(10, bad_from=3), patience=2, steps=10, root=tmp_path)
+    trainer.fit(m, loader)
+    assert trainer.global_step == 10 and int(m.nonfinite_total) == 1 and int(m.nonfinite_run) == 0
+    assert all(torch.isfinite(p).all() for p in m.net.parameters())

@@ -58,6 +58,7 @@ class DiffusionModule(L.LightningModule):
         lr: float = 1e-4,  # AdamW learning rate
         weight_decay: float = 0.0,  # AdamW weight decay
         warmup_steps: int = 0,  # linear learning-rate warm-up
+        nonfinite_patience: int = 10,  # skip steps with non-finite gradients (on the device) and stop after this many in a row (0: off)
         # ---- EMA
         ema_decay: float = 0.9999,  # EMA decay (reached after the warm-up)
         ema_warmup: bool = True,  # EMA decay warm-up min(decay, (1 + n) / (10 + n))
@@ -216,9 +217,43 @@ class DiffusionModule(L.LightningModule):
         """Record the class so that a checkpoint can be rebuilt without unpickling code."""
         checkpoint["dff_model_class"] = type(self).__name__
 
+    # ------------------------------------------------------------------ non-finite steps
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """With nonfinite_patience > 0: a step whose gradients hold inf or NaN is skipped on the device, without
+        waiting for it: fused AdamW reads `found_inf` and leaves weights, moments and step count alone when it
+        is 1 (the mechanism of torch's GradScaler). The counts are read every log interval (check_nonfinite)."""
+        if not self.hparams.nonfinite_patience:
+            return
+        grads = [p.grad for p in self.net.parameters() if p.grad is not None]
+        found = (~torch.stack(torch._foreach_norm(grads)).isfinite().all()).float()  # () on the device: 1 = skip
+        optimizer.found_inf = found
+        if not hasattr(self, "nonfinite_run"):
+            self.nonfinite_run, self.nonfinite_total = torch.zeros_like(found), torch.zeros_like(found)
+        self.nonfinite_run = (self.nonfinite_run + found) * found  # steps in a row; 0 after a good one
+        self.nonfinite_total = self.nonfinite_total + found
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        if self.hparams.nonfinite_patience and hasattr(self, "nonfinite_run") and \
+                self.global_step % self.trainer.log_every_n_steps == 0:
+            self.check_nonfinite()
+
+    def check_nonfinite(self) -> None:
+        """Read the device's counts (one sync per log interval): log the skipped steps, stop after too many in a row."""
+        run, total = int(self.nonfinite_run), int(self.nonfinite_total)
+        if total:
+            self.log("train/nonfinite_steps", float(total), on_step=True, on_epoch=False)
+        if run >= self.hparams.nonfinite_patience:
+            raise ValueError(
+                f"{run} optimiser steps in a row had non-finite gradients (inf or NaN; skipped, {total} in all) up to "
+                f"step {self.global_step}: the loss diverged. The weights and checkpoints are those of the last good "
+                "step: lower model.lr or add model.warmup_steps, check the data (dff data check), then resume "
+                "with --ckpt_path last")
+
     def configure_optimizers(self):
         h = self.hparams
-        opt = torch.optim.AdamW(self.net.parameters(), lr=h.lr, weight_decay=h.weight_decay)
+        # fused AdamW can skip a step on the device (on_before_optimizer_step); without the guard, the plain one
+        opt = torch.optim.AdamW(self.net.parameters(), lr=h.lr, weight_decay=h.weight_decay,
+                                fused=True if h.nonfinite_patience else None)
         if h.warmup_steps <= 0:
             return opt
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / h.warmup_steps))
