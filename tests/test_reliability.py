@@ -208,3 +208,31 @@ def test_an_isolated_bad_step_is_skipped_and_training_goes_on(tmp_path):
     trainer.fit(m, loader)
     assert trainer.global_step == 10 and int(m.nonfinite_total) == 1 and int(m.nonfinite_run) == 0
     assert all(torch.isfinite(p).all() for p in m.net.parameters())
+
+
+# ---------------------------------------------------------------------- kill -9 and resume
+def test_sigkill_while_training_then_resume_with_ckpt_path_last(tmp_path):
+    """A run killed with SIGKILL at some moment (checkpoints every step, so most likely while one is being
+    written) resumes with --ckpt_path last from a whole checkpoint and finishes in its own folder."""
+    import signal
+    import time
+
+    args = [sys.executable, "-m", "dff.cli", "fit", "--config", str(ROOT / "configs" / "pixel_digits.yaml"),
+            "--model.dim", "8", "--trainer.enable_progress_bar", "false", "--samples.every_n_steps", "0",
+            "--checkpoint.every_n_train_steps", "1", "--trainer.default_root_dir", str(tmp_path / "runs")]
+    proc = subprocess.Popen([*args, "--trainer.max_steps", "100000"], cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpts = tmp_path / "runs" / "version_0" / "checkpoints"
+    deadline = time.time() + 120
+    while not len(list(ckpts.glob("step_*.ckpt"))) >= 3 and time.time() < deadline:  # a few steps in
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (ckpts / "last.ckpt").exists()
+    step = torch.load(ckpts / "last.ckpt", weights_only=True)["global_step"]  # whole: it loads
+    done = subprocess.run([*args, "--trainer.max_steps", str(step + 3), "--ckpt_path", "last"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert torch.load(ckpts / "last.ckpt", weights_only=True)["global_step"] == step + 3
+    assert (tmp_path / "runs" / "version_0" / "export" / "model.safetensors").exists()
+    assert not (tmp_path / "runs" / "version_1").exists()
