@@ -75,7 +75,7 @@ class DffCLI(LightningCLI):
             csv_logger = RunLogger(root, name="", version=version)
             if version is None:
                 type(self).new_run = root / f"version_{csv_logger.version}"  # removed again if fit fails empty
-            if version is not None:
+            else:
                 self.save_config_kwargs = {**self.save_config_kwargs,
                                            "config_filename": resume_config_name(root / f"version_{version}")}
             loggers = [csv_logger]
@@ -88,14 +88,18 @@ class DffCLI(LightningCLI):
         return super().instantiate_trainer(**kwargs)
 
 
+def flag_values(argv: Sequence[str], flag: str) -> list[str]:
+    """The values given as FLAG VALUE or FLAG=VALUE (e.g. --config, --ckpt_path)."""
+    values = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == flag]
+    return values + [a.split("=", 1)[1] for a in argv if a.startswith(flag + "=")]
+
+
 def config_model_class_path(argv: Sequence[str]) -> Optional[str]:
     """The `model.class_path` of the --config files in argv, if any (autoencoder configs name one)."""
     import yaml
 
-    paths = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--config"]
-    paths += [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
     found = None
-    for path in paths:
+    for path in flag_values(argv, "--config"):
         try:
             cfg = yaml.safe_load(Path(path).read_text()) or {}
         except (OSError, UnicodeDecodeError, yaml.YAMLError):
@@ -150,7 +154,8 @@ def fit(argv: Sequence[str], run: bool = True, clean_errors: bool = False) -> Df
         remove_if_empty(cli_class.new_run)
         if not clean_errors:
             raise
-        raise SystemExit(f"dff: --ckpt_path {refusal(ckpt_path_of(argv), e)}") from None
+        path = (flag_values(argv, "--ckpt_path") or [""])[-1]
+        raise SystemExit(f"dff: --ckpt_path {refusal(path, e)}") from None
     except (ValueError, FileNotFoundError, NotADirectoryError) as e:
         # the data's and the model's checks of the user's settings, also those run while fit sets up its
         # data (a missing or empty folder, corrupt or too small images): one line on the command line
@@ -172,21 +177,9 @@ def remove_if_empty(folder: Optional[Path]) -> None:
         folder.rmdir()
 
 
-def ckpt_path_of(argv: Sequence[str]) -> str:
-    """The value of --ckpt_path in argv ('' if absent)."""
-    for i, a in enumerate(argv):
-        if a == "--ckpt_path" and i + 1 < len(argv):
-            return argv[i + 1]
-        if a.startswith("--ckpt_path="):
-            return a.split("=", 1)[1]
-    return ""
-
-
 def check_configs(argv: Sequence[str]) -> None:
     """Each --config file exists and is a text file: one clear line instead of a decoding traceback."""
-    paths = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--config"]
-    paths += [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
-    for path in paths:
+    for path in flag_values(argv, "--config"):
         try:
             Path(path).read_text()
         except FileNotFoundError:
