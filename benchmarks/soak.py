@@ -11,7 +11,6 @@ machine it runs on.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import random
 import shutil
@@ -28,6 +27,7 @@ from PIL import Image
 from dff.data import load_digits_tensor
 from dff.evaluation import evaluate_generation
 from dff.pretrained import load_pretrained
+from dff.viz import read_metric
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "pixel_digits.yaml"
 
@@ -97,9 +97,9 @@ def soak(data: Path, root: Path, minutes: float, kill_every: float, seed: int = 
 
 
 def final_loss(run: Path, last: int = 50) -> float:
-    rows = [r for r in csv.DictReader(open(run / "metrics.csv")) if r.get("train/loss")]
-    rows.sort(key=lambda r: int(r["step"]))
-    return float(np.mean([float(r["train/loss"]) for r in rows[-last:]]))
+    """Mean of the last `last` logged losses, by step (a resumed run logs some steps twice)."""
+    steps, values = read_metric(run / "metrics.csv", "train/loss")
+    return float(np.mean([v for _, v in sorted(zip(steps, values), key=lambda sv: sv[0])][-last:]))
 
 
 def quality(run: Path, num: int = 1000) -> dict:

@@ -13,7 +13,6 @@ The run folder holds config.yaml (the data), metrics.csv, checkpoints/last.ckpt 
 """
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -24,8 +23,9 @@ import yaml
 
 from .data import ImageDataModule
 from .evaluation.reconstruction import evaluate_autoencoder
-from .pretrained import load_pretrained
+from .pretrained import load_pretrained, model_from_checkpoint
 from .safe_load import load_tensors
+from .viz import read_metric
 
 
 @dataclass
@@ -43,7 +43,7 @@ def check_loss(metrics_csv: Path, key: str = "train/loss") -> list[Finding]:
     if not metrics_csv.exists():
         return [Finding(False, f"no {metrics_csv.name}: the loss was never logged",
                         "log more often (trainer.log_every_n_steps) or train longer than one logging interval")]
-    loss = np.array([float(r[key]) for r in csv.DictReader(open(metrics_csv)) if r.get(key)])
+    loss = np.array(read_metric(metrics_csv, key)[1])
     if len(loss) == 0:
         return [Finding(False, f"{metrics_csv.name} holds no {key}", "train longer than one logging interval")]
     if not np.isfinite(loss).all():
@@ -159,12 +159,13 @@ def diagnose(run: str | Path, num: int = 64) -> list[Finding]:
     run = Path(run)
     findings = check_loss(run / "metrics.csv")
     ckpt = run / "checkpoints" / "last.ckpt"
-    model = load_pretrained(ckpt if ckpt.exists() else run)
-    h = model.hparams
-    if ckpt.exists():
+    if ckpt.exists():  # read once: the model, and the step count for the EMA findings
         data = load_tensors(ckpt)
-        findings += check_ema(int(data["state_dict"]["ema.num_updates"]), int(data.get("global_step", 0)),
-                              h.ema_decay, h.ema_warmup)
+        model = model_from_checkpoint(data, ckpt).eval()
+        findings += check_ema(int(model.ema.num_updates), int(data.get("global_step", 0)),
+                              model.hparams.ema_decay, model.hparams.ema_warmup)
+    else:
+        model = load_pretrained(run)
     loaded = data_of(run, num)
     if loaded is None:
         findings.append(Finding(False, "no config.yaml in the run folder: the data could not be compared",

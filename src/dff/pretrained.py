@@ -89,7 +89,11 @@ def _load_weights_dir(weights: Path) -> DiffusionModule:
 
 
 def _load_checkpoint(ckpt: Path) -> DiffusionModule:
-    data = load_tensors(ckpt)  # weights only: a crafted pickle is refused, no code runs
+    return model_from_checkpoint(load_tensors(ckpt), ckpt)  # weights only: a crafted pickle is refused
+
+
+def model_from_checkpoint(data: dict, ckpt: Path) -> DiffusionModule:
+    """The model of a Lightning checkpoint already read with load_tensors (`ckpt` names it in errors)."""
     if not isinstance(data, dict) or "state_dict" not in data:
         raise ValueError(f"{ckpt}: not a Lightning checkpoint (no state_dict)")
     hparams = dict(data.get("hyper_parameters", {}))
