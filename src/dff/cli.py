@@ -9,6 +9,7 @@
     dff data check PATH [--image-size S] [--pairs folders]            what training would make of a folder
     dff doctor RUN                                                    why are my samples noise? findings with fixes
     dff demo [latent]                                                 train a demo (digits; or latent), write figures
+    dff explore --out DIR [--image PATH] [--schedule NAME|all] [--run RUN]   the diffusion process, visualised
 """
 from __future__ import annotations
 
@@ -240,11 +241,25 @@ def demo_command(args: argparse.Namespace) -> Path:
     return digits_demo(out=args.out, max_steps=args.max_steps)
 
 
+# ====================================================================== explore
+def explore_command(args: argparse.Namespace) -> list[Path]:
+    from .explore import explore
+
+    try:
+        written = explore(args.out, image=args.image, schedule=args.schedule, timesteps=args.timesteps,
+                          size=args.size, run=args.run, seed=args.seed, overwrite=args.overwrite)
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"dff explore: {e}")
+    for path in written:
+        print(path)
+    return written
+
+
 # ====================================================================== main
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dff", description="DiffusionFastForward: train and sample diffusion models.")
     p.add_argument("--version", action="version", version=f"dff {__version__}")
-    sub = p.add_subparsers(dest="command", metavar="{fit,sample,translate,eval,data,doctor,demo}")
+    sub = p.add_subparsers(dest="command", metavar="{fit,sample,translate,eval,data,doctor,demo,explore}")
     sub.add_parser("fit", help="train a model from a YAML config (dff fit --help for all keys)", add_help=False)
 
     s = sub.add_parser("sample", help="generate images from exported weights, a run folder or a checkpoint")
@@ -337,6 +352,19 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default=None, help="root folder of the runs (default runs/demo or runs/latent_demo)")
     d.add_argument("--max-steps", type=int, default=None, help="training steps of the diffusion model (default: the config's)")
     d.add_argument("--autoencoder-steps", type=int, default=None, help="latent demo: autoencoder training steps")
+
+    x = sub.add_parser("explore", help="the diffusion process on one image, visualised (forward grid, steps vs. jump, "
+                                       "schedules, x0 from x_t, the reverse chain); with --run, a model's trajectory")
+    x.add_argument("--out", required=True, help="output folder for the figures")
+    x.add_argument("--image", default=None, help="an image file (default: a bundled photo)")
+    x.add_argument("--schedule", default="all", help="linear, quadratic, sigmoid, cosine or all (default: all side by "
+                                                     "side, linear for the other figures)")
+    x.add_argument("--timesteps", type=int, default=1000, help="T (default 1000)")
+    x.add_argument("--size", type=int, default=64, help="side of the centred square crop of the image (default 64)")
+    x.add_argument("--run", default=None, help="a run folder or exported weights: also its DDIM trajectory "
+                                               "(trajectory.png, trajectory.gif)")
+    x.add_argument("--seed", type=int, default=0)
+    x.add_argument("--overwrite", action="store_true", help="allow writing into a folder that holds files")
     return p
 
 
@@ -347,7 +375,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         return
     args = build_parser().parse_args(argv)
     commands = {"sample": sample_command, "translate": translate_command, "eval": eval_command,
-                "data": data_command, "doctor": doctor_command, "demo": demo_command}
+                "data": data_command, "doctor": doctor_command, "demo": demo_command,
+                "explore": explore_command}
     if args.command in commands:
         commands[args.command](args)
     else:

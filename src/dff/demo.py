@@ -30,8 +30,8 @@ def digits_demo(out: Optional[str] = None, max_steps: Optional[int] = None) -> P
 
     x = model.sample(64, "ddim", seed=0)
     save_grid(x, run / "samples.png", nrow=8)
-    plot_trajectory(trajectory(model), run / "trajectory.png")
-    plot_loss(run / "metrics.csv", run / "loss.png")
+    plot_trajectory(trajectory(model), path=run / "trajectory.png")
+    plot_loss(run / "metrics.csv", path=run / "loss.png")
     print(f"demo finished in {time.time() - t0:.0f} s; results in {run}:")
     for name in ("samples.png", "trajectory.png", "loss.png", "export/model.safetensors", "export/config.json"):
         print(f"  {run / name}")

@@ -1,7 +1,6 @@
-"""Figures: image grids, PNG files, the denoising trajectory, the loss curve, schedules."""
+"""Images: grids, PNG files, conditions shown as images, animated GIFs."""
 from __future__ import annotations
 
-import csv
 import math
 from pathlib import Path
 from typing import Optional, Sequence
@@ -10,7 +9,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .data.tasks import grayscale
+from ..data.tasks import grayscale
 
 
 def make_grid(images: torch.Tensor, nrow: Optional[int] = None, pad: int = 2, pad_value: float = 0.5) -> torch.Tensor:
@@ -91,60 +90,14 @@ def save_images(images: torch.Tensor, out_dir: str | Path, names: Sequence[str])
     return paths
 
 
-def plot_trajectory(states: Sequence[tuple[int, torch.Tensor]], path: str | Path, title: str = "") -> Path:
-    """Rows: samples; columns: x_t at the recorded timesteps t (in [0, 1]), from noise to data."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    n_cols, n_rows = len(states), states[0][1].shape[0]
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(1.3 * n_cols, 1.3 * n_rows + 0.4), squeeze=False)
-    for j, (t, x) in enumerate(states):
-        for i in range(n_rows):
-            img = x[i].detach().float().cpu().clamp(0, 1)
-            ax = axes[i, j]
-            if img.shape[0] == 1:
-                ax.imshow(img[0].numpy(), cmap="gray", vmin=0, vmax=1)
-            else:
-                ax.imshow(img[:3].permute(1, 2, 0).numpy())
-            ax.set_xticks([]), ax.set_yticks([])
-            if i == 0:
-                ax.set_title(f"t={t}", fontsize=8)
-    fig.suptitle(title or "denoising trajectory: x_t from t = T (noise) to t = 0 (sample)", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return Path(path)
-
-
-def read_metric(csv_path: str | Path, key: str) -> tuple[list[int], list[float]]:
-    """(steps, values) of one metric from a Lightning CSVLogger metrics.csv."""
-    steps, values = [], []
-    with open(csv_path, newline="") as f:
-        for row in csv.DictReader(f):
-            if row.get(key):
-                steps.append(int(row["step"]))
-                values.append(float(row[key]))
-    return steps, values
-
-
-def plot_loss(csv_path: str | Path, path: str | Path, key: str = "train/loss") -> Path:
-    """The training loss against the step, raw and smoothed, on a log scale."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    steps, values = read_metric(csv_path, key)
-    if not steps:
-        raise ValueError(f"no {key!r} values in {csv_path}")
-    v = np.asarray(values)
-    k = max(1, len(v) // 20)
-    smooth = np.convolve(v, np.ones(k) / k, mode="valid")
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(steps, v, alpha=0.3, label=key)
-    ax.plot(steps[k - 1:], smooth, label=f"moving average ({k} logs)")
-    ax.set_yscale("log"), ax.set_xlabel("step"), ax.set_ylabel("loss"), ax.legend(), ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return Path(path)
+def save_gif(frames: Sequence[torch.Tensor], path: str | Path, *, nrow: Optional[int] = None,
+             duration_ms: int = 80, hold_last_ms: int = 1000) -> Path:
+    """An animated GIF of a sequence of (B, C, H, W) batches in [0, 1] (one grid per frame), looping,
+    the last frame held a little longer."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    up = viewing_scale(frames[0].shape[-1])
+    images = [to_pil(make_grid(f.cpu(), nrow), up).convert("RGB") for f in frames]
+    durations = [duration_ms] * (len(images) - 1) + [hold_last_ms]
+    images[0].save(path, save_all=True, append_images=images[1:], duration=durations, loop=0)
+    return path
