@@ -1,6 +1,8 @@
-"""Training callbacks: a grid of EMA samples every N steps, exported weights at the end of fit."""
+"""Training callbacks: a grid of EMA samples every N steps, exported weights at the end of fit, the run
+report (report.html) at each checkpoint and at the end."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -12,6 +14,7 @@ from .diffusion import default_steps, get_sampler
 from .diffusion.samplers import check_steps
 from .module import DiffusionModule
 from .pretrained import EXPORT_DIR, save_pretrained
+from .report import hardware, write_report
 from .viz import save_grid, translation_grid
 
 
@@ -96,3 +99,70 @@ class ExportWeights(L.Callback):
             return
         out = save_pretrained(pl_module, run / EXPORT_DIR)
         print(f"exported EMA weights to {out}")
+
+
+class RunReport(L.Callback):
+    """<run>/report.html (report.py), rewritten at each checkpoint, at the end of fit and when fit stops
+    on an error; the time spent is kept in the checkpoints, so a resumed run reports its whole time."""
+
+    def __init__(self):
+        self.elapsed, self._t0 = 0.0, None  # seconds of fit before this session, and this session's start
+        self.last: Optional[tuple[Path, str, dict]] = None  # the last report written: (run, status, info)
+
+    def state_dict(self) -> dict:
+        return {"elapsed": self.spent()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.elapsed = float(state_dict.get("elapsed", 0.0))
+
+    def spent(self) -> float:
+        return self.elapsed + (time.time() - self._t0 if self._t0 is not None else 0.0)
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        self._t0 = time.time()
+
+    def info(self, trainer: L.Trainer, pl_module) -> dict[str, str]:
+        step, spent = trainer.global_step, self.spent()
+        max_steps = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else None
+        rows = {"steps": f"{step}" + (f" of {max_steps}" if max_steps else ""),
+                "time spent": f"{spent / 60:.1f} min" + (f" ({step / spent:.2f} steps/s)" if spent > 0 and step else ""),
+                "model": type(pl_module).__name__,
+                "parameters": f"{sum(p.numel() for p in pl_module.parameters() if p.requires_grad) / 1e6:.2f} M trained"}
+        h = pl_module.hparams
+        if isinstance(pl_module, DiffusionModule):
+            rows["image"] = f"{h.image_size}x{h.image_size}, {h.channels} channel(s)" + (
+                f", latent factor {pl_module.latent.factor}" if pl_module.is_latent else "")
+            rows["diffusion"] = f"T={h.timesteps}, {h.schedule} schedule, predicts {h.prediction}"
+            if h.cond_channels:
+                rows["condition"] = f"{h.condition} ({h.cond_channels} channels)"
+        rows.update({"precision": str(trainer.precision),
+                     "devices": f"{trainer.num_devices} x {type(trainer.accelerator).__name__}",
+                     "batch size": str(getattr(getattr(trainer.datamodule, "hparams", None), "batch_size", "?"))})
+        rows.update(hardware())
+        return rows
+
+    def write(self, trainer: L.Trainer, pl_module, status: str) -> Optional[Path]:
+        run = run_dir(trainer)  # a collective under DDP: every rank asks, rank 0 writes
+        if not trainer.is_global_zero or trainer.global_step == 0 or not run.is_dir():
+            return None
+        self.last = (run, status, self.info(trainer, pl_module))
+        return write_report(run, status=status, info=self.last[2])
+
+    def refresh(self) -> Optional[Path]:
+        """Rewrite the last report with what the run folder holds now (the demos add figures after fit)."""
+        if self.last is None:
+            return None
+        run, status, info = self.last
+        return write_report(run, status=status, info=info)
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+        self.write(trainer, pl_module, f"running: checkpoint at step {trainer.global_step}")
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.write(trainer, pl_module, f"finished at step {trainer.global_step}")
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        log_dir = trainer.logger.log_dir if trainer.logger is not None else None  # not a collective, unlike trainer.log_dir
+        if trainer.is_global_zero and trainer.global_step > 0 and log_dir and Path(log_dir).is_dir():
+            write_report(Path(log_dir), status=f"stopped at step {trainer.global_step}: {type(exception).__name__}",
+                         info=self.info(trainer, pl_module))

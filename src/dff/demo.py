@@ -9,7 +9,7 @@ from typing import Optional
 import torch
 
 from .autoencoders import to_image_space
-from .callbacks import run_dir
+from .callbacks import RunReport, run_dir
 from .data.builtin import PhotoPatches
 from .diffusion import ddim
 from .evaluation.reconstruction import evaluate_autoencoder, reconstruction_images
@@ -32,10 +32,19 @@ def digits_demo(out: Optional[str] = None, max_steps: Optional[int] = None) -> P
     save_grid(x, run / "samples.png", nrow=8)
     plot_trajectory(trajectory(model), path=run / "trajectory.png")
     plot_loss(run / "metrics.csv", path=run / "loss.png")
+    refresh_report(cli.trainer)
     print(f"demo finished in {time.time() - t0:.0f} s; results in {run}:")
-    for name in ("samples.png", "trajectory.png", "loss.png", "export/model.safetensors", "export/config.json"):
+    for name in ("samples.png", "trajectory.png", "loss.png", "report.html", "export/model.safetensors",
+                 "export/config.json"):
         print(f"  {run / name}")
     return run
+
+
+def refresh_report(trainer) -> None:
+    """Rewrite the run's report.html so that it shows the figures the demo wrote after fit."""
+    for cb in trainer.callbacks:
+        if isinstance(cb, RunReport):
+            cb.refresh()
 
 
 def trajectory(model, num: int = 6, steps: int = 50, keep=(0, 5, 10, 20, 30, 40, 45, 48, 49),
@@ -84,7 +93,8 @@ def latent_demo(out: Optional[str] = None, max_steps: Optional[int] = None,
     scores = evaluate_autoencoder(model.latent.autoencoder, reconstruction_images("textures", h.channels, h.image_size))
     print(f"autoencoder on the held-out texture patches ({scores['n']} of {h.image_size}x{h.image_size}): "
           f"PSNR {scores['psnr']:.2f} dB, SSIM {scores['ssim']:.3f}; latent scale {float(model.latent.scale):.4f}")
+    refresh_report(cli.trainer)
     print(f"latent demo finished in {time.time() - t0:.0f} s; results:")
-    for p in (ae_run / "reconstructions.png", run / "samples.png", run / "real.png", run / "export"):
+    for p in (ae_run / "reconstructions.png", run / "samples.png", run / "real.png", run / "report.html", run / "export"):
         print(f"  {p}")
     return run
