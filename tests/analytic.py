@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from dff.diffusion import GaussianDiffusion, output_from_x0_eps, x0_eps_from_output
+from dff.diffusion.analytic import GaussianMixture
 
 
 def as_prediction(d: GaussianDiffusion, x0_hat: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -49,32 +50,7 @@ class GaussianData:
         return model
 
 
-class MixtureData:
-    """x_0 ~ sum_k pi_k N(mu_k, s_k^2 I): E[x0|x_t] = sum_k r_k(x_t) (mu_k + sqrt(ab) s_k^2 / (ab s_k^2 + 1 - ab) (x_t - sqrt(ab) mu_k))."""
-
-    def __init__(self, weights: torch.Tensor, means: torch.Tensor, stds: torch.Tensor):
-        self.pi, self.mu, self.s = weights.double(), means.double(), stds.double()  # (K,), (K, D), (K,)
-
-    def sample(self, n: int, g: torch.Generator) -> torch.Tensor:
-        k = torch.multinomial(self.pi, n, replacement=True, generator=g)
-        return self.mu[k] + self.s[k, None] * torch.randn(n, self.mu.shape[1], generator=g, dtype=torch.float64)
-
-    def denoiser(self, d: GaussianDiffusion):
-        D = self.mu.shape[1]
-        def model(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # x_t (B, D)
-            ab = d.alpha_bar[t[0]].item()
-            var_t = ab * self.s**2 + (1 - ab)  # (K,)
-            diff = x_t[:, None, :] - ab**0.5 * self.mu[None]  # (B, K, D)
-            log_r = torch.log(self.pi) - 0.5 * (diff**2).sum(-1) / var_t - 0.5 * D * torch.log(var_t)  # (B, K)
-            r = torch.softmax(log_r, dim=1)
-            x0_k = self.mu[None] + (ab**0.5 * self.s**2 / var_t)[None, :, None] * diff  # (B, K, D)
-            x0_hat = (r[:, :, None] * x0_k).sum(1)
-            return as_prediction(d, x0_hat, x_t, t)
-        return model
-
-    def assign(self, x: torch.Tensor) -> torch.Tensor:
-        """Index of the nearest component mean for each sample."""
-        return torch.cdist(x, self.mu).argmin(1)
+MixtureData = GaussianMixture  # the library's exact mixture denoiser; tests/test_process.py checks it by Tweedie
 
 
 def assert_recovers_mixture(x: torch.Tensor, mix: "MixtureData", n: int) -> None:

@@ -170,3 +170,21 @@ def test_offset_noise_shifts_each_channel_mean():
     assert abs(means.var().item() - (1 / 64 + 0.25)) < 0.02  # per-pixel 1/HW plus offset^2
     plain = GaussianDiffusion(100, "cosine").noise(x0).mean((2, 3))
     assert abs(plain.var().item() - 1 / 64) < 0.003
+
+
+def test_mixture_denoiser_is_tweedies_formula():
+    """The mixture's E[x0 | x_t] (responsibilities of the components, dff.diffusion.analytic) equals Tweedie's
+    formula E[x0 | x_t] = (x_t + sigma^2 grad log q_t(x_t)) / alpha, the score taken by autograd of the
+    noisy marginal density: two independent routes to the same closed form."""
+    from analytic import MIX
+
+    x_t = torch.randn(64, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 2
+    for ab in (0.98, 0.5, 0.05):
+        x = x_t.clone().requires_grad_(True)
+        score, = torch.autograd.grad(MIX.log_prob(x, ab).sum(), x)
+        tweedie = (x_t + (1 - ab) * score) / ab**0.5
+        assert torch.allclose(MIX.x0_mean(x_t, ab), tweedie, atol=1e-10), ab
+    d = GaussianDiffusion(100, "linear", "v")
+    t = torch.full((64,), 40)
+    x0_hat, _ = d.x0_eps(MIX.denoiser(d)(x_t, t), x_t, t)  # through the prediction type and back
+    assert torch.allclose(x0_hat, MIX.x0_mean(x_t, float(d.alpha_bar[40])), atol=1e-10)
