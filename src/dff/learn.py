@@ -1,0 +1,206 @@
+"""Helpers for the course notebooks (notebooks/*.py): the `learn` extra, quick mode, figures of image
+batches, and the checks of the exercises.
+
+    from dff import learn
+    learn.require()                      # first cell: names what to install when the learn extra is missing
+    steps = learn.budget(1200, 40)       # the full budget, or the quick one when DFF_QUICK=1 (CI)
+    learn.show(ax, images, nrow=8)       # a batch (B, C, H, W) in [0, 1] as one grid on a matplotlib axis
+    learn.check_q_sample(my_q_sample)    # an exercise: AssertionError naming the case, expected and got
+
+Each check compares the learner's function with the library's on a few named cases (the inputs that
+catch the usual mistakes) and raises AssertionError naming the case, the expected and the got values.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+from typing import Callable, Sequence, TypeVar
+
+import torch
+
+from .diffusion import GaussianDiffusion, output_from_x0_eps
+from .latent import LatentSpace
+from .metrics import psnr
+from .viz import make_grid
+
+QUICK_ENV = "DFF_QUICK"  # DFF_QUICK=1 shrinks every training budget of the notebooks (CI)
+LEARN_INSTALL = 'pip install "diffusion-fast-forward[learn]"'
+LEARN_MODULES: tuple[str, ...] = ("IPython", "ipykernel", "jupytext")  # what opening and running the notebooks needs
+
+T = TypeVar("T")
+
+
+# ---------------------------------------------------------------------- set-up
+def require(*modules: str) -> None:
+    """Raise ModuleNotFoundError naming the missing modules and the install command when any of
+    `modules` (default: the learn extra's IPython, ipykernel, jupytext) cannot be imported; then make
+    the library's Figures draw inline (inline_figures)."""
+    missing = []
+    for name in modules or LEARN_MODULES:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
+    if missing:
+        raise ModuleNotFoundError(f"the notebooks need {', '.join(missing)}, which are not installed: "
+                                  f"{LEARN_INSTALL} (in a clone: pip install -e \".[learn]\")")
+    inline_figures()
+
+
+def inline_figures() -> None:
+    """In a notebook, draw the matplotlib Figures that dff.viz returns (built without pyplot) inline, as
+    `%matplotlib inline` does; outside IPython, nothing."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    shell = get_ipython()
+    if shell is not None and hasattr(shell, "run_line_magic"):
+        shell.run_line_magic("matplotlib", "inline")
+
+
+def quick() -> bool:
+    """True when the environment variable DFF_QUICK is 1 (or true, yes, on): the notebooks then shrink
+    every training budget so that CI runs each in seconds (their figures are then mostly noise)."""
+    return os.environ.get(QUICK_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def budget(full: T, quick_value: T) -> T:
+    """`full` normally, `quick_value` in quick mode (DFF_QUICK=1)."""
+    return quick_value if quick() else full
+
+
+# ---------------------------------------------------------------------- figures
+def show(ax, images: torch.Tensor, nrow: int | None = None, title: str = "") -> None:
+    """Draw a batch (B, C, H, W) in [0, 1] as one grid on a matplotlib axis (gray for 1 channel)."""
+    grid = make_grid(images.detach().float().cpu().clamp(0, 1), nrow)  # (C, H', W')
+    if grid.shape[0] == 1:
+        ax.imshow(grid[0].numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    else:
+        ax.imshow(grid[:3].permute(1, 2, 0).numpy(), interpolation="nearest")
+    ax.set_xticks([]), ax.set_yticks([])
+    if title:
+        ax.set_title(title, fontsize=9)
+
+
+# ---------------------------------------------------------------------- exercise checks
+def _describe(x) -> str:
+    if not isinstance(x, torch.Tensor):
+        return f"{type(x).__name__} {x!r}"[:80]
+    flat = x.detach().flatten()[:4].tolist()
+    values = ", ".join(f"{v:.4g}" for v in flat) + (", ..." if x.numel() > 4 else "")
+    return f"shape {tuple(x.shape)}, values [{values}]"
+
+
+def _check(fn: Callable, name: str, cases: Sequence[tuple[str, tuple]], reference: Callable, *,
+           atol: float = 1e-5, rtol: float = 1e-4) -> None:
+    """Compare fn(*args) with reference(*args) on each named case; AssertionError at the first that differs."""
+    for case, args in cases:
+        expected = reference(*args)
+        try:
+            got = fn(*(a.clone() if isinstance(a, torch.Tensor) else a for a in args))
+        except NotImplementedError:
+            raise AssertionError(f"{name}: not written yet; replace the `raise NotImplementedError` in its cell "
+                                 "with your code") from None
+        if not isinstance(got, torch.Tensor):
+            raise AssertionError(f"{name}, case '{case}': expected a tensor ({_describe(expected)}), got {_describe(got)}")
+        if got.shape != expected.shape:
+            raise AssertionError(f"{name}, case '{case}': expected shape {tuple(expected.shape)}, got shape "
+                                 f"{tuple(got.shape)} (check how the per-sample numbers broadcast against the images)")
+        close = torch.isclose(got.detach().double().cpu(), expected.double(), atol=atol, rtol=rtol)
+        if not close.all():
+            diff = (got.detach().double().cpu() - expected.double()).abs()
+            where = tuple(int(i) for i in torch.nonzero(~close)[0]) if diff.dim() else ()
+            raise AssertionError(f"{name}, case '{case}': expected {_describe(expected)}, got {_describe(got)}; "
+                                 f"largest difference {diff.max().item():.4g}" + (f", first at index {where}" if where else ""))
+    print(f"{name}: correct on all {len(cases)} cases")
+
+
+def check_q_sample(fn: Callable) -> None:
+    """fn(x0, t, eps, alpha_bar) -> x_t = sqrt(alpha_bar[t]) x0 + sqrt(1 - alpha_bar[t]) eps (DDPM Eq. 4),
+    t a (B,) tensor of timesteps, alpha_bar the (T,) table; checked against GaussianDiffusion.q_sample."""
+    g = torch.Generator().manual_seed(0)
+    cases = []
+    for case, schedule, T, t, shape in [
+        ("t = 0 for every sample (almost clean)", "linear", 1000, [0, 0, 0, 0], (4, 1, 8, 8)),
+        ("t = T - 1 for every sample (almost pure noise)", "linear", 1000, [999] * 4, (4, 1, 8, 8)),
+        ("a different t for each sample of the batch", "cosine", 1000, [0, 250, 500, 999], (4, 3, 8, 8)),
+        ("vectors (B, D) instead of images", "cosine", 50, [3, 17, 49], (3, 5)),
+    ]:
+        d = GaussianDiffusion(timesteps=T, schedule=schedule)
+        x0, eps = torch.randn(shape, generator=g), torch.randn(shape, generator=g)
+        cases.append((case, (x0, torch.tensor(t), eps, d.alpha_bar.clone(), d)))
+
+    def reference(x0, t, eps, alpha_bar, d):
+        return d.q_sample(x0, t, eps)
+
+    _check(lambda x0, t, eps, alpha_bar, d: fn(x0, t, eps, alpha_bar), "q_sample", cases, reference)
+
+
+def check_v_target(fn: Callable) -> None:
+    """fn(x0, eps, alpha, sigma) -> v = alpha eps - sigma x0 (Salimans & Ho 2022, Sec. 4), alpha and sigma
+    shaped (B, 1, 1, 1); checked against the library's output_from_x0_eps("v", ...)."""
+    g = torch.Generator().manual_seed(1)
+    cases = []
+    for case, alpha_bar in [
+        ("nearly clean (alpha ~ 1, sigma ~ 0): v ~ eps", [0.999, 0.99]),
+        ("nearly noise (alpha ~ 0, sigma ~ 1): v ~ -x0", [0.001, 0.01]),
+        ("alpha != sigma, different per sample", [0.2, 0.5, 0.9]),
+    ]:
+        ab = torch.tensor(alpha_bar).view(-1, 1, 1, 1)
+        shape = (len(alpha_bar), 1, 4, 4)
+        cases.append((case, (torch.randn(shape, generator=g), torch.randn(shape, generator=g), ab.sqrt(), (1 - ab).sqrt())))
+    _check(fn, "v_target", cases, lambda x0, eps, alpha, sigma: output_from_x0_eps("v", x0, eps, alpha, sigma))
+
+
+def check_psnr(fn: Callable) -> None:
+    """fn(x, y) -> the mean over the batch of each image's PSNR in dB, images (B, C, H, W) in [0, 1]
+    (data range 1); checked against dff.metrics.psnr."""
+    g = torch.Generator().manual_seed(2)
+    y = torch.rand(3, 3, 8, 8, generator=g)
+    noise = torch.randn(3, 3, 8, 8, generator=g)
+    cases = [
+        ("one grayscale image", (y[:1, :1], (y[:1, :1] + 0.1 * noise[:1, :1]).clamp(0, 1))),
+        ("a batch whose images have different errors (average the PSNRs, not the errors)",
+         (y, (y + torch.tensor([0.01, 0.1, 0.3]).view(3, 1, 1, 1) * noise).clamp(0, 1))),
+    ]
+    _check(fn, "psnr", cases, lambda x, target: psnr(x, target), atol=1e-3)
+
+
+def check_latent_scale(fn: Callable) -> None:
+    """fn(z) -> the latent scale s = 1 / std of all elements of the latents z (Rombach et al. 2022,
+    Sec. 4.3.2); checked against LatentSpace.estimate_scale."""
+    g = torch.Generator().manual_seed(3)
+    cases = [
+        ("centred latents of std 4", (4 * torch.randn(64, 4, 8, 8, generator=g),)),
+        ("latents with a mean of 3 (the std is about the spread around the mean)", (3 + torch.randn(64, 4, 8, 8, generator=g),)),
+        ("channels of different spreads (one scale for all of them)",
+         (torch.randn(64, 4, 8, 8, generator=g) * torch.tensor([0.5, 1.0, 2.0, 8.0]).view(1, 4, 1, 1),)),
+    ]
+
+    def reference(z):
+        return torch.tensor(LatentSpace(None, z.shape[1]).estimate_scale(z))
+
+    _check(lambda z: torch.as_tensor(fn(z), dtype=torch.float64).reshape(()), "latent_scale", cases, reference)
+
+
+def check_posterior_mean(fn: Callable) -> None:
+    """fn(x0, x_t, t, betas, alpha_bar) -> mu_tilde_t(x_t, x0), the mean of q(x_{t-1} | x_t, x0)
+    (DDPM Eq. 7) with 0-indexed tables and alpha_bar before the first step = 1; checked against
+    GaussianDiffusion.q_posterior."""
+    g = torch.Generator().manual_seed(4)
+    cases = []
+    for case, schedule, t, shape in [
+        ("the first step, t = 0 (alpha_bar of the step before is 1: the mean is x0)", "linear", [0, 0], (2, 1, 4, 4)),
+        ("the last step, t = T - 1", "linear", [999, 999], (2, 1, 4, 4)),
+        ("a different t for each sample of the batch", "cosine", [1, 10, 500, 998], (4, 3, 4, 4)),
+    ]:
+        d = GaussianDiffusion(timesteps=1000, schedule=schedule)
+        x0, x_t = torch.randn(shape, generator=g), torch.randn(shape, generator=g)
+        cases.append((case, (x0, x_t, torch.tensor(t), d.betas.clone(), d.alpha_bar.clone(), d)))
+
+    def reference(x0, x_t, t, betas, alpha_bar, d):
+        return d.q_posterior(x0, x_t, t)[0]
+
+    _check(lambda x0, x_t, t, betas, alpha_bar, d: fn(x0, x_t, t, betas, alpha_bar), "posterior_mean", cases,
+           reference)
