@@ -146,3 +146,15 @@ def test_explore_bad_input_is_one_line(tmp_path):
         assert len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert (tmp_path / "full" / "keep.png").read_bytes() == b"mine"
     assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()
+
+
+def test_library_never_switches_the_backend():
+    """No module of dff imports pyplot or calls matplotlib.use: figures are Figures, so a notebook's
+    inline backend and a script's choice are left alone."""
+    from pathlib import Path
+
+    import dff
+
+    offenders = [str(p) for p in Path(dff.__file__).parent.rglob("*.py")
+                 if "matplotlib.use(" in p.read_text() or "import matplotlib.pyplot" in p.read_text()]
+    assert offenders == []
