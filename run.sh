@@ -4,6 +4,7 @@
 #   bash run.sh test    run the test suite
 #   bash run.sh bench   run the demo benchmark (benchmarks/demo_bench.py)
 #   bash run.sh dff ... run any dff command inside the environment
+# Live training curves: .venv/bin/pip install -e ".[tensorboard]", then .venv/bin/tensorboard --logdir runs
 set -euo pipefail
 cd "$(dirname "$0")"
 VENV=${DFF_VENV:-.venv}
