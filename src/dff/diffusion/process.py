@@ -81,7 +81,7 @@ class GaussianDiffusion:
         schedule: str = "linear",  # linear | quadratic | sigmoid | cosine
         prediction: str = "eps",  # what the network predicts: eps | x0 | v
         *,
-        zero_terminal_snr: bool = False,  # rescale so alpha_bar_T = 0 (Lin et al. 2023)
+        zero_terminal_snr: bool = False,  # rescale so alpha_bar_T = 0 (Lin et al. 2024)
         betas: Optional[torch.Tensor] = None,  # explicit beta_1..beta_T, overrides schedule
         loss_weighting: str = "none",  # none (L_simple) | min_snr (Hang et al. 2023)
         min_snr_gamma: float = 5.0,  # gamma of min-SNR-gamma weighting
@@ -96,7 +96,7 @@ class GaussianDiffusion:
         if zero_terminal_snr and prediction == "eps":
             raise ValueError(
                 "zero_terminal_snr=True makes x0 unrecoverable from an eps prediction at t = T "
-                "(alpha_bar_T = 0); use prediction 'v' or 'x0' (Lin et al. 2023, Sec. 3.2)"
+                "(alpha_bar_T = 0); use prediction 'v' or 'x0' (Lin et al. 2024, Sec. 3.2)"
             )
         self.betas = betas.double() if betas is not None else make_betas(schedule, timesteps, zero_terminal_snr)
         self.T = len(self.betas)

@@ -65,7 +65,7 @@ def check_spacing(spacing: str, name: str, allowed: tuple[str, ...] = SPACINGS) 
 
 def spaced_timesteps(T: int, n: int, spacing: str) -> np.ndarray:
     """n of the T training timesteps, decreasing, float64: diffusers' `timestep_spacing`
-    (Lin et al. 2023, Table 2). Every sampler builds its grid from this one function:
+    (Lin et al. 2024, Table 2). Every sampler builds its grid from this one function:
         leading   k (T // n),            k = n - 1, ..., 0   (ends at t = 0)
         trailing  round(T - k T / n) - 1, k = 0, ..., n - 1   (starts at t = T - 1)
         linspace  linspace(0, T - 1, n), reversed              (fractional; from T - 1 to 0)"""

@@ -31,7 +31,8 @@ def linear_betas(T: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> to
 
 
 def quadratic_betas(T: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
-    """Quadratic schedule: linear in sqrt(beta) (the 'scaled_linear' of latent diffusion)."""
+    """Quadratic schedule: linear in sqrt(beta), the shape of latent diffusion's 'scaled_linear' (which uses
+    beta from 0.00085 to 0.012; here DDPM's 1e-4 to 0.02, as for the other schedules)."""
     scale = 1000 / T
     return torch.linspace((scale * beta_start) ** 0.5, (scale * beta_end) ** 0.5, T, dtype=torch.float64) ** 2
 
@@ -57,7 +58,7 @@ def cosine_betas(T: int, max_beta: float = 0.999) -> torch.Tensor:
 
 
 def rescale_zero_terminal_snr(betas: torch.Tensor) -> torch.Tensor:
-    """Shift and scale sqrt(alpha_bar) so that alpha_bar_T = 0 and alpha_bar_1 is kept (Lin et al. 2023, Algorithm 1)."""
+    """Shift and scale sqrt(alpha_bar) so that alpha_bar_T = 0 and alpha_bar_1 is kept (Lin et al. 2024, Algorithm 1)."""
     sqrt_ab = torch.cumprod(1 - betas, 0).sqrt()
     first, last = sqrt_ab[0].clone(), sqrt_ab[-1].clone()
     sqrt_ab = (sqrt_ab - last) * first / (first - last)
