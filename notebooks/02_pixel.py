@@ -8,6 +8,10 @@
 #       format_name: percent
 #       format_version: '1.3'
 #       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
 # ---
 
 # %% [markdown]
@@ -213,26 +217,12 @@ plt.show()
 # %%
 from dff.demo import trajectory
 
-states = trajectory(model, num=6, steps=50)  # [(t, x_t in [0, 1]) ...]
-fig, axes = plt.subplots(1, len(states), figsize=(1.2 * len(states), 6.6))
+states = trajectory(model, num=4, steps=50)  # [(t, x_t in [0, 1]) ...]
+fig, axes = plt.subplots(1, len(states), figsize=(1.1 * len(states), 4.6))
 for ax, (t_state, x_state) in zip(axes, states):
     learn.show(ax, x_state, nrow=1, title=f"t={t_state}")
 fig.suptitle("denoising trajectory: x_t from t = T (left) to the sample (right)", fontsize=9)
 fig.tight_layout()
-plt.show()
-
-# %% [markdown]
-# ## EMA against raw weights
-#
-# The network's weights after the last optimiser step (raw) and their exponential moving average
-# (EMA, decay 0.995 here) sample from the same noise. The raw weights jump with every noisy
-# gradient step; their average is a better model, which is why `sample` uses EMA by default.
-
-# %%
-fig, axes = plt.subplots(1, 2, figsize=(9, 4.8))
-for ax, use_ema in zip(axes, (True, False)):
-    x = model.sample(36, "dpmpp_2m", steps=20, seed=0, use_ema=use_ema, progress=False)
-    learn.show(ax, x, nrow=6, title=("EMA" if use_ema else "raw") + " weights, DPM-Solver++ 20 steps, seed 0")
 plt.show()
 
 # %% [markdown]
@@ -242,14 +232,14 @@ plt.show()
 # trained on the digits (`dff.evaluation.DigitsFeatures`, shipped with dff; its numbers are on its
 # own scale, not comparable with Inception FIDs). FID is biased upwards for small sets: compare
 # only FIDs computed from the same number of images. As a floor, the same number of *real* digits
-# scored against all of them.
+# scored against all of them (a subset of the reference, so a slightly optimistic floor).
 
 # %%
 from dff.evaluation import compute_features, fid_from_features, get_extractor, kid_from_features
 
 extractor = get_extractor("digits")
 f_real = compute_features(extractor, images)  # (1797, 64)
-N = learn.budget(400, 80)  # images per setting (FID needs more than the 64 feature dimensions)
+N = learn.budget(300, 80)  # images per setting (FID needs more than the 64 feature dimensions)
 
 
 def scores(x):
@@ -258,9 +248,11 @@ def scores(x):
 
 
 floor_fid, floor_kid = scores(images[torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[:N]])
-print(f"{N} real digits: FID {floor_fid:.2f}, KID {floor_kid:.4f} (the floor at this N)")
+print(f"{N} real digits: FID {floor_fid:.2f}, KID {floor_kid:.4f} (the floor at this N; KID is unbiased, so it can be < 0)")
+
+# %%
 settings = learn.budget([("ddim", 10), ("ddim", 20), ("ddim", 50), ("dpmpp_2m", 10), ("dpmpp_2m", 20),
-                         ("euler", 20), ("euler", 50)], [("ddim", 5), ("dpmpp_2m", 5)])
+                         ("euler", 10), ("euler", 20), ("euler", 50)], [("ddim", 5), ("dpmpp_2m", 5), ("euler", 5)])
 results, grids = [], {}
 for sampler, n_steps in settings:
     t0 = time.time()
@@ -285,14 +277,36 @@ fig.tight_layout()
 plt.show()
 
 # %% [markdown]
-# The same seed through the cheapest and the most expensive settings: at 10 steps DDIM and Euler
-# leave blur and speckle that DPM-Solver++, a second-order solver, avoids.
+# The same seed through each sampler's cheapest (top) and most expensive (bottom) setting: at
+# 10 steps Euler, a first-order solver started at a large noise level, leaves a grainy haze that
+# 50 steps remove; DPM-Solver++, a second-order solver, is done at 10.
 
 # %%
-fig, axes = plt.subplots(1, len(grids), figsize=(2.6 * len(grids), 3))
-for ax, ((sampler, n_steps), x) in zip(np.atleast_1d(axes), grids.items()):
-    learn.show(ax, x, nrow=6, title=f"{sampler} {n_steps}")
+samplers = list(dict.fromkeys(sampler for sampler, _ in grids))
+fig, axes = plt.subplots(2, len(samplers), figsize=(3 * len(samplers), 6.2), squeeze=False)
+for j, sampler in enumerate(samplers):
+    mine = sorted(n for s_, n in grids if s_ == sampler)
+    for i, n_steps in enumerate((mine[0], mine[-1])):
+        learn.show(axes[i, j], grids[sampler, n_steps][:16], nrow=4, title=f"{sampler}, {n_steps} steps")
 fig.tight_layout()
+plt.show()
+
+# %% [markdown]
+# ## EMA against raw weights
+#
+# The network's weights after the last optimiser step (raw) and their exponential moving average
+# (EMA, decay 0.995 here) sample from the same noise, and are scored by FID and KID as above. The
+# raw weights jump with every noisy gradient step; their average is usually the better model,
+# which is why `sample` uses EMA by default.
+
+# %%
+fig, axes = plt.subplots(1, 2, figsize=(9, 4.8))
+for ax, use_ema in zip(axes, (True, False)):
+    x = model.sample(N, "dpmpp_2m", steps=20, seed=0, use_ema=use_ema, progress=False)
+    fid, kid = scores(x)
+    name = "EMA" if use_ema else "raw"
+    print(f"{name:4s} weights: FID {fid:.2f}, KID {kid:.4f}")
+    learn.show(ax, x[:36], nrow=6, title=f"{name} weights (DPM-Solver++ 20, seed 0): FID {fid:.2f}")
 plt.show()
 
 # %% [markdown]
