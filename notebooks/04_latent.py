@@ -218,6 +218,13 @@ fig.tight_layout()
 plt.show()
 
 # %% [markdown]
+# What a full run of this notebook gave (one run, 2-core CPU): held-out reconstruction 22.3 dB
+# (brick 27.6, grass 18.6, gravel 20.8), latent scale 0.36, and 2 of the 16 samples clean brick
+# walls, the rest gravel-like blobs, no grass: the samples look like the *reconstructions*, blur
+# included, because that is all the latent space can express. A longer autoencoder run (the demo's
+# 600 steps) or a discriminator raises that ceiling; more diffusion steps cannot.
+
+# %% [markdown]
 # ## On a GPU, with real data
 #
 # The original project's latent setting is `configs/latent_maps_256.yaml`: 256×256 satellite photos
