@@ -123,6 +123,9 @@ def test_inpaint_condition_blanks_the_mask_and_appends_it():
     assert torch.equal(c[3:], m) and torch.all(c[:3][m.expand(3, -1, -1) == 1] == 0)
     assert torch.equal(c[:3][m.expand(3, -1, -1) == 0], x[m.expand(3, -1, -1) == 0])
     assert 0.0625 <= m.mean() <= 0.25
+    xb = torch.rand(2, 3, 16, 16)  # a batch with one shared (1, H, W) mask: each image as on its own
+    cb = make_condition("inpaint", xb, mask=m)
+    assert cb.shape == (2, 4, 16, 16) and all(torch.equal(cb[i], make_condition("inpaint", xb[i], mask=m)) for i in range(2))
 
 
 # ---------------------------------------------------------------------- metrics

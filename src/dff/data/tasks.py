@@ -67,7 +67,10 @@ def random_box_mask(size: int, rng: random.Random, min_frac: float = 0.25, max_f
 
 
 def inpaint_condition(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """[x * (1 - mask), mask] along channels: (C, H, W), (1, H, W) -> (C + 1, H, W) (or batched)."""
+    """[x * (1 - mask), mask] along channels: (C, H, W), (1, H, W) -> (C + 1, H, W); for a batch
+    (B, C, H, W) the mask is (B, 1, H, W) or one (1, H, W) mask shared by the batch."""
+    if x.dim() == 4 and mask.dim() == 3:
+        mask = mask.unsqueeze(0).expand(x.shape[0], -1, -1, -1)  # (B, 1, H, W)
     return torch.cat([x * (1 - mask), mask], dim=-3)
 
 
