@@ -38,3 +38,19 @@ def test_step_defaults_are_the_samplers_own():
     for name in ("ddim", "heun"):
         torch.testing.assert_close(m.sample(2, name, seed=0, progress=False),
                                    m.sample(2, name, steps=default_steps(name), seed=0, progress=False))
+
+
+def test_ddim_starts_at_t_T_for_a_zero_terminal_snr_model():
+    """DDIM's default spacing: 'leading' would start at t = T - T/S and never meet the pure-noise level a
+    zero-terminal-SNR model was trained for; its first step must be at t = T (Lin et al. 2024), so the
+    default is then 'trailing'; an explicit spacing is kept."""
+    def first_t(model, **kw):
+        seen = []
+        model.sample(1, "ddim", steps=5, seed=0, progress=False, callback=lambda s: seen.append(s["t"]), **kw)
+        return seen[0]
+
+    zero = dff.PixelDiffusion(image_size=8, channels=1, dim=8, dim_mults=[1, 2], timesteps=100, prediction="v",
+                              zero_terminal_snr=True)
+    plain = dff.PixelDiffusion(image_size=8, channels=1, dim=8, dim_mults=[1, 2], timesteps=100)
+    assert first_t(zero) == 99 and first_t(zero, spacing="leading") == 80
+    assert first_t(plain) == 80

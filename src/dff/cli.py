@@ -268,7 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--sampler", default="ddim", help=f"{SAMPLER_NAMES} (default ddim)")
     s.add_argument("--steps", type=int, default=None, help=STEPS_HELP)
     s.add_argument("--eta", type=float, default=0.0, help="DDIM eta in [0, 1] (default 0)")
-    s.add_argument("--spacing", default="leading", help="DDIM timestep spacing: leading or trailing")
+    s.add_argument("--spacing", default=None, help="DDIM timestep spacing: leading or trailing (default: trailing for "
+                                                  "a model trained with zero terminal SNR, else leading)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--class", dest="class_", type=int, default=None,
                    help="class-conditional models: generate this class (default: unconditional)")

@@ -268,7 +268,8 @@ class DiffusionModule(L.LightningModule):
         *,
         steps: Optional[int] = None,  # None: the sampler's default (diffusion.default_steps); DDPM takes all T
         eta: float = 0.0,  # DDIM noise: 0 deterministic, 1 ancestral
-        spacing: str = "leading",  # DDIM timestep spacing: leading | trailing
+        spacing: Optional[str] = None,  # DDIM timestep spacing: leading | trailing; None: trailing for a zero-terminal-SNR
+                                        # schedule (its first step must be at t = T, Lin et al. 2024, Sec. 3.3), else leading
         seed: Optional[int] = None,  # seed of a CPU generator (ignored if generator is given)
         generator: Optional[torch.Generator] = None,
         cond: Optional[torch.Tensor] = None,  # condition images (B, C_cond, H, W) in [0, 1] (conditional models)
@@ -285,6 +286,8 @@ class DiffusionModule(L.LightningModule):
         fn = get_sampler(sampler)
         opts: dict = {} if steps is None else {"steps": steps}
         if sampler == "ddim":
+            if spacing is None:
+                spacing = "trailing" if h.zero_terminal_snr else "leading"
             opts.update(eta=eta, spacing=spacing)  # the other samplers keep their own default spacing
         elif sampler == "ddpm" and opts.pop("steps", h.timesteps) != h.timesteps:
             raise ValueError(f"the ddpm sampler always takes all T={h.timesteps} steps, got steps={steps}; use ddim for fewer")
