@@ -210,6 +210,41 @@ def test_odd_width_side_by_side_is_named(tmp_path):
         PairFolder(root, "side_by_side", image_size=16)
 
 
+def test_bad_pairs_can_be_skipped_and_are_listed(tmp_path):
+    """data.on_bad_file=skip for pairs: a pair with a corrupt file (either side), a side-by-side file of odd
+    width or one too small is left out whole and listed; the default still stops, naming the file; a
+    folder with nothing left is an error."""
+    from dff.train import fit
+
+    root = write_folders(tmp_path / "pairs", n=4)
+    (root / "B" / "p1.jpg").write_bytes(b"not a jpeg")  # the target of pair p1
+    Image.fromarray(rand_rgb(8, 8)).save(root / "A" / "p2.png")  # A smaller than B: resized, kept
+    Image.fromarray(rand_rgb(8, 8)).save(root / "B" / "p3.jpg")  # the target too small to crop 16
+    with pytest.raises(ValueError, match=r"could not be decoded.*\n.*p1\.jpg"):
+        PairFolder(root, "folders", image_size=16)
+    with pytest.warns(UserWarning, match="different sizes"):
+        ds = PairFolder(root, "folders", image_size=16, on_bad_file="skip")
+    assert sorted(p.name for p, _ in ds.skipped) == ["p1.png", "p3.png"] and len(ds) == 2
+    assert all(ds[i]["image"].shape == (3, 16, 16) for i in range(len(ds)))
+    sbs = write_side_by_side(tmp_path / "sbs", n=2)
+    Image.fromarray(rand_rgb(16, 33)).save(sbs / "odd.png")
+    ds = PairFolder(sbs, "side_by_side", image_size=16, on_bad_file="skip")
+    assert [p.name for p, _ in ds.skipped] == ["odd.png"] and len(ds) == 2
+    with pytest.warns(UserWarning, match="different sizes"):
+        cli = fit(["--config", "configs/translate_demo.yaml", "--data.dataset", "folder", "--data.root", str(root),
+                   "--data.pairs", "folders", "--data.image_size", "16", "--data.on_bad_file", "skip",
+                   "--data.num_workers", "0", "--model.dim", "8", "--model.dim_mults", "[1, 2]",
+                   "--trainer.max_steps", "2", "--trainer.enable_progress_bar", "false", "--samples.every_n_steps", "0",
+                   "--trainer.limit_val_batches", "0", "--trainer.default_root_dir", str(tmp_path / "run")])
+    listed = (Path(cli.trainer.log_dir) / "skipped_files.txt").read_text().splitlines()
+    assert cli.trainer.global_step == 2 and sorted(Path(line.split("\t")[0]).name for line in listed) == ["p1.png", "p3.png"]
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "x.png").write_bytes(b"x")
+    with pytest.raises(ValueError, match="all 1 pair"):
+        PairFolder(bad, "side_by_side", image_size=16, on_bad_file="skip")
+
+
 def test_missing_b_folder(tmp_path):
     (tmp_path / "p" / "A").mkdir(parents=True)
     with pytest.raises(FileNotFoundError, match="no B/ subfolder"):

@@ -68,7 +68,7 @@ class ImageDataModule(L.LightningDataModule):
         num_workers: Optional[int] = None,  # DataLoader workers for folders (None: min(4, CPU cores); built-in sets live in memory)
         latent_cache: Optional[str] = None,  # latent models: encode the training set once (flips included) to this file
         half: Optional[Literal["A", "B"]] = None,  # unpaired data from pix2pix files: their left (A) or right (B) half
-        on_bad_file: Literal["stop", "skip"] = "stop",  # folder of single images: stop at unreadable or too small files (naming them) or skip them, listed in <run>/skipped_files.txt
+        on_bad_file: Literal["stop", "skip"] = "stop",  # unreadable or too small files (pairs: either file, or an odd side-by-side width): stop, naming them, or skip them, listed in <run>/skipped_files.txt
     ):
         super().__init__()
         if dataset not in DATASETS:
@@ -82,9 +82,6 @@ class ImageDataModule(L.LightningDataModule):
                              f"with data.pairs={pairs!r} leave it unset")
         if pairs in ("side_by_side", "folders") and dataset != "folder":
             raise ValueError(f"data.pairs={pairs!r} reads pairs from files: it needs data.dataset='folder' and data.root")
-        if on_bad_file == "skip" and pairs in ("side_by_side", "folders"):
-            raise ValueError(f"data.on_bad_file='skip' is for folders of single images; with data.pairs={pairs!r} "
-                             "bad files stop the run (dff data check PATH --pairs ... lists them)")
         if dataset == "digits" and pairs != "none":
             raise ValueError("the digits are for unconditional generation: use data.dataset='photos' or a folder for pairs")
         self.save_hyperparameters()
@@ -141,9 +138,11 @@ class ImageDataModule(L.LightningDataModule):
             crop, hflip, vflip, repeat = (h.crop, hflip_on, vflip_on, h.repeat) if train else (
                 "resize" if h.crop == "resize" else "center", False, False, 1)
             if h.pairs in ("side_by_side", "folders"):
-                return PairFolder(root, h.pairs, image_size=h.image_size, channels=h.channels,
-                                  cond_channels=self.cond_channels_, direction=h.direction, crop=crop, hflip=hflip,
-                                  vflip=vflip, repeat=repeat, crop_scale=h.crop_scale)
+                pairs = PairFolder(root, h.pairs, image_size=h.image_size, channels=h.channels,
+                                   cond_channels=self.cond_channels_, direction=h.direction, crop=crop, hflip=hflip,
+                                   vflip=vflip, repeat=repeat, crop_scale=h.crop_scale, on_bad_file=h.on_bad_file)
+                self.skipped += pairs.skipped
+                return pairs
             base = ImageFolder(root, h.image_size, h.channels, crop=crop, hflip=hflip, vflip=vflip, repeat=repeat,
                                labels=h.labels and h.pairs == "none", half=h.half, on_bad_file=h.on_bad_file)
             self.skipped += base.skipped

@@ -45,37 +45,48 @@ def match_stems(root: Path) -> list[tuple[Path, Path]]:
     return [(a[k], b[k]) for k in sorted(a)]
 
 
-def check_pairs(pairs: list[tuple[Path, Optional[Path]]], image_size: int, crop: Crop) -> int:
-    """Decode every file once; raise naming unreadable files, odd-width side-by-side files and
-    images too small to crop. Returns the number of pairs whose two images differ in size."""
-    bad, odd, small, differ = [], [], [], 0
+def check_pairs(pairs: list[tuple[Path, Optional[Path]]], image_size: int, crop: Crop,
+                skip: bool = False) -> tuple[int, list[tuple[Path, str]]]:
+    """Decode every file once; raise naming unreadable files, odd-width side-by-side files and images too
+    small to crop, or, with skip=True, return those pairs as (file, why) for the caller to leave out (an
+    error if none is left). Returns (the number of pairs whose two images differ in size, the skipped)."""
+    bad, odd, small, differ, skipped = [], [], [], 0, []
     for a, b in pairs:
         infos = [inspect_image(a)] if b is None else [inspect_image(a), inspect_image(b)]
         errors = [f"{p}: {i['error']}" for p, i in zip((a, b), infos) if i["error"]]
         if errors:
             bad.append("  " + "; ".join(errors))
+            skipped.append((a, "; ".join(errors)))
             continue
         sizes = [i["size"] for i in infos]
         if b is None:  # side by side
             w, h = sizes[0]
             if w % 2:
                 odd.append(f"  {a}: {w}x{h}")
+                skipped.append((a, f"{w}x{h}, an odd width that cannot be split into two halves A|B"))
                 continue
             sizes = [(w // 2, h)]
         differ += len(set(sizes)) > 1
         w, h = sizes[-1]  # the B image; the condition is resized to the target
         if min(w, h) < image_size and crop != "resize":
             small.append(f"  {a}: {w}x{h}")
+            skipped.append((a, f"{w}x{h}, smaller than the training size {image_size} (crop={crop!r})"))
+    if skip:
+        if len(skipped) == len(pairs):
+            raise ValueError(f"all {len(pairs)} pair(s) are unreadable, odd or too small: nothing to train on, e.g.\n"
+                             + "\n".join((bad + odd + small)[:20]))
+        return differ, skipped
     if bad:
         raise ValueError(f"{len(bad)} image file(s) could not be decoded (corrupt or truncated); fix or remove them, "
-                         "training stops rather than skip them silently:\n" + "\n".join(bad[:20]))
+                         "training stops rather than skip them silently (or set data.on_bad_file: skip):\n"
+                         + "\n".join(bad[:20]))
     if odd:
         raise ValueError(f"{len(odd)} side-by-side image(s) have an odd width, so they cannot be split into two "
                          "equal halves A|B (expected width = 2 x height for pix2pix data):\n" + "\n".join(odd[:20]))
     if small:
         raise ValueError(f"{len(small)} image(s) are smaller than the training size {image_size}x{image_size}, which "
                          f"crop={crop!r} cannot cut from them (use crop='resize'):\n" + "\n".join(small[:20]))
-    return differ
+    return differ, skipped
 
 
 class PairFolder(torch.utils.data.Dataset):
@@ -96,6 +107,7 @@ class PairFolder(torch.utils.data.Dataset):
         repeat: int = 1,
         seed: Optional[int] = None,
         crop_scale: float = 1.0,  # cut crop_scale x image_size windows and resize them to image_size
+        on_bad_file: Literal["stop", "skip"] = "stop",  # a pair with an unreadable, odd or too small file: stop or leave it out
     ):
         if layout not in ("side_by_side", "folders"):
             raise ValueError(f"unknown pair layout {layout!r}: expected 'side_by_side' or 'folders'")
@@ -107,7 +119,11 @@ class PairFolder(torch.utils.data.Dataset):
         root = Path(root)
         self.pairs: list[tuple[Path, Optional[Path]]] = (
             [(p, None) for p in find_images(root)] if layout == "side_by_side" else match_stems(root))
-        differ = check_pairs(self.pairs, image_size, crop)
+        if on_bad_file not in ("stop", "skip"):
+            raise ValueError(f"unknown on_bad_file {on_bad_file!r}: expected 'stop' or 'skip'")
+        differ, self.skipped = check_pairs(self.pairs, image_size, crop, skip=on_bad_file == "skip")  # [(file, why)]
+        left_out = {p for p, _ in self.skipped}
+        self.pairs = [(a, b) for a, b in self.pairs if a not in left_out]
         if differ:
             warnings.warn(f"{differ} pair(s) in {root} have images of different sizes: the condition is resized "
                           "to the target's size (bicubic)")
