@@ -15,6 +15,11 @@ import torch
 from torch import nn
 
 
+def _count_from_buffer(module: "EMA", incompatible_keys) -> None:
+    """After load_state_dict: the Python count follows the loaded buffer."""
+    module.n = int(module.num_updates)
+
+
 class EMA(nn.Module):
     """A frozen copy of `net` whose weights track an exponential moving average of net's."""
 
@@ -24,7 +29,9 @@ class EMA(nn.Module):
             raise ValueError(f"EMA decay must be in [0, 1), got {decay}")
         self.decay, self.warmup = decay, warmup
         self.model = copy.deepcopy(net).eval().requires_grad_(False)
-        self.register_buffer("num_updates", torch.tensor(0, dtype=torch.long))
+        self.register_buffer("num_updates", torch.tensor(0, dtype=torch.long))  # saved in checkpoints
+        self.n = 0  # the same count as a Python int, so an update never reads the device back
+        self.register_load_state_dict_post_hook(_count_from_buffer)
 
     def decay_at(self, n: int) -> float:
         """d_n, the decay used by the (n+1)-th update."""
@@ -33,13 +40,14 @@ class EMA(nn.Module):
     @torch.no_grad()
     def update(self, net: nn.Module) -> None:
         """theta_ema <- d theta_ema + (1 - d) theta for every parameter; buffers are copied."""
-        d = self.decay_at(int(self.num_updates))
+        d = self.decay_at(self.n)
         ema_params = list(self.model.parameters())
         params = [p.detach() for p in net.parameters()]
         torch._foreach_lerp_(ema_params, params, 1 - d)
         for b_ema, b in zip(self.model.buffers(), net.buffers()):
             b_ema.copy_(b)
         self.num_updates += 1
+        self.n += 1
 
     def forward(self, *args, **kwargs):
         return self.model(*args, **kwargs)

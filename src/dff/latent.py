@@ -68,9 +68,10 @@ class LatentSpace(nn.Module):
         """c, the channels of z (the image channels in pixel space)."""
         return self.autoencoder.latent_channels
 
-    def s(self) -> torch.Tensor:
-        """The latent scale; an error while it has not been estimated."""
-        if torch.isnan(self.scale):
+    def s(self, check: bool = True) -> torch.Tensor:
+        """The latent scale; an error while it has not been estimated. check=False skips the test, which
+        reads the value back from the device: the training step, checked once at the start of fit, uses it."""
+        if check and torch.isnan(self.scale):
             raise RuntimeError("the latent scale is not set: it is estimated at the start of `fit` "
                                "(or give model.latent_scale, or call estimate_latent_scale)")
         return self.scale
@@ -80,9 +81,9 @@ class LatentSpace(nn.Module):
         x is moved to the autoencoder's device."""
         return self.autoencoder.encode(to_model_space(x.to(self.scale.device)))
 
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """z_0 = s * E(2x - 1), the data the diffusion model sees."""
-        return self.encode_unscaled(x) * self.s()
+    def encode(self, x: torch.Tensor, *, check: bool = True) -> torch.Tensor:
+        """z_0 = s * E(2x - 1), the data the diffusion model sees (check: see s)."""
+        return self.encode_unscaled(x) * self.s(check)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Images in [0, 1] from z_0: (D(z_0 / s) + 1) / 2."""
@@ -99,9 +100,9 @@ class LatentSpace(nn.Module):
         f = self.factor
         return F.interpolate(c, size=(c.shape[-2] // f, c.shape[-1] // f), mode="area")
 
-    def scale_condition(self, code: torch.Tensor) -> torch.Tensor:
-        """Encoded conditions get the latents' scale; images stay as they are."""
-        return code * self.s() if self.is_latent and self.condition == "encode" else code
+    def scale_condition(self, code: torch.Tensor, *, check: bool = True) -> torch.Tensor:
+        """Encoded conditions get the latents' scale; images stay as they are (check: see s)."""
+        return code * self.s(check) if self.is_latent and self.condition == "encode" else code
 
     @torch.no_grad()
     def estimate_scale(self, latents: torch.Tensor) -> float:

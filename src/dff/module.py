@@ -144,6 +144,13 @@ class DiffusionModule(L.LightningModule):
             s = self.trainer.strategy.broadcast(self.latent.estimate_scale(z), 0)
             self.latent.scale.fill_(s)
             print(f"latent scale s = 1 / std of {len(z)} training latents = {s:.4f}")
+        self.latent.s()  # checked once here, so the training step need not read it back from the device
+        labels = getattr(getattr(dm, "train_set", None), "labels", None)  # the built-in digits, folders with labels
+        if self.hparams.num_classes and labels is not None and len(labels):
+            top = int(max(labels))
+            if top >= self.hparams.num_classes:
+                raise ValueError(f"label {top} in the data, but model.num_classes={self.hparams.num_classes}: "
+                                 "set model.num_classes to the number of classes")
 
     # ------------------------------------------------------------------ forward
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -153,14 +160,14 @@ class DiffusionModule(L.LightningModule):
     # ------------------------------------------------------------------ training
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         if "latent" in batch:  # cached latents (data.latent_cache)
-            x0 = batch["latent"] * self.latent.s()  # (B, c, h, w)
+            x0 = batch["latent"] * self.latent.s(check=False)  # (B, c, h, w)
         else:
-            x0 = self.latent.encode(batch["image"])  # (B, c, H/f, W/f); pixel space: (B, C, H, W) in [-1, 1]
+            x0 = self.latent.encode(batch["image"], check=False)  # (B, c, H/f, W/f); pixel space: (B, C, H, W) in [-1, 1]
         cond = None
         if "cond_code" in batch:
-            cond = self.latent.scale_condition(batch["cond_code"])
+            cond = self.latent.scale_condition(batch["cond_code"], check=False)
         elif "cond" in batch:
-            cond = self.latent.scale_condition(self.latent.condition_code(batch["cond"]))
+            cond = self.latent.scale_condition(self.latent.condition_code(batch["cond"]), check=False)
         if self.hparams.residual:
             x0 = (x0 - cond) * self.hparams.residual_scale  # the diffused data is what the condition misses
         net = self.net
@@ -168,8 +175,19 @@ class DiffusionModule(L.LightningModule):
             y = self.training_labels(batch)
             net = lambda x_t, t, c=None: self.net(x_t, t, c, y)  # noqa: E731
         loss = self.diffusion.loss(net, x0, cond)
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=x0.shape[0])
+        self.log_loss(loss.detach(), x0.shape[0])
         return loss
+
+    def log_loss(self, loss: torch.Tensor, batch_size: int) -> None:
+        """Sum the loss on the device and log its mean every log_every_n_steps steps: reading a value back
+        (as the progress bar does for every logged value) waits for the GPU, so it happens once per interval."""
+        self.loss_sum = loss if getattr(self, "loss_sum", None) is None else self.loss_sum + loss
+        self.loss_count = getattr(self, "loss_count", 0) + 1
+        every = self.trainer.log_every_n_steps if self._trainer is not None else 1
+        if (self.global_step + 1) % max(every, 1) == 0:  # logged as a host tensor: the progress bar reads it for free
+            self.log("train/loss", (self.loss_sum / self.loss_count).cpu(), prog_bar=True, on_step=True, on_epoch=False,
+                     batch_size=batch_size)
+            self.loss_sum, self.loss_count = None, 0
 
     def training_labels(self, batch: dict) -> torch.Tensor:
         """The batch's labels (B,), a random label_dropout share replaced by the null label."""
@@ -178,11 +196,19 @@ class DiffusionModule(L.LightningModule):
             raise ValueError(f"model.num_classes={h.num_classes} needs labelled data: data.labels=true for a folder "
                              "(labels from sub-folder names) or the digits")
         y = batch["label"].long()
-        if y.min() < 0 or y.max() >= h.num_classes:
-            raise ValueError(f"label {int(y.max())} in the data, but model.num_classes={h.num_classes}: "
-                             f"set model.num_classes to the number of classes")
         drop = torch.rand(y.shape, device=y.device) < h.label_dropout
         return torch.where(drop, torch.full_like(y, h.num_classes), y)
+
+    def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
+        """Data sets without a `labels` list (checked at the start of fit): the first batch's labels are checked
+        here, once, not in the step (the check reads the device)."""
+        h = self.hparams
+        if h.num_classes and "label" in batch and not getattr(self, "labels_checked", False):
+            y = batch["label"]
+            if y.min() < 0 or y.max() >= h.num_classes:
+                raise ValueError(f"label {int(y.max())} in the data, but model.num_classes={h.num_classes}: "
+                                 f"set model.num_classes to the number of classes")
+            self.labels_checked = True
 
     def class_labels(self, labels, num: int) -> torch.Tensor:
         """Labels (num,) on the model's device from an int or a sequence; errors for unknown classes."""

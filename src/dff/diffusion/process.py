@@ -26,6 +26,7 @@ from .schedules import make_betas
 Prediction = Literal["eps", "x0", "v"]
 PREDICTIONS: tuple[str, ...] = ("eps", "x0", "v")
 WEIGHTINGS: tuple[str, ...] = ("none", "min_snr")
+TABLES: tuple[str, ...] = ("betas", "alphas", "alpha_bar", "alpha_bar_prev", "beta_tilde")  # per-timestep, float64
 Model = Callable[..., torch.Tensor]
 
 
@@ -108,15 +109,27 @@ class GaussianDiffusion:
         self.beta_tilde = self.betas * (1 - self.alpha_bar_prev) / (1 - self.alpha_bar)
 
     # ---------------------------------------------------------------- helpers
-    @staticmethod
-    def gather(a: torch.Tensor, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    def on_device(self, a: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """The table a copied to `device` once and kept: a training step indexes tables already there,
+        instead of copying them from the host (which waits for the GPU) at every call."""
+        if a.device == device:
+            return a
+        name = next((n for n in TABLES if getattr(self, n) is a), None)
+        if name is None:  # not one of this process's tables: copied, not kept
+            return a.to(device)
+        cache = self.__dict__.setdefault("_device_tables", {})
+        if (name, device) not in cache:
+            cache[name, device] = a.to(device)
+        return cache[name, device]
+
+    def gather(self, a: torch.Tensor, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """a[t] (float64 table, (B,) long index) reshaped to broadcast against x: (B, 1, 1, ...)."""
-        out = a.to(t.device)[t].to(x.dtype)
+        out = self.on_device(a, t.device)[t].to(x.dtype)
         return out.reshape(-1, *([1] * (x.dim() - 1)))
 
     def snr(self, t: torch.Tensor) -> torch.Tensor:
         """SNR(t) = alpha_bar_t / (1 - alpha_bar_t), float64, shape of t."""
-        ab = self.alpha_bar.to(t.device)[t]
+        ab = self.on_device(self.alpha_bar, t.device)[t]
         return ab / (1 - ab)
 
     # ---------------------------------------------------------------- forward process
