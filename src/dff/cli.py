@@ -20,7 +20,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from . import __version__
+from . import __version__, runs
 from .diffusion import SAMPLERS, default_steps
 from .train import fit
 
@@ -37,11 +37,11 @@ def pick_device(name: str) -> torch.device:
 
 
 def check_out_dir(out: Path, overwrite: bool) -> None:
-    """Refuse to write into a folder that already holds files, unless asked to."""
-    if out.exists() and not out.is_dir():
-        raise SystemExit(f"dff: --out {out} is a file; expected a folder")
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise SystemExit(f"dff: output folder {out} already holds files; choose another --out or pass --overwrite")
+    """runs.check_out_dir, as a one-line command-line error."""
+    try:
+        runs.check_out_dir(out, overwrite)
+    except ValueError as e:
+        raise SystemExit(f"dff: {e}") from None
 
 
 def load_model(weights: str, device: str):

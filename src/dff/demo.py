@@ -8,11 +8,10 @@ from typing import Optional
 
 import torch
 
-from .autoencoders import to_image_space
 from .callbacks import RunReport, run_dir
 from .data.builtin import PhotoPatches
-from .diffusion import ddim
 from .evaluation.reconstruction import evaluate_autoencoder, reconstruction_images
+from .explore import model_trajectory
 from .train import CONFIG_DIR, fit
 from .viz import plot_loss, plot_trajectory, save_grid
 
@@ -49,18 +48,8 @@ def refresh_report(trainer) -> None:
 
 def trajectory(model, num: int = 6, steps: int = 50, keep=(0, 5, 10, 20, 30, 40, 45, 48, 49),
                seed: int = 1) -> list[tuple[int, torch.Tensor]]:
-    """(t, x_t in [0, 1]) for x_T and after the DDIM steps in `keep`, for `num` samples of a pixel-space model."""
-    h = model.hparams
-    g = torch.Generator().manual_seed(seed)
-    x_T = torch.randn(num, h.channels, h.image_size, h.image_size, generator=g)  # (num, C, H, W)
-    states = [(h.timesteps, to_image_space(x_T))]
-
-    def record(s: dict) -> None:
-        if s["i"] in keep:
-            states.append((s["t"], to_image_space(s["x_t"]).cpu()))
-
-    ddim(model.ema, model.diffusion, x_T, steps=steps, clip_x0=True, progress=False, callback=record)
-    return states
+    """(t, x_t in [0, 1]) for x_T and after the DDIM steps in `keep`, for `num` samples (explore.model_trajectory)."""
+    return model_trajectory(model, num=num, steps=steps, keep=keep, frames=0, seed=seed)[0]
 
 
 def latent_demo(out: Optional[str] = None, max_steps: Optional[int] = None,

@@ -11,7 +11,7 @@ trained model's denoising trajectory (strip and animated GIF). Seconds on a CPU.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -21,6 +21,7 @@ from .autoencoders import to_model_space
 from .data.builtin import source_arrays
 from .data.folder import load_image, to_tensor
 from .diffusion import SCHEDULES, GaussianDiffusion, ddim
+from .runs import check_out_dir
 from .viz import (forward_process_figure, plot_trajectory, reverse_chain_figure, save_gif, schedules_figure,
                   steps_vs_jump_figure, x0_prediction_figure)
 
@@ -54,19 +55,11 @@ def explore_image(path: Optional[str | Path], size: int) -> torch.Tensor:
     return to_model_space(to_tensor(center_square(im, size)))
 
 
-def check_out(out: Path, overwrite: bool) -> None:
-    """Refuse a file as --out, or a folder that already holds files unless overwrite."""
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file; give a folder")
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise ValueError(f"--out {out} already holds files; choose another folder or pass --overwrite")
-
-
-def model_trajectory(model, *, num: int = 6, steps: int = 50, frames: int = 25, seed: int = 0
-                     ) -> tuple[list[tuple[int, torch.Tensor]], list[torch.Tensor]]:
+def model_trajectory(model, *, num: int = 6, steps: int = 50, keep: Optional[Sequence[int]] = None,
+                     frames: int = 25, seed: int = 0) -> tuple[list[tuple[int, torch.Tensor]], list[torch.Tensor]]:
     """The DDIM trajectory of an unconditional model (pixel or latent): (strip, gif_frames), the strip
-    x_T and x_t after 9 of the steps (decoded to images in [0, 1]), the GIF about `frames` frames of
-    x_t from noise to the samples."""
+    x_T and x_t after the steps in `keep` (default 9 spread over the run; decoded to images in [0, 1]),
+    the GIF about `frames` frames of x_t from noise to the samples (frames=0: none)."""
     h = model.hparams
     if h.cond_channels:
         raise ValueError("explore --run draws the trajectory of unconditional models; this one is image-to-image "
@@ -75,17 +68,18 @@ def model_trajectory(model, *, num: int = 6, steps: int = 50, frames: int = 25, 
     g = torch.Generator().manual_seed(seed)
     x_T = torch.randn(num, model.latent.channels, h.image_size // f, h.image_size // f, generator=g)  # (num, c, h, w)
     x_T = x_T.to(model.device)
-    keep = set(np.linspace(0, steps - 1, 9).round().astype(int).tolist())
-    every = max(1, steps // frames)
+    keep = set(keep if keep is not None else np.linspace(0, steps - 1, 9).round().astype(int).tolist())
+    every = max(1, steps // frames) if frames else None
     strip = [(h.timesteps, model.latent.decode(x_T).cpu())]
-    gif = [strip[0][1]]
+    gif = [strip[0][1]] if frames else []
 
     def record(s: dict) -> None:
-        if s["i"] in keep or s["i"] % every == 0:
+        in_gif = every is not None and (s["i"] % every == 0 or s["i"] == steps - 1)
+        if s["i"] in keep or in_gif:
             image = model.latent.decode(s["x_t"]).cpu()  # (num, C, H, W) in [0, 1]
             if s["i"] in keep:
                 strip.append((s["t"], image))
-            if s["i"] % every == 0 or s["i"] == steps - 1:
+            if in_gif:
                 gif.append(image)
 
     with torch.no_grad():
@@ -104,7 +98,7 @@ def explore(out: str | Path, *, image: Optional[str | Path] = None, schedule: st
     if timesteps < 10 or size < 8:
         raise ValueError(f"--timesteps must be at least 10 and --size at least 8, got {timesteps} and {size}")
     out = Path(out)
-    check_out(out, overwrite)
+    check_out_dir(out, overwrite)
     model = None
     if run is not None:  # load first: a bad run folder fails before anything is written
         from .pretrained import load_pretrained

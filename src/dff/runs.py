@@ -104,3 +104,12 @@ def atomic_folder(folder: Union[str, Path]) -> Iterator[Path]:
         shutil.rmtree(old)
     else:
         partial.rename(folder)
+
+
+def check_out_dir(out: Path, overwrite: bool) -> None:
+    """Refuse a file as an output folder, or a folder that already holds files unless overwrite: nothing the
+    user had is overwritten silently (`dff sample`, `translate`, `explore`)."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; expected a folder")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise ValueError(f"output folder {out} already holds files; choose another --out or pass --overwrite")
