@@ -115,9 +115,24 @@ class DiffusionModule(L.LightningModule):
                                            zero_terminal_snr=zero_terminal_snr, loss_weighting=loss_weighting,
                                            min_snr_gamma=min_snr_gamma, offset_noise=offset_noise)
 
+    memory_format = torch.contiguous_format  # torch.channels_last after use_channels_last()
+
     @property
     def is_latent(self) -> bool:
         return self.latent.is_latent
+
+    # ------------------------------------------------------------------ speed options (speed.py)
+    def use_channels_last(self) -> None:
+        """NHWC weights for the network and its EMA copy, and NHWC inputs in training and sampling."""
+        self.memory_format = torch.channels_last
+        self.net.to(memory_format=torch.channels_last)
+        self.ema.to(memory_format=torch.channels_last)
+
+    def compile_net(self, backend: str = "inductor", mode: Optional[str] = None) -> None:
+        """torch.compile the training network in place (nn.Module.compile): its parameters and their names in
+        checkpoints and exports stay those of the plain module, and the EMA copy (made at construction) and
+        sampling stay uncompiled. Shapes are static: the training loader drops the short last batch."""
+        self.net.compile(backend=backend, mode=mode, dynamic=False)
 
     @property
     def size_factor(self) -> int:
@@ -170,6 +185,9 @@ class DiffusionModule(L.LightningModule):
             cond = self.latent.scale_condition(self.latent.condition_code(batch["cond"]), check=False)
         if self.hparams.residual:
             x0 = (x0 - cond) * self.hparams.residual_scale  # the diffused data is what the condition misses
+        if self.memory_format is not torch.contiguous_format:  # x_t and the noise inherit NHWC from x0
+            x0 = x0.contiguous(memory_format=self.memory_format)
+            cond = None if cond is None else cond.contiguous(memory_format=self.memory_format)
         net = self.net
         if self.hparams.num_classes:
             y = self.training_labels(batch)
@@ -331,7 +349,7 @@ class DiffusionModule(L.LightningModule):
         net = self.ema if use_ema else self.net
         was_training = net.training
         net.eval()
-        x_T = randn((num, self.latent.channels, *size), generator, self.device)
+        x_T = randn((num, self.latent.channels, *size), generator, self.device).contiguous(memory_format=self.memory_format)
         model = net
         if labels is not None:
             model = ClassifierFreeGuidance(net, self.class_labels(labels, num), scale=guidance, null=h.num_classes)

@@ -23,6 +23,7 @@ from .data.datamodule import condition_channels, condition_kind
 from .module import DiffusionModule
 from .runs import AtomicCheckpointIO, RunLogger, newest_last_checkpoint, resume_config_name, run_version
 from .safe_load import refusal
+from .speed import Speed, choose_precision
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
@@ -50,6 +51,7 @@ class DffCLI(LightningCLI):
                              "checkpoint.save_top_k": 3, "checkpoint.monitor": "step", "checkpoint.mode": "max",
                              "checkpoint.filename": "step_{step:06d}", "checkpoint.auto_insert_metric_name": False})
         parser.add_lightning_class_args(SampleGrid, "samples")
+        parser.add_lightning_class_args(Speed, "speed")  # compile, channels_last, tf32, cudnn_benchmark (speed.py)
 
     clean_errors = False  # the command line: a bad setting ends with "dff: message", not a traceback
 
@@ -83,6 +85,8 @@ class DffCLI(LightningCLI):
                 from lightning.pytorch.loggers import TensorBoardLogger
                 loggers.append(TensorBoardLogger(root, name="", version=csv_logger.version))
             kwargs["logger"] = loggers
+        # trainer.precision: null (the default) picks per device; a precision the device cannot honour falls back
+        kwargs["precision"] = choose_precision(cfg.get("precision"), cfg.get("accelerator"))
         if not cfg.get("plugins"):  # given here, not as a default, so that config.yaml stays loadable
             kwargs["plugins"] = [AtomicCheckpointIO()]
         return super().instantiate_trainer(**kwargs)

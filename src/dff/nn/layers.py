@@ -82,7 +82,8 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # residual: x + attn(norm(x))
         B, _, H, W = x.shape
-        q, k, v = self.to_qkv(self.norm(x)).reshape(B, 3, self.heads, -1, H * W).transpose(-1, -2).unbind(1)  # (B, h, N, d)
+        qkv = self.to_qkv(self.norm(x)).reshape(B, 3, self.heads, -1, H * W).transpose(-1, -2)  # (B, 3, h, N, d)
+        q, k, v = (a.contiguous() for a in qkv.unbind(1))  # contiguous: SDPA's flash and memory-efficient kernels
         out = F.scaled_dot_product_attention(q, k, v)  # (B, h, N, d)
         return x + self.to_out(out.transpose(-1, -2).reshape(B, -1, H, W))
 

@@ -1,0 +1,100 @@
+"""Speed options of a training run, each a config key whose default is chosen for the device.
+
+    trainer.precision   null -> bf16-mixed on a CUDA GPU with bf16 (16-mixed without), 32-true on the CPU
+    speed.compile       null -> torch.compile of the network on CUDA (in place: weights keep their names)
+    speed.channels_last null -> on CUDA: NHWC tensors, which the tensor cores' convolutions want
+    speed.tf32          null -> on CUDA: float32 matrix products on the tensor cores (10-bit mantissa)
+    speed.cudnn_benchmark null -> on CUDA: cuDNN times its convolution algorithms once per shape
+
+None of them changes what is learned beyond rounding (benchmarks/train_speed.py measures speed and a
+quality gate). An option the hardware cannot honour falls back with one line, never a crash mid-run.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import lightning as L
+import torch
+
+HALF = ("16", "16-mixed", "16-true", 16)
+BF16 = ("bf16", "bf16-mixed", "bf16-true")
+
+
+def on_cuda(accelerator: Optional[str]) -> bool:
+    """Will a trainer with this accelerator setting run on a CUDA GPU?"""
+    return str(accelerator or "auto") in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+
+
+def choose_precision(precision, accelerator: Optional[str]) -> str:
+    """The precision a run gets: `precision` if the device can honour it, else a fallback (with one line);
+    None picks per device: bf16-mixed on a CUDA GPU with bf16, 16-mixed on an older one, 32-true on the CPU
+    (bf16 autocast is slower than float32 on CPUs without AMX; benchmarks/train_speed.py measures it)."""
+    cuda = on_cuda(accelerator)
+    if precision is None:
+        if not cuda:
+            return "32-true"
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    if precision in HALF and not cuda:
+        print(f"dff: trainer.precision={precision}: float16 needs a CUDA GPU; training in 32-true on the CPU")
+        return "32-true"
+    if precision in BF16 and cuda and not torch.cuda.is_bf16_supported():
+        fallback = "16-mixed" if precision != "bf16-true" else "16-true"
+        print(f"dff: trainer.precision={precision}: {torch.cuda.get_device_name()} has no bf16; using {fallback} "
+              "(with loss scaling)")
+        return fallback
+    return str(precision)
+
+
+class Speed(L.Callback):
+    """Applies the speed options to a DiffusionModule (or any module with a `net`) when fit sets up."""
+
+    def __init__(
+        self,
+        compile: Optional[bool] = None,  # torch.compile the network (None: on CUDA)
+        compile_backend: Optional[str] = None,  # torch.compile backend (None: inductor); on the CPU only an explicit one compiles
+        compile_mode: Optional[str] = None,  # torch.compile mode: None (default) | reduce-overhead | max-autotune
+        channels_last: Optional[bool] = None,  # NHWC weights and activations (None: on CUDA)
+        tf32: Optional[bool] = None,  # TF32 matrix products for float32 (None: on CUDA)
+        cudnn_benchmark: Optional[bool] = None,  # cuDNN autotuning per input shape (None: on CUDA)
+        verbose: bool = True,  # print the options chosen, one line
+    ):
+        self.compile, self.compile_backend, self.compile_mode = compile, compile_backend, compile_mode
+        self.channels_last, self.tf32, self.cudnn_benchmark, self.verbose = channels_last, tf32, cudnn_benchmark, verbose
+        self.chosen: dict[str, object] = {}
+
+    def resolve(self, cuda: bool) -> dict[str, object]:
+        """The options for this device: each None becomes `cuda`; compile on the CPU needs an explicit backend
+        (inductor's C++ code generation takes minutes there and rarely pays)."""
+        pick = lambda v: cuda if v is None else bool(v)  # noqa: E731
+        compile_ = pick(self.compile)
+        if compile_ and not cuda and self.compile_backend in (None, "inductor"):
+            if self.compile:  # asked for explicitly
+                print("dff: speed.compile=true on the CPU: inductor compiles for minutes there and rarely pays; training "
+                      "uncompiled (set speed.compile_backend, e.g. aot_eager, to compile anyway)")
+            compile_ = False
+        return {"compile": compile_, "compile_backend": self.compile_backend or "inductor",
+                "compile_mode": self.compile_mode, "channels_last": pick(self.channels_last),
+                "tf32": pick(self.tf32) and cuda, "cudnn_benchmark": pick(self.cudnn_benchmark) and cuda}
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        cuda = trainer.strategy.root_device.type == "cuda"
+        o = self.chosen = self.resolve(cuda)
+        apply(pl_module, **o)
+        if self.verbose and trainer.is_global_zero:
+            on = [k for k in ("compile", "channels_last", "tf32", "cudnn_benchmark") if o[k]]
+            print(f"speed: precision {trainer.precision}; " + (", ".join(on) if on else "no speed options")
+                  + (f" (compile backend {o['compile_backend']})" if o["compile"] else ""))
+
+
+def apply(module, *, compile: bool = False, compile_backend: str = "inductor", compile_mode: Optional[str] = None,
+          channels_last: bool = False, tf32: bool = False, cudnn_benchmark: bool = False) -> None:
+    """Set the options on `module` (its `net`, and `ema` when it has one) and on torch's backends."""
+    if tf32:
+        torch.set_float32_matmul_precision("high")  # cuDNN's convolutions use TF32 by default already
+    torch.backends.cudnn.benchmark = bool(cudnn_benchmark) or torch.backends.cudnn.benchmark
+    if channels_last:
+        module.use_channels_last()
+    if compile:
+        module.compile_net(backend=compile_backend, mode=compile_mode)

@@ -1,0 +1,152 @@
+"""Speed options (speed.py): each trains on the CPU to a finite loss, none changes the function computed beyond
+rounding, compile keeps the weights' names and does not recompile, and an option the device cannot honour
+falls back with one line."""
+import lightning as L
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from dff.data.datamodule import ImageDataModule
+from dff.module import PixelDiffusion
+from dff.pretrained import save_pretrained
+from dff.speed import Speed, apply, choose_precision
+
+SMALL = dict(image_size=16, channels=1, dim=8, dim_mults=[1, 2], timesteps=100)
+
+
+def fixed_loss(model: PixelDiffusion, x0: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """L_simple on a fixed batch with fixed t and noise (the module's own loss, its randomness seeded)."""
+    torch.manual_seed(seed)
+    return model.diffusion.loss(model.net, x0)
+
+
+def random_model(**options) -> PixelDiffusion:
+    """A small model whose weights are all random (ADM zero-initialises its output layer, so the prediction of a
+    fresh one is 0 whatever the precision)."""
+    torch.manual_seed(0)
+    model = PixelDiffusion(**{**SMALL, **options})
+    with torch.no_grad():
+        for p in model.net.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model
+
+
+def fit(model, tmp_path, max_steps=2, precision="32-true", speed=None, batch_size=8):
+    dm = ImageDataModule(dataset="digits", image_size=16, channels=1, batch_size=batch_size, num_workers=0)
+    losses = []
+
+    class Record(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            losses.append(outputs["loss"].detach().float())
+
+    trainer = L.Trainer(max_steps=max_steps, accelerator="cpu", precision=precision, logger=False,
+                        enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=False,
+                        callbacks=[Record(), speed or Speed()])
+    trainer.fit(model, datamodule=dm)
+    return torch.stack(losses)
+
+
+# ---------------------------------------------------------------- defaults and fallbacks per device
+def test_precision_per_device(monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert choose_precision(None, "auto") == "32-true"  # CPU: float32 (bf16 autocast is slower without AMX)
+    assert choose_precision("bf16-mixed", "cpu") == "bf16-mixed"  # honoured: the CPU has bf16 autocast
+    assert choose_precision("16-mixed", "auto") == "32-true"
+    assert "float16 needs a CUDA GPU" in capsys.readouterr().out
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert choose_precision(None, "auto") == "bf16-mixed"
+    assert choose_precision(None, "cpu") == "32-true"  # a GPU present, the CPU asked for
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Tesla V100")
+    assert choose_precision(None, "gpu") == "16-mixed"
+    assert choose_precision("bf16-mixed", "gpu") == "16-mixed"
+    assert "Tesla V100 has no bf16; using 16-mixed" in capsys.readouterr().out
+
+
+def test_options_default_per_device(capsys):
+    assert Speed().resolve(cuda=False) == {"compile": False, "compile_backend": "inductor", "compile_mode": None,
+                                           "channels_last": False, "tf32": False, "cudnn_benchmark": False}
+    on = Speed().resolve(cuda=True)
+    assert on["compile"] and on["channels_last"] and on["tf32"] and on["cudnn_benchmark"]
+    assert not Speed(compile=False, channels_last=False).resolve(cuda=True)["compile"]
+    assert Speed(compile=True).resolve(cuda=False)["compile"] is False  # inductor on the CPU: falls back, says so
+    assert "training uncompiled" in capsys.readouterr().out
+    assert Speed(compile=True, compile_backend="aot_eager").resolve(cuda=False)["compile"] is True
+
+
+# ---------------------------------------------------------------- each option: same function, finite training
+@pytest.mark.parametrize("backbone", ["adm", "convnext"])
+def test_channels_last_computes_the_same_loss_and_exports_plain_weights(tmp_path, backbone):
+    model = random_model(backbone=backbone, attention=True)
+    x0 = torch.rand(4, 1, 16, 16) * 2 - 1
+    ref = fixed_loss(model, x0)
+    apply(model, channels_last=True)
+    conv = next(p for p in model.net.parameters() if p.dim() == 4 and p.shape[1] > 1 and p.shape[-1] > 1)
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    assert torch.allclose(fixed_loss(model, x0.contiguous(memory_format=torch.channels_last)), ref, rtol=1e-5)
+    weights = load_file(save_pretrained(model, tmp_path / "export") / "model.safetensors")
+    assert set(weights) == set(model.ema.model.state_dict())
+
+
+@pytest.mark.parametrize("backbone", ["adm", "convnext"])
+def test_bf16_autocast_loss_agrees_with_float32(backbone):
+    model = random_model(backbone=backbone, attention=True)
+    x0 = torch.rand(8, 1, 16, 16) * 2 - 1
+    ref = fixed_loss(model, x0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = fixed_loss(model, x0)
+    assert low.dtype == torch.float32 and torch.isfinite(low)
+    assert abs(low - ref) / ref < 2e-2  # bf16 keeps 8 bits of mantissa: ~0.4% per operation
+    assert abs(low - ref) > 0  # autocast did change the arithmetic
+
+
+@pytest.mark.parametrize("backbone", ["adm", "convnext"])
+def test_compile_aot_eager_matches_eager_forward_and_backward(backbone):
+    """aot_eager traces forward and backward through dynamo and AOTAutograd (what inductor compiles on a GPU)."""
+    model = random_model(backbone=backbone, attention=True)
+    names = list(model.state_dict())
+    x0 = torch.rand(4, 1, 16, 16) * 2 - 1
+    ref = fixed_loss(model, x0)
+    ref.backward()
+    ref_grads = [p.grad.clone() for p in model.net.parameters()]
+    model.zero_grad()
+    apply(model, compile=True, compile_backend="aot_eager")
+    out = fixed_loss(model, x0)
+    out.backward()
+    assert torch.allclose(out, ref, rtol=1e-5)
+    for g, r in zip((p.grad for p in model.net.parameters()), ref_grads):
+        assert torch.allclose(g, r, rtol=1e-4, atol=1e-6)
+    assert list(model.state_dict()) == names  # in place: no `_orig_mod.` in checkpoints
+    assert model.net._compiled_call_impl is not None and model.ema.model._compiled_call_impl is None
+
+
+def test_every_option_trains_two_steps_to_a_finite_loss_and_compile_does_not_recompile(tmp_path):
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    plain = fit(PixelDiffusion(**SMALL), tmp_path, max_steps=2)
+    for precision, speed in [("bf16-mixed", Speed()), ("32-true", Speed(channels_last=True)),
+                             ("bf16-mixed", Speed(compile=True, compile_backend="aot_eager", channels_last=True))]:
+        torch.manual_seed(0)
+        model = PixelDiffusion(**SMALL)
+        # 6 steps: t, the noise and the data change every step; 1797 digits / 8 leaves a short last batch, dropped
+        steps = 6 if speed.compile else 2
+        with torch._dynamo.config.patch(error_on_recompile=True):
+            losses = fit(model, tmp_path, max_steps=steps, precision=precision, speed=speed)
+        assert len(losses) == steps and torch.isfinite(losses).all()
+        assert torch.allclose(losses[:2], plain, rtol=3e-2), (precision, speed.chosen, losses, plain)  # same data, same seed
+
+
+def test_fit_command_applies_the_options(tmp_path, capsys):
+    from dff.train import fit as dff_fit
+
+    cli = dff_fit(["--config", "configs/pixel_digits.yaml", "--trainer.max_steps", "2", "--samples.every_n_steps", "0",
+                   "--trainer.default_root_dir", str(tmp_path), "--model.dim", "8", "--speed.channels_last", "true",
+                   "--trainer.precision", "16-mixed", "--trainer.accelerator", "cpu"])
+    out = capsys.readouterr().out
+    assert "float16 needs a CUDA GPU; training in 32-true" in out and "speed: precision 32-true; channels_last" in out
+    assert cli.model.memory_format == torch.channels_last and str(cli.trainer.precision) == "32-true"
+    weights = load_file(tmp_path / "version_0" / "export" / "model.safetensors")
+    assert set(weights) == set(cli.model.ema.model.state_dict())
