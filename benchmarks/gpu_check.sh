@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# The GPU check of the speed work, end to end in about 7 minutes on one H100 or H200:
+#   bash benchmarks/gpu_check.sh            (from the repository root, on a machine with a CUDA GPU)
+# 1. installs what the machine lacks: the project itself from src/ (PYTHONPATH) and its Python dependencies
+#    missing there, from wheels in .whl/ when the machine has no network, else from the package index;
+# 2. benchmarks/train_speed.py: each speed option on and off (the original's 64x64 U-Net, the latent config's
+#    U-Net on cached latents), images/s, ms/step, peak memory, FLOP/s, sampling images/s;
+# 3. benchmarks/quality_gate.py: the digits config trained float32 (two seeds) and fast, loss and FID/KID compared;
+# 4. writes benchmarks/results/speed-<device>.json and quality_gate-<device>.json (copied to $OUT when set) and
+#    commits them when run inside a git checkout (DFF_COMMIT=0 to skip).
+# Budgets: SPEED_BUDGET_S (default 210) for the speed table, GATE_TIMEOUT_S (default 170) for the gate.
+set -u -o pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+export PYTHONUNBUFFERED=1
+
+if ! "$PY" -c "import jsonargparse, docstring_parser, typeshed_client" 2>/dev/null; then
+  if ls .whl/*.whl >/dev/null 2>&1; then
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --target /tmp/dff-site .whl/*.whl || exit 1
+    export PYTHONPATH=/tmp/dff-site
+  else
+    "$PY" -m pip install -q "jsonargparse[signatures]>=4.27" || exit 1
+  fi
+fi
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
+"$PY" - <<'EOF' || exit 1
+import torch, lightning, dff
+assert torch.cuda.is_available(), "no CUDA GPU: gpu_check.sh is for a GPU machine (benchmarks/train_speed.py runs on the CPU too)"
+print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, lightning {lightning.__version__}, dff {dff.__version__}")
+EOF
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv,noheader || true
+
+SLUG=$("$PY" -c "import torch; print(''.join(c if c.isalnum() else '-' for c in torch.cuda.get_device_name()).strip('-'))")
+RESULTS=benchmarks/results
+mkdir -p "$RESULTS"
+LOG=${OUT:-/tmp}/gpu_check.log
+start=$(date +%s)
+
+timeout $(( ${SPEED_BUDGET_S:-210} + 60 )) "$PY" benchmarks/train_speed.py --budget-s "${SPEED_BUDGET_S:-210}" \
+  --out "$RESULTS/speed-$SLUG.json" 2>&1 | tee "$LOG"
+echo "speed benchmark: $(( $(date +%s) - start )) s" | tee -a "$LOG"
+
+timeout "${GATE_TIMEOUT_S:-170}" "$PY" benchmarks/quality_gate.py --parallel --out /tmp/dff-quality-gate 2>&1 \
+  | grep -v "it/s" | tail -n 20 | tee -a "$LOG"
+[ -f /tmp/dff-quality-gate/quality_gate.json ] && cp /tmp/dff-quality-gate/quality_gate.json "$RESULTS/quality_gate-$SLUG.json"
+echo "gpu_check: $(( $(date +%s) - start )) s in all" | tee -a "$LOG"
+
+if [ -n "${OUT:-}" ]; then
+  cp "$RESULTS/speed-$SLUG.json" "$OUT/" 2>/dev/null
+  cp "$RESULTS/quality_gate-$SLUG.json" "$OUT/" 2>/dev/null
+fi
+if [ "${DFF_COMMIT:-1}" = 1 ] && git rev-parse --git-dir >/dev/null 2>&1; then
+  git add "$RESULTS"/*-"$SLUG".json && git commit -qm "GPU check on $SLUG: speed table and quality gate" -- "$RESULTS" \
+    && echo "committed $RESULTS/*-$SLUG.json"
+fi
+exit 0
