@@ -134,6 +134,13 @@ class DiffusionModule(L.LightningModule):
         sampling stay uncompiled. Shapes are static: the training loader drops the short last batch."""
         self.net.compile(backend=backend, mode=mode, dynamic=False)
 
+    def plain(self) -> None:
+        """Undo use_channels_last and compile_net (Speed does, at the end of fit)."""
+        self.memory_format = torch.contiguous_format
+        self.net.to(memory_format=torch.contiguous_format)
+        self.ema.to(memory_format=torch.contiguous_format)
+        self.net._compiled_call_impl = None  # nn.Module.compile's handle: the eager forward again
+
     @property
     def size_factor(self) -> int:
         """Image sides must be multiples of this: the autoencoder's factor times the U-Net's."""
@@ -249,7 +256,9 @@ class DiffusionModule(L.LightningModule):
             return
         out = self.sample(cond=batch["cond"], sampler="ddim", steps=self.hparams.val_steps, seed=batch_idx,
                           progress=False)
-        scores = translation_scores(out, batch["image"], batch["cond"], condition=self.hparams.condition)
+        with torch.autocast(self.device.type, enabled=False):  # scores (and the bicubic baseline) in float32
+            scores = translation_scores(out.float(), batch["image"].float(), batch["cond"].float(),
+                                        condition=self.hparams.condition)
         for k, v in scores.items():
             self.log(f"val/{k}", v, batch_size=out.shape[0], sync_dist=True)
 

@@ -1,8 +1,9 @@
 """Speed options of a training run, each a config key whose default is chosen for the device.
 
-    trainer.precision   null -> bf16-mixed on a CUDA GPU with bf16 (16-mixed without), 32-true on the CPU
-    speed.compile       null -> torch.compile of the network on CUDA (in place: weights keep their names)
-    speed.channels_last null -> on CUDA: NHWC tensors, which the tensor cores' convolutions want
+    trainer.precision   null -> bf16-mixed on a CUDA GPU with bf16 (16-mixed without) and on a CPU with AMX-bf16,
+                                32-true on other CPUs
+    speed.compile       null -> off: torch.compile of the network (in place: weights keep their names) when true
+    speed.channels_last null -> on CUDA and on a CPU with AMX-bf16: NHWC tensors, which their convolutions want
     speed.tf32          null -> on CUDA: float32 matrix products on the tensor cores (10-bit mantissa)
     speed.cudnn_benchmark null -> on CUDA: cuDNN times its convolution algorithms once per shape
 
@@ -25,14 +26,24 @@ def on_cuda(accelerator: Optional[str]) -> bool:
     return str(accelerator or "auto") in ("auto", "gpu", "cuda") and torch.cuda.is_available()
 
 
-def choose_precision(precision, accelerator: Optional[str]) -> str:
+def cpu_has_amx_bf16() -> bool:
+    """Does this CPU multiply bf16 matrices in hardware (Intel AMX with AVX512-bf16)? There bf16 autocast and
+    NHWC make the digits demo's training step 1.5x faster (docs/benchmarks.md); elsewhere bf16 is emulated."""
+    try:
+        return bool(torch.cpu._is_amx_tile_supported() and torch.cpu._is_avx512_bf16_supported())
+    except AttributeError:  # an older torch
+        return False
+
+
+def choose_precision(precision, accelerator: Optional[str], cpu_bf16: bool = True) -> str:
     """The precision a run gets: `precision` if the device can honour it, else a fallback (with one line);
-    None picks per device: bf16-mixed on a CUDA GPU with bf16, 16-mixed on an older one, 32-true on the CPU
-    (bf16 autocast is slower than float32 on CPUs without AMX; benchmarks/train_speed.py measures it)."""
+    None picks per device: bf16-mixed on a CUDA GPU with bf16, 16-mixed on an older one, bf16-mixed on a CPU
+    with AMX-bf16 when `cpu_bf16` (`dff fit`: pixel-space diffusion, the setting the quality gate measured),
+    32-true on other CPUs (benchmarks/train_speed.py and quality_gate.py measure each)."""
     cuda = on_cuda(accelerator)
     if precision is None:
         if not cuda:
-            return "32-true"
+            return "bf16-mixed" if cpu_bf16 and cpu_has_amx_bf16() else "32-true"
         return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
     if precision in HALF and not cuda:
         print(f"dff: trainer.precision={precision}: float16 needs a CUDA GPU; training in 32-true on the CPU")
@@ -50,10 +61,10 @@ class Speed(L.Callback):
 
     def __init__(
         self,
-        compile: Optional[bool] = None,  # torch.compile the network (None: on CUDA)
+        compile: Optional[bool] = None,  # torch.compile the network (None: off; inductor took > 166 s on an H200, see docs)
         compile_backend: Optional[str] = None,  # torch.compile backend (None: inductor); on the CPU only an explicit one compiles
         compile_mode: Optional[str] = None,  # torch.compile mode: None (default) | reduce-overhead | max-autotune
-        channels_last: Optional[bool] = None,  # NHWC weights and activations (None: on CUDA)
+        channels_last: Optional[bool] = None,  # NHWC weights and activations (None: on CUDA and AMX-bf16 CPUs)
         tf32: Optional[bool] = None,  # TF32 matrix products for float32 (None: on CUDA)
         cudnn_benchmark: Optional[bool] = None,  # cuDNN autotuning per input shape (None: on CUDA)
         verbose: bool = True,  # print the options chosen, one line
@@ -63,17 +74,19 @@ class Speed(L.Callback):
         self.chosen: dict[str, object] = {}
 
     def resolve(self, cuda: bool) -> dict[str, object]:
-        """The options for this device: each None becomes `cuda`; compile on the CPU needs an explicit backend
-        (inductor's C++ code generation takes minutes there and rarely pays)."""
+        """The options for this device: None is on for CUDA (channels_last also on an AMX-bf16 CPU), except compile,
+        off unless asked for; compile on the CPU needs an explicit backend (inductor's C++ code generation takes
+        minutes there and rarely pays)."""
         pick = lambda v: cuda if v is None else bool(v)  # noqa: E731
-        compile_ = pick(self.compile)
+        compile_ = bool(self.compile)
         if compile_ and not cuda and self.compile_backend in (None, "inductor"):
             if self.compile:  # asked for explicitly
                 print("dff: speed.compile=true on the CPU: inductor compiles for minutes there and rarely pays; training "
                       "uncompiled (set speed.compile_backend, e.g. aot_eager, to compile anyway)")
             compile_ = False
         return {"compile": compile_, "compile_backend": self.compile_backend or "inductor",
-                "compile_mode": self.compile_mode, "channels_last": pick(self.channels_last),
+                "compile_mode": self.compile_mode,
+                "channels_last": (cuda or cpu_has_amx_bf16()) if self.channels_last is None else bool(self.channels_last),
                 "tf32": pick(self.tf32) and cuda, "cudnn_benchmark": pick(self.cudnn_benchmark) and cuda}
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -81,11 +94,23 @@ class Speed(L.Callback):
             return
         cuda = trainer.strategy.root_device.type == "cuda"
         o = self.chosen = self.resolve(cuda)
+        if not hasattr(pl_module, "use_channels_last"):  # an AutoencoderModule: its diffusers network is left alone
+            if (self.compile or self.channels_last) and trainer.is_global_zero:
+                print(f"dff: speed.compile and speed.channels_last apply to diffusion models; "
+                      f"{type(pl_module).__name__} trains without them")
+            o["compile"] = o["channels_last"] = False
         apply(pl_module, **o)
         if self.verbose and trainer.is_global_zero:
             on = [k for k in ("compile", "channels_last", "tf32", "cudnn_benchmark") if o[k]]
             print(f"speed: precision {trainer.precision}; " + (", ".join(on) if on else "no speed options")
                   + (f" (compile backend {o['compile_backend']})" if o["compile"] else ""))
+
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        """After fit the module is plain again (contiguous weights, uncompiled network), so that sampling from it
+        in memory gives bit for bit what its export gives."""
+        if stage == "fit" and hasattr(pl_module, "use_channels_last"):
+            pl_module.plain()
 
 
 def apply(module, *, compile: bool = False, compile_backend: str = "inductor", compile_mode: Optional[str] = None,
