@@ -1,6 +1,7 @@
 """The `dff` command.
 
     dff fit --config configs/pixel_digits.yaml [--model.lr 2e-4 ...]   train (Lightning's CLI: any key overridable)
+    dff estimate --config configs/pixel_64.yaml [overrides]            what that run will cost, before it starts
     dff sample RUN_OR_WEIGHTS --num 64 --sampler ddim --steps 50 --seed 0 --out DIR
     dff translate RUN_OR_WEIGHTS --input FILE_OR_DIR --out DIR [--num-samples K]   image-to-image
     dff eval RUN_OR_WEIGHTS --data DIR|photos                          PSNR/SSIM of translations on pairs
@@ -261,6 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"dff {__version__}")
     sub = p.add_subparsers(dest="command", metavar="{fit,sample,translate,eval,data,doctor,demo,explore}")
     sub.add_parser("fit", help="train a model from a YAML config (dff fit --help for all keys)", add_help=False)
+    sub.add_parser("estimate", help="what a config's run will cost: parameters, FLOPs, memory, measured steps, "
+                                    "projected time (the arguments of fit)", add_help=False)
 
     s = sub.add_parser("sample", help="generate images from exported weights, a run folder or a checkpoint")
     s.add_argument("weights", help="run folder, export folder, model.safetensors or .ckpt")
@@ -369,10 +372,51 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def estimate_command(argv: Sequence[str], steps: int = 3):
+    """`dff estimate --config FILE [overrides]`: the config parsed as `dff fit` parses it (nothing is trained and no
+    run folder is made); `--steps N` timed steps (default 3); prints the estimate."""
+    from .estimate import estimate
+    from .module import DiffusionModule
+    from .speed import Speed
+
+    argv = list(argv)
+    if "--steps" in argv:  # ours, not a key of the config
+        i = argv.index("--steps")
+        steps = int(argv[i + 1])
+        del argv[i:i + 2]
+    if not any(a.startswith("--data.root") for a in argv):
+        argv += ["--data.root", "."]  # the data are not read: a config without data.root is estimated too
+    cli = fit([*argv, "--trainer.logger", "false"], run=False, clean_errors=True)
+    model = cli.model
+    if not isinstance(model, DiffusionModule):
+        raise SystemExit(f"dff: estimate is for diffusion models; this config trains a {type(model).__name__}")
+    trainer = cli.trainer
+    speed = next((c for c in trainer.callbacks if isinstance(c, Speed)), None)
+    device = trainer.strategy.root_device
+    h = cli.datamodule.hparams
+    est = estimate(model, int(h.batch_size), precision=str(trainer.precision), device=str(device), speed=speed,
+                   steps=steps, max_steps=trainer.max_steps, from_cache=bool(h.latent_cache))
+    configs = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--config"]
+    print(f"dff estimate: {', '.join(configs) or 'defaults'}"
+          + (" (latent cache)" if h.latent_cache else " (the VAE encodes every batch)" if model.is_latent else ""))
+    for line in est.lines():
+        print("  " + line)
+    return est
+
+
 def main(argv: Optional[Sequence[str]] = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "fit":
         fit(argv[1:], clean_errors=True)
+        return
+    if argv and argv[0] == "estimate":  # the same arguments as fit
+        if len(argv) == 1 or argv[1] in ("-h", "--help"):
+            import dff.estimate
+
+            print("usage: dff estimate --config FILE [--steps N] [--key value ...]  (the arguments of dff fit)\n"
+                  + dff.estimate.__doc__)
+            return
+        estimate_command(argv[1:])
         return
     args = build_parser().parse_args(argv)
     commands = {"sample": sample_command, "translate": translate_command, "eval": eval_command,

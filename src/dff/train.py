@@ -20,6 +20,7 @@ from lightning.pytorch.cli import LightningCLI
 from .callbacks import ExportWeights, RunReport, SampleGrid
 from .data import ImageDataModule
 from .data.datamodule import condition_channels, condition_kind
+from .estimate import estimate
 from .module import DiffusionModule
 from .runs import AtomicCheckpointIO, RunLogger, newest_last_checkpoint, resume_config_name, run_version
 from .safe_load import refusal
@@ -52,6 +53,13 @@ class DffCLI(LightningCLI):
                              "checkpoint.filename": "step_{step:06d}", "checkpoint.auto_insert_metric_name": False})
         parser.add_lightning_class_args(SampleGrid, "samples")
         parser.add_lightning_class_args(Speed, "speed")  # compile, channels_last, tf32, cudnn_benchmark (speed.py)
+
+    def before_fit(self) -> None:
+        """The run's cost as counted, before it trains (`dff estimate` also measures steps and projects the time)."""
+        if isinstance(self.model, DiffusionModule) and self.trainer.is_global_zero:
+            batch = int(getattr(self.datamodule.hparams, "batch_size", 1))
+            for line in estimate(self.model, batch, precision=str(self.trainer.precision), steps=0).lines():
+                print("cost: " + line)
 
     clean_errors = False  # the command line: a bad setting ends with "dff: message", not a traceback
 
