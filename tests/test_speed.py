@@ -174,3 +174,41 @@ def test_fit_command_applies_the_options(tmp_path, capsys):
     assert cli.model.memory_format == torch.contiguous_format and all(p.is_contiguous() for p in cli.model.parameters())
     weights = load_file(tmp_path / "version_0" / "export" / "model.safetensors")
     assert set(weights) == set(cli.model.ema.model.state_dict())
+
+
+# ---------------------------------------------------------------- batch size as a recipe
+def test_batch_scaling_rule_numbers():
+    from dff.module import batch_scaled
+
+    lr, warmup, decay = batch_scaled(1e-4, 100, 0.9999, batch=256, reference=16)
+    assert lr == pytest.approx(4e-4) and warmup == 6 and decay == pytest.approx(0.9999 ** 16)
+    # the EMA's weight on an image seen n images ago is the same at both batches: d_ref^(n / 16) = d_B^(n / 256)
+    assert decay ** (4096 / 256) == pytest.approx(0.9999 ** (4096 / 16))
+    assert batch_scaled(1e-4, 100, 0.9999, batch=16, reference=16) == (1e-4, 100, 0.9999)  # at its own batch: as given
+    lr, warmup, decay = batch_scaled(5.7e-4, 10, 0.99, batch=4, reference=8)
+    assert lr == pytest.approx(5.7e-4 / 2 ** 0.5) and warmup == 20 and decay == pytest.approx(0.99 ** 0.5)
+
+
+def test_fit_applies_the_batch_scaling(tmp_path, capsys):
+    from dff.train import fit as dff_fit
+
+    cli = dff_fit(["--config", "configs/pixel_digits.yaml", "--trainer.max_steps", "2", "--samples.every_n_steps", "0",
+                   "--trainer.default_root_dir", str(tmp_path), "--model.dim", "8", "--data.batch_size", "64",
+                   "--model.batch_reference", "16", "--trainer.accelerator", "cpu"])
+    opt = cli.trainer.optimizers[0]
+    assert opt.param_groups[0]["initial_lr"] == pytest.approx(1e-3 * 2)  # lr 1e-3 tuned at 16, trained at 64
+    assert cli.model.ema.decay == pytest.approx(0.995 ** 4)
+    assert cli.trainer.lr_scheduler_configs[0].scheduler.lr_lambdas[0](0) == pytest.approx(1 / 25)  # warm-up 100 -> 25
+    assert "batch 64 (recipe tuned at 16): lr 0.002, warm-up 25 steps" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name,reference,images", [("pixel_64", 16, 3_200_000), ("latent_maps_256", 8, 1_600_000)])
+def test_fast_configs_see_the_original_images_with_the_original_recipe(name, reference, images):
+    import yaml
+
+    plain = yaml.safe_load(open(f"configs/{name}.yaml"))
+    fast = yaml.safe_load(open(f"configs/{name}_fast.yaml"))
+    assert fast["model"]["batch_reference"] == plain["data"]["batch_size"] == reference
+    assert fast["trainer"]["max_steps"] * fast["data"]["batch_size"] == images
+    for key in ("backbone", "dim", "dim_mults", "attention", "lr", "ema_decay", "schedule", "prediction"):
+        assert fast["model"][key] == plain["model"][key], key

@@ -117,8 +117,8 @@ def estimate(model, batch: int, *, precision: str = "32-true", device: str = "cp
         o = speed.resolve(dev.type == "cuda")
         o["compile"] = False  # compiling would take longer than the estimate; see docs/benchmarks.md
         apply(model, **o)
-    opt = model.configure_optimizers()
-    opt = opt["optimizer"] if isinstance(opt, dict) else opt
+    # the run's optimiser (its learning rate does not change the cost)
+    opt = torch.optim.AdamW(model.net.parameters(), lr=model.hparams.lr, fused=True if model.hparams.nonfinite_patience else None)
     data = synthetic_batch(model, batch, dev, from_cache)
     dtype = {"bf16": torch.bfloat16, "16": torch.float16}.get(precision.split("-")[0])
     saved: dict[int, int] = {}

@@ -7,6 +7,7 @@ autoencoder (the identity in pixel space) and s the latent scale (1 in pixel spa
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, Optional, Sequence
 
 import lightning as L
@@ -22,6 +23,15 @@ from .ema import EMA
 from .latent import LatentSpace
 from .metrics import translation_scores
 from .nn import BACKBONES
+
+
+def batch_scaled(lr: float, warmup_steps: int, ema_decay: float, batch: int, reference: int) -> tuple[float, int, float]:
+    """A recipe tuned at batch `reference`, moved to batch B = `batch` (k = B / reference) so that it learns the same
+    per image seen: the AdamW learning rate by the square-root rule, lr sqrt(k) (Malladi et al. 2022, Sec. 5); the
+    warm-up and the EMA kept in images: warmup_steps / k steps, and a decay d^k per step (d per reference step),
+    so the EMA's length in images is unchanged (the convention of EDM2, Karras et al. 2024, Sec. 3.1)."""
+    k = batch / reference
+    return lr * math.sqrt(k), max(0, round(warmup_steps / k)), ema_decay ** k
 
 
 def _rename_old_keys(state_dict, prefix, *args) -> None:
@@ -58,6 +68,7 @@ class DiffusionModule(L.LightningModule):
         lr: float = 1e-4,  # AdamW learning rate
         weight_decay: float = 0.0,  # AdamW weight decay
         warmup_steps: int = 0,  # linear learning-rate warm-up
+        batch_reference: Optional[int] = None,  # the batch lr, warmup_steps and ema_decay are tuned for: at another global batch they are rescaled (batch_scaled); None: used as given
         nonfinite_patience: int = 10,  # skip steps with non-finite gradients (on the device) and stop after this many in a row (0: off)
         # ---- EMA
         ema_decay: float = 0.9999,  # EMA decay (reached after the warm-up)
@@ -302,14 +313,29 @@ class DiffusionModule(L.LightningModule):
                 "step: lower model.lr or add model.warmup_steps, check the data (dff data check), then resume "
                 "with --ckpt_path last")
 
+    def global_batch(self) -> int:
+        """Images per optimiser step: data.batch_size x processes x gradient accumulation."""
+        t = self.trainer
+        batch = getattr(getattr(t, "datamodule", None), "hparams", {}).get("batch_size")
+        if batch is None:
+            raise ValueError("model.batch_reference needs the batch size: train with an ImageDataModule (data: in the config)")
+        return int(batch) * t.world_size * t.accumulate_grad_batches
+
     def configure_optimizers(self):
         h = self.hparams
+        lr, warmup = h.lr, h.warmup_steps
+        if h.batch_reference:
+            B = self.global_batch()
+            lr, warmup, self.ema.decay = batch_scaled(h.lr, h.warmup_steps, h.ema_decay, B, h.batch_reference)
+            if self.trainer.is_global_zero:
+                print(f"batch {B} (recipe tuned at {h.batch_reference}): lr {lr:.3g}, warm-up {warmup} steps, "
+                      f"EMA decay {self.ema.decay:.6g}")
         # fused AdamW can skip a step on the device (on_before_optimizer_step); without the guard, the plain one
-        opt = torch.optim.AdamW(self.net.parameters(), lr=h.lr, weight_decay=h.weight_decay,
+        opt = torch.optim.AdamW(self.net.parameters(), lr=lr, weight_decay=h.weight_decay,
                                 fused=True if h.nonfinite_patience else None)
-        if h.warmup_steps <= 0:
+        if warmup <= 0:
             return opt
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / h.warmup_steps))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warmup))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     # ------------------------------------------------------------------ sampling
