@@ -68,6 +68,8 @@ class ImageDataModule(L.LightningDataModule):
         num_workers: Optional[int] = None,  # DataLoader workers for folders (None: min(4, CPU cores); built-in sets live in memory)
         latent_cache: Optional[str] = None,  # latent models: encode the training set once (flips included) to this file
         half: Optional[Literal["A", "B"]] = None,  # unpaired data from pix2pix files: their left (A) or right (B) half
+        on_device: Optional[bool] = None,  # folders: decode once into a uint8 tensor on the training device, crop and flip there (None: on a GPU when it fits in device_max_gb)
+        device_max_gb: float = 4.0,  # the largest decoded folder on_device=None moves to the GPU
         on_bad_file: Literal["stop", "skip"] = "stop",  # unreadable or too small files (pairs: either file, or an odd side-by-side width): stop, naming them, or skip them, listed in <run>/skipped_files.txt
     ):
         super().__init__()
@@ -155,8 +157,39 @@ class ImageDataModule(L.LightningDataModule):
         if self.train_set is None:
             self.train_set = self.make("train")
             self.val_set = self.make("val")
+            self.train_set = self.maybe_on_device(self.train_set)
             if self.skipped and self.trainer is not None:
                 self.write_skipped(Path(self.trainer.log_dir or self.trainer.default_root_dir))  # log_dir: every rank
+
+    def maybe_on_device(self, data):
+        """data.on_device: an unpaired 8-bit folder of one image size becomes DeviceImages (crops and flips on the
+        training device); anything else keeps the PIL path, with one line when on_device was asked for."""
+        h = self.hparams
+        on_gpu = self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"
+        if h.on_device is False or (h.on_device is None and not on_gpu) or h.latent_cache or not isinstance(data, ImageFolder):
+            if h.on_device and not isinstance(data, ImageFolder):
+                print(f"data.on_device: {type(data).__name__} data keep their own path (on_device is for unpaired folders)")
+            return data
+        from .device import DeviceImages, Unsuitable
+
+        try:
+            images = DeviceImages(data, workers=self.workers or None)
+        except Unsuitable as e:
+            print(f"data.on_device: {e}; decoding per item on the host instead")
+            return data
+        gb = images.nbytes / 2**30
+        if h.on_device is None and gb > h.device_max_gb:
+            print(f"data.on_device: the folder decodes to {gb:.1f} GB > data.device_max_gb={h.device_max_gb}; "
+                  "decoding per item on the host instead")
+            return data
+        print(f"data.on_device: {len(images.files)} images decoded once ({gb:.2f} GB uint8); crops and flips on the device")
+        return images
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """DeviceImages batches arrive as indices, already on the device: make their images there."""
+        if isinstance(batch, dict) and "index" in batch and hasattr(self.train_set, "batch"):
+            return self.train_set.batch(batch["index"])
+        return batch
 
     def write_skipped(self, run: Path) -> Path:
         """List the files data.on_bad_file="skip" left out in <run>/skipped_files.txt, and say how many."""
@@ -169,10 +202,11 @@ class ImageDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> torch.utils.data.DataLoader:
         h = self.hparams
-        in_memory = h.dataset != "folder" or bool(h.latent_cache)
+        on_device = hasattr(self.train_set, "indices")  # DeviceImages: load indices, make the images on the device
+        in_memory = h.dataset != "folder" or bool(h.latent_cache) or on_device
         workers = 0 if in_memory else self.workers
         return torch.utils.data.DataLoader(
-            self.train_set, batch_size=h.batch_size, shuffle=True, drop_last=len(self.train_set) >= h.batch_size,
+            self.train_set.indices() if on_device else self.train_set, batch_size=h.batch_size, shuffle=True, drop_last=len(self.train_set) >= h.batch_size,
             num_workers=workers, persistent_workers=workers > 0,
         )
 
