@@ -99,3 +99,17 @@ def test_training_on_device_data(tmp_path, capsys):
     x = torch.cat([b["image"] for b in seen])
     assert x.min() >= 0 and x.max() <= 1 and x.std() > 0.2  # uniform noise images
     assert trainer.callback_metrics == {} or all(torch.isfinite(v) for v in trainer.callback_metrics.values())
+
+
+def test_cached_latents_are_gathered_by_index_with_a_flip_variant_each():
+    from dff.data.latents import LatentDataset
+
+    z = torch.randn(5, 2, 4, 2, 2)  # 5 items, 2 flip variants
+    ds = LatentDataset({"latent": z, "label": torch.arange(5)})
+    torch.manual_seed(0)
+    index = torch.tensor([3, 3, 1, 0] * 50)
+    out = ds.batch(index)
+    assert out["latent"].shape == (200, 4, 2, 2) and torch.equal(out["label"], index)
+    variants = [next(v for v in range(2) if torch.equal(x, z[i, v])) for x, i in zip(out["latent"], index.tolist())]
+    assert 60 < sum(variants) < 140  # both flips drawn, about half each
+    assert len(ds.indices()) == 5 and ds.indices()[7 % 5] == {"index": 2}

@@ -186,7 +186,7 @@ class ImageDataModule(L.LightningDataModule):
         return images
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        """DeviceImages batches arrive as indices, already on the device: make their images there."""
+        """DeviceImages and cached-latent batches arrive as indices, already on the device: gather them there."""
         if isinstance(batch, dict) and "index" in batch and hasattr(self.train_set, "batch"):
             return self.train_set.batch(batch["index"])
         return batch
@@ -202,7 +202,7 @@ class ImageDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> torch.utils.data.DataLoader:
         h = self.hparams
-        on_device = hasattr(self.train_set, "indices")  # DeviceImages: load indices, make the images on the device
+        on_device = hasattr(self.train_set, "indices")  # DeviceImages, cached latents: load indices, gather on the device
         in_memory = h.dataset != "folder" or bool(h.latent_cache) or on_device
         workers = 0 if in_memory else self.workers
         return torch.utils.data.DataLoader(

@@ -113,6 +113,25 @@ class LatentDataset(torch.utils.data.Dataset):
             item["label"] = self.data["label"][i]
         return item
 
+    def indices(self):
+        """What training loads (data/device.py's protocol): indices; `batch` gathers their latents on the device."""
+        from .device import Indices
+
+        return Indices(len(self), 1)
+
+    def batch(self, index: torch.Tensor) -> dict:
+        """The cached latents of a batch of indices, one flip variant drawn per item, on index's device (the cache
+        moves there with the first batch and stays)."""
+        if self.data["latent"].device != index.device:
+            self.data = {k: v.to(index.device) for k, v in self.data.items()}
+        v = torch.randint(0, self.data["latent"].shape[1], index.shape, device=index.device)
+        out = {"latent": self.data["latent"][index, v]}
+        if "cond_code" in self.data:
+            out["cond_code"] = self.data["cond_code"][index, v]
+        if "label" in self.data:
+            out["label"] = self.data["label"][index]
+        return out
+
 
 @torch.no_grad()
 def sample_latents(encode: Callable, dataset, num: int = 512, batch_size: int = 16, seed: int = 0) -> torch.Tensor:
