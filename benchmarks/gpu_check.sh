@@ -6,6 +6,7 @@
 # 2. benchmarks/train_speed.py: each speed option on and off (the original's 64x64 U-Net, the latent config's
 #    U-Net on cached latents), images/s, ms/step, peak memory, FLOP/s, sampling images/s;
 # 3. benchmarks/quality_gate.py: the digits config trained float32 (two seeds) and fast, loss and FID/KID compared;
+#    benchmarks/data_speed.py: an image folder per item (PIL) against data.on_device;
 # 4. writes benchmarks/results/speed-<device>.json and quality_gate-<device>.json (copied to $OUT when set) and
 #    commits them when run inside a git checkout (DFF_COMMIT=0 to skip).
 # Budgets: SPEED_BUDGET_S (default 330) for the speed table, GATE_TIMEOUT_S (default 120) for the gate.
@@ -43,6 +44,7 @@ echo "speed benchmark: $(( $(date +%s) - start )) s" | tee -a "$LOG"
 timeout "${GATE_TIMEOUT_S:-120}" "$PY" benchmarks/quality_gate.py --parallel --out /tmp/dff-quality-gate 2>&1 \
   | grep -v "it/s" | tail -n 20 | tee -a "$LOG"
 [ -f /tmp/dff-quality-gate/quality_gate.json ] && cp /tmp/dff-quality-gate/quality_gate.json "$RESULTS/quality_gate-$SLUG.json"
+timeout 90 "$PY" benchmarks/data_speed.py --num 2000 --batch 256 --batches 20 2>&1 | tail -n 4 | tee -a "$LOG"
 echo "gpu_check: $(( $(date +%s) - start )) s in all" | tee -a "$LOG"
 
 if [ -n "${OUT:-}" ]; then
