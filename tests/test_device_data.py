@@ -113,3 +113,16 @@ def test_cached_latents_are_gathered_by_index_with_a_flip_variant_each():
     variants = [next(v for v in range(2) if torch.equal(x, z[i, v])) for x, i in zip(out["latent"], index.tolist())]
     assert 60 < sum(variants) < 140  # both flips drawn, about half each
     assert len(ds.indices()) == 5 and ds.indices()[7 % 5] == {"index": 2}
+
+
+def test_small_sets_on_the_device_make_long_epochs_of_fresh_permutations(tmp_path):
+    from dff.data.datamodule import EPOCH_STEPS
+
+    dm = ImageDataModule(root=str(make_folder(tmp_path / "f", n=10)), image_size=16, channels=3, batch_size=4,
+                         on_device=True)
+    dm.setup()
+    loader = dm.train_dataloader()
+    assert len(loader) == EPOCH_STEPS  # not 10 // 4 = 2 steps
+    order = torch.cat([b["index"] for b in loader])
+    for start in range(0, 40, 10):  # each run of 10 indices is a permutation of the set
+        assert sorted(order[start:start + 10].tolist()) == list(range(10))

@@ -43,6 +43,9 @@ def condition_kind(pairs: str) -> str:
     return "none" if pairs == "none" else "image" if pairs in ("side_by_side", "folders") else pairs
 
 
+EPOCH_STEPS = 500  # the shortest epoch of data kept on the device
+
+
 class ImageDataModule(L.LightningDataModule):
     """Batches {"image": (B, C, H, W)} (and {"cond": (B, C_cond, H, W)} for pairs) in [0, 1]."""
 
@@ -203,10 +206,15 @@ class ImageDataModule(L.LightningDataModule):
     def train_dataloader(self) -> torch.utils.data.DataLoader:
         h = self.hparams
         on_device = hasattr(self.train_set, "indices")  # DeviceImages, cached latents: load indices, gather on the device
-        in_memory = h.dataset != "folder" or bool(h.latent_cache) or on_device
+        if on_device:  # epochs of at least EPOCH_STEPS steps (fresh permutations back to back): a small set makes
+            data = self.train_set.indices()  # no 4-step epochs, each with its loader restart and epoch-end hooks
+            sampler = torch.utils.data.RandomSampler(data, num_samples=max(len(data), EPOCH_STEPS * h.batch_size))
+            return torch.utils.data.DataLoader(data, batch_size=h.batch_size, sampler=sampler,
+                                               drop_last=len(data) >= h.batch_size)
+        in_memory = h.dataset != "folder" or bool(h.latent_cache)
         workers = 0 if in_memory else self.workers
         return torch.utils.data.DataLoader(
-            self.train_set.indices() if on_device else self.train_set, batch_size=h.batch_size, shuffle=True, drop_last=len(self.train_set) >= h.batch_size,
+            self.train_set, batch_size=h.batch_size, shuffle=True, drop_last=len(self.train_set) >= h.batch_size,
             num_workers=workers, persistent_workers=workers > 0,
         )
 
