@@ -24,6 +24,7 @@ from dff.pretrained import load_pretrained
 GRID: dict[str, list[int]] = {
     "ddim": [10, 20, 50, 100],
     "dpmpp_2m": [10, 20, 50],
+    "dpmpp_2m_sde": [10, 20, 30, 50],
     "euler": [10, 20, 50, 100],
     "heun": [10, 20, 50],
     "ddpm": [1000],

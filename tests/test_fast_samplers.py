@@ -1,4 +1,4 @@
-"""Fast samplers (DPM-Solver++(2M), EDM Euler and Heun) agree with diffusers step by step and recover
+"""Fast samplers (DPM-Solver++(2M) and its SDE form, EDM Euler and Heun) agree with diffusers step by step and recover
 analytic data with the exact denoiser."""
 import math
 
@@ -9,7 +9,8 @@ import torch
 from analytic import MIX, MU, N, SIGMA, GaussianData, assert_recovers_mixture, gaussian_check, x_T
 from reference import PRED, make_fake_model, same_tables
 from dff.diffusion import GaussianDiffusion
-from dff.diffusion.fast_samplers import FAST_SAMPLERS, dpm_timesteps, dpmpp_2m, edm_sigmas, euler, heun
+from dff.diffusion.fast_samplers import FAST_SAMPLERS, dpm_timesteps, dpmpp_2m, dpmpp_2m_sde, edm_sigmas, euler, heun
+from dff.diffusion.samplers import randn
 
 @pytest.fixture(autouse=True)
 def one_thread():
@@ -31,6 +32,7 @@ def one_thread():
 @pytest.mark.parametrize("prediction", ["eps", "v"])
 @pytest.mark.parametrize("sampler,schedule,opts", [
     ("dpmpp_2m", "linear", {"steps": 20}), ("dpmpp_2m", "cosine", {"steps": 20, "spacing": "trailing"}),
+    ("dpmpp_2m_sde", "linear", {"steps": 30}), ("dpmpp_2m_sde", "cosine", {"steps": 30, "spacing": "trailing"}),
     ("euler", "linear", {"steps": 200}), ("euler", "cosine", {"steps": 200}),
     ("heun", "linear", {"steps": 50}), ("heun", "cosine", {"steps": 100}),
 ])
@@ -52,7 +54,8 @@ def test_fast_samplers_with_zero_terminal_snr_recover_gaussian(sampler, opts):
 # On linear, the last DPM step jumps to sigma = 0 from t = 47 (sigma_edm = 0.17) and returns E[x0 | x_t],
 # whose spread within a mode of std 0.25 is 0.25 / sqrt(0.25^2 + 0.17^2) = 0.83 of the mode's (diffusers
 # does the same): the mixture is checked on cosine, as in test_samplers.py.
-@pytest.mark.parametrize("sampler,opts", [("dpmpp_2m", {"steps": 20}), ("euler", {"steps": 100}), ("heun", {"steps": 50})])
+@pytest.mark.parametrize("sampler,opts", [("dpmpp_2m", {"steps": 20}), ("dpmpp_2m_sde", {"steps": 30}),
+                                          ("euler", {"steps": 100}), ("heun", {"steps": 50})])
 def test_fast_samplers_recover_mixture(sampler, opts):
     d = GaussianDiffusion(1000, "cosine")
     x = FAST_SAMPLERS[sampler](MIX.denoiser(d), d, x_T(seed=2), progress=False, **opts)
@@ -67,7 +70,7 @@ def test_fast_sampler_signature_shape_generator_callback(sampler):
     a = fn(MIX.denoiser(d), d, (8, 2), steps=5, generator=torch.Generator().manual_seed(5), progress=False,
            callback=lambda s: seen.append((s["i"], s["t"], s["x_t"].shape, s["x0_hat"].shape)))
     b = fn(MIX.denoiser(d), d, (8, 2), steps=5, generator=torch.Generator().manual_seed(5), progress=False)
-    assert a.shape == (8, 2) and torch.equal(a, b)
+    assert a.shape == (8, 2) and torch.equal(a, b)  # the same generator: the same samples (also the SDE's noise)
     assert [s[0] for s in seen] == list(range(5)) and all(isinstance(s[1], int) and s[2] == s[3] == (8, 2) for s in seen)
     cond_model = lambda x, t, c: MIX.denoiser(d)(x, t) + 0 * c  # model(x_t, t, cond) when cond is given
     c = fn(cond_model, d, (8, 2), steps=5, cond=torch.ones(8, 2), generator=torch.Generator().manual_seed(5), progress=False)
@@ -138,6 +141,33 @@ def test_dpmpp_2m_steps_match_diffusers(prediction, schedule, spacing, clip):
         x_in = ours[i - 1] if i > 0 else xT  # feed our x_t: each step is compared on its own
         x = sched.step(fake_model(x_in, t.repeat(2)), t, x_in).prev_sample  # history: x0 of our x_t's
         close(ours[i], x, i, t, x_in)
+
+
+@pytest.mark.parametrize("prediction", ["eps", "v"])
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+@pytest.mark.parametrize("spacing,clip", [("leading", False), ("trailing", False), ("linspace", True)])
+def test_dpmpp_2m_sde_steps_match_diffusers(prediction, schedule, spacing, clip):
+    """diffusers' sde-dpmsolver++ (midpoint, order 2) given, as variance_noise, the noise our sampler drew."""
+    diffusers = pytest.importorskip("diffusers")
+    sched = diffusers.DPMSolverMultistepScheduler(
+        1000, beta_schedule=SCHEDULE[schedule], prediction_type=PRED[prediction], timestep_spacing=spacing,
+        algorithm_type="sde-dpmsolver++", thresholding=clip, sample_max_value=1.0)
+    d = same_tables(sched, prediction)
+    sched.set_timesteps(STEPS)
+    assert sched.timesteps.tolist() == dpm_timesteps(1000, STEPS, spacing).tolist()
+    sched.sigmas = torch.cat([sigma_table(d)[sched.timesteps], torch.zeros(1, dtype=torch.float64)])
+    xT, fake_model, ours = xT_image(), make_fake_model(d, 1.5 if clip else 0.9), []
+    dpmpp_2m_sde(fake_model, d, xT, steps=STEPS, spacing=spacing, clip_x0=clip, progress=False,
+                 generator=torch.Generator().manual_seed(3), callback=lambda s: ours.append(s["x_t"].clone()))
+    g = torch.Generator().manual_seed(3)  # the same stream: one z per step but the last
+    zs = [randn(xT.shape, g, "cpu", torch.float64) for _ in range(STEPS - 1)] + [torch.zeros_like(xT)]
+    for i, t in enumerate(sched.timesteps):
+        x_in = ours[i - 1] if i > 0 else xT
+        x = sched.step(fake_model(x_in, t.repeat(2)), t, x_in, variance_noise=zs[i]).prev_sample
+        close(ours[i], x, i, t, x_in)
+    # and the noise matters: without it the step is not diffusers' SDE step
+    quiet = dpmpp_2m(fake_model, d, xT, steps=STEPS, spacing=spacing, clip_x0=clip, progress=False)
+    assert not torch.allclose(quiet, ours[-1], atol=1e-3)
 
 
 def run_edm(fn, d, xT, fake_model, **kw):

@@ -343,7 +343,7 @@ class DiffusionModule(L.LightningModule):
     def sample(
         self,
         num: int = 16,  # number of images (unconditional models)
-        sampler: str = "ddim",  # ddpm | ddim | dpmpp_2m | euler | heun
+        sampler: str = "ddim",  # ddpm | ddim | dpmpp_2m | dpmpp_2m_sde | euler | heun
         *,
         steps: Optional[int] = None,  # None: the sampler's default (diffusion.default_steps); DDPM takes all T
         eta: float = 0.0,  # DDIM noise: 0 deterministic, 1 ancestral

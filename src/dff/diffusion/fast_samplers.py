@@ -1,4 +1,4 @@
-"""Fast deterministic samplers: DPM-Solver++(2M) and the Euler / Heun solvers of EDM.
+"""Fast samplers: DPM-Solver++(2M), its stochastic form DPM-Solver++(2M) SDE, and the Euler / Heun solvers of EDM.
 
 Same signature as samplers.py:
 
@@ -6,7 +6,8 @@ Same signature as samplers.py:
             progress=True, callback=None, device=None, **options) -> x_0
 
 x_T is N(0, I) in model space (a tensor, or a shape drawn with `generator`); the result is x_0 in
-model space; `generator` only draws x_T (all three samplers are deterministic); clip_x0 clamps every
+model space; `generator` draws x_T and, for dpmpp_2m_sde, the noise of each step (the others are
+deterministic); clip_x0 clamps every
 predicted x0 to [-1, 1]; callback gets dict(i, t, x_t, x0_hat) after step i, with t the timestep the
 model saw first in that step and x_t the model-space sample after it.
 
@@ -20,6 +21,7 @@ Each sampler follows one diffusers scheduler step for step (tests/test_fast_samp
     dpmpp_2m  DPMSolverMultistepScheduler(algorithm_type="dpmsolver++", solver_order=2,
               solver_type="midpoint", lower_order_final=True, final_sigmas_type="zero", timestep_spacing=spacing)
               (all defaults but timestep_spacing; clip_x0 is thresholding=True, sample_max_value=1)
+    dpmpp_2m_sde  the same with algorithm_type="sde-dpmsolver++" (its noise passed as variance_noise)
     euler     EulerDiscreteScheduler(use_karras_sigmas=karras, timestep_spacing=spacing), s_churn = 0
     heun      HeunDiscreteScheduler(use_karras_sigmas=karras, timestep_spacing=spacing, clip_sample=clip_x0)
 Differences from diffusers, none of which changes a step given the same model output:
@@ -40,7 +42,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .process import GaussianDiffusion, Model, call_model, x0_eps_from_output
-from .samplers import Callback, Shape, check_spacing, check_steps, initial_noise, spaced_timesteps, t_batch
+from .samplers import Callback, Shape, check_spacing, check_steps, initial_noise, randn, spaced_timesteps, t_batch
 
 # ============================================================================ DPM-Solver++(2M)
 def dpm_timesteps(T: int, steps: int, spacing: str = "leading") -> np.ndarray:
@@ -111,6 +113,59 @@ def dpmpp_2m(
                 r = h_prev / h
                 D = (1 + 1 / (2 * r)) * x0_hat - 1 / (2 * r) * x0_prev
             x = (sigma_next / sigma) * x - alpha_next * math.expm1(-h) * D
+            x0_prev, h_prev = x0_hat, h
+        if callback is not None:
+            callback(dict(i=i, t=t, x_t=x, x0_hat=x0_hat))
+    return x
+
+
+@torch.no_grad()
+def dpmpp_2m_sde(
+    model: Model,
+    diffusion: GaussianDiffusion,
+    x_T: Shape,
+    *,
+    steps: int = 20,  # S, number of model evaluations (<= T)
+    cond: Optional[torch.Tensor] = None,
+    generator: Optional[torch.Generator] = None,  # draws x_T (if a shape) and the noise z_i of every step
+    clip_x0: bool = False,
+    progress: bool = True,
+    callback: Callback = None,
+    device=None,
+    spacing: str = "trailing",  # trailing (starts at t = T) | leading | linspace, as dpmpp_2m
+) -> torch.Tensor:
+    """DPM-Solver++(2M) SDE: the second-order multistep solver of the reverse diffusion SDE in data-prediction
+    form (Lu et al. 2022, "DPM-Solver++", Sec. 4 and Appendix: SDE-DPM-Solver++; the "midpoint" form of diffusers'
+    sde-dpmsolver++ and k-diffusion's sample_dpmpp_2m_sde). Each step re-injects fresh noise, so errors of
+    earlier steps are partly forgotten, as in DDPM, at the cost of a few more steps than the ODE solver.
+
+    With h_i = lambda_{t_i} - lambda_{t_{i-1}}, x0_i = x_theta(x_{t_i}, t_i) and z_i ~ N(0, I):
+        first step    x_{t_1} = sigma_{t_1} / sigma_{t_0} e^{-h_1} x_{t_0} + alpha_{t_1} (1 - e^{-2 h_1}) x0_0
+                                + sigma_{t_1} sqrt(1 - e^{-2 h_1}) z_1
+        then          r_i = h_{i-1} / h_i,   D_i = x0_{i-1} + (x0_{i-1} - x0_{i-2}) / (2 r_i)
+                      x_{t_i} = sigma_{t_i} / sigma_{t_{i-1}} e^{-h_i} x_{t_{i-1}} + alpha_{t_i} (1 - e^{-2 h_i}) D_i
+                                + sigma_{t_i} sqrt(1 - e^{-2 h_i}) z_i
+        last step     to sigma = 0 (e^{-h} = 0, alpha = 1, no noise): x_0 = x0_{S-1}
+    """
+    x = initial_noise(x_T, generator, device)  # (B, C, H, W)
+    ts = dpm_timesteps(diffusion.T, steps, spacing)
+    ab = diffusion.alpha_bar.tolist()
+    lam = lambda t: 0.5 * math.log(ab[t] / (1 - ab[t])) if ab[t] > 0 else -math.inf  # -inf: zero terminal SNR
+    x0_prev, h_prev = None, None
+    for i, t in enumerate(tqdm(ts, desc="DPM-Solver++(2M) SDE", disable=not progress, leave=False)):
+        t = int(t)
+        tt = t_batch(t, x)
+        x0_hat, _ = diffusion.x0_eps(call_model(model, x, tt, cond), x, tt, clip_x0=clip_x0)
+        if i + 1 == len(ts):
+            x = x0_hat
+        else:
+            t_next = int(ts[i + 1])
+            alpha_next, sigma_next, sigma = ab[t_next] ** 0.5, (1 - ab[t_next]) ** 0.5, (1 - ab[t]) ** 0.5
+            h = lam(t_next) - lam(t)
+            D = x0_hat if x0_prev is None else x0_hat + (x0_hat - x0_prev) / (2 * (h_prev / h))
+            z = randn(x.shape, generator, x.device, x.dtype)
+            x = (sigma_next / sigma * math.exp(-h)) * x - alpha_next * math.expm1(-2 * h) * D \
+                + sigma_next * math.sqrt(-math.expm1(-2 * h)) * z
             x0_prev, h_prev = x0_hat, h
         if callback is not None:
             callback(dict(i=i, t=t, x_t=x, x0_hat=x0_hat))
@@ -239,4 +294,5 @@ def heun(
                 generator=generator, clip_x0=clip_x0, progress=progress, callback=callback, device=device)
 
 
-FAST_SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {"dpmpp_2m": dpmpp_2m, "euler": euler, "heun": heun}
+FAST_SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {"dpmpp_2m": dpmpp_2m, "dpmpp_2m_sde": dpmpp_2m_sde,
+                                                         "euler": euler, "heun": heun}
