@@ -66,6 +66,54 @@ def dpm_timesteps(T: int, steps: int, spacing: str = "leading") -> np.ndarray:
     return np.unique(ts.astype(np.int64))[::-1].copy()
 
 
+def dpmpp_2m_update(x, D, *, h: float, alpha_next: float, sigma_next: float, sigma: float, z=None):
+    """One DPM-Solver++ ODE step from x_{t_{i-1}} to x_{t_i} with the data estimate D (Lu et al. 2022, Algorithm 2):
+        x_{t_i} = sigma_{t_i} / sigma_{t_{i-1}} x_{t_{i-1}} - alpha_{t_i} (e^{-h_i} - 1) D_i."""
+    return (sigma_next / sigma) * x - alpha_next * math.expm1(-h) * D
+
+
+def dpmpp_2m_sde_update(x, D, *, h: float, alpha_next: float, sigma_next: float, sigma: float, z=None):
+    """One SDE-DPM-Solver++ step (Lu et al. 2022, Sec. 4 and Appendix; diffusers' sde-dpmsolver++, midpoint):
+        x_{t_i} = sigma_{t_i} / sigma_{t_{i-1}} e^{-h_i} x_{t_{i-1}} + alpha_{t_i} (1 - e^{-2 h_i}) D_i
+                  + sigma_{t_i} sqrt(1 - e^{-2 h_i}) z_i."""
+    return (sigma_next / sigma * math.exp(-h)) * x - alpha_next * math.expm1(-2 * h) * D \
+        + sigma_next * math.sqrt(-math.expm1(-2 * h)) * z
+
+
+def _dpm_solver(model, diffusion, x_T, update, *, steps, cond, generator, clip_x0, progress, callback, device,
+                spacing, noise: bool, desc: str) -> torch.Tensor:
+    """The multistep loop both DPM-Solver++(2M) forms share. With h_i = lambda_{t_i} - lambda_{t_{i-1}} and
+    x0_i = x_theta(x_{t_i}, t_i): D = x0_0 on the first step (first order), then the midpoint combination
+        r_i = h_{i-1} / h_i,   D_i = (1 + 1 / (2 r_i)) x0_{i-1} - 1 / (2 r_i) x0_{i-2};
+    the last step goes to sigma = 0 (lambda = inf, alpha = 1): x_0 = x0_{S-1}. `update` is the step's equation;
+    noise: draw z_i ~ N(0, I) with `generator` for it."""
+    x = initial_noise(x_T, generator, device)  # (B, C, H, W)
+    ts = dpm_timesteps(diffusion.T, steps, spacing)
+    ab = diffusion.alpha_bar.tolist()
+    # lambda_t = log(alpha_t / sigma_t); -inf at a zero terminal SNR, where the step's limit is DDIM's:
+    # e^{-h} = 0, r = inf, so D = x0_hat and x_{t_1} = alpha_{t_1} x0_hat + sigma_{t_1} x_{t_0} (ODE)
+    lam = lambda t: 0.5 * math.log(ab[t] / (1 - ab[t])) if ab[t] > 0 else -math.inf  # noqa: E731
+    x0_prev, h_prev = None, None  # x0 and step size of the previous step (the multistep history)
+    for i, t in enumerate(tqdm(ts, desc=desc, disable=not progress, leave=False)):
+        t = int(t)
+        tt = t_batch(t, x)
+        x0_hat, _ = diffusion.x0_eps(call_model(model, x, tt, cond), x, tt, clip_x0=clip_x0)
+        if i + 1 == len(ts):  # to sigma = 0: e^{-h} = 0, alpha = 1
+            x = x0_hat
+        else:
+            t_next = int(ts[i + 1])
+            h = lam(t_next) - lam(t)
+            r = None if x0_prev is None else h_prev / h
+            D = x0_hat if r is None else (1 + 1 / (2 * r)) * x0_hat - 1 / (2 * r) * x0_prev
+            z = randn(x.shape, generator, x.device, x.dtype) if noise else None
+            x = update(x, D, h=h, alpha_next=ab[t_next] ** 0.5, sigma_next=(1 - ab[t_next]) ** 0.5,
+                       sigma=(1 - ab[t]) ** 0.5, z=z)
+            x0_prev, h_prev = x0_hat, h
+        if callback is not None:
+            callback(dict(i=i, t=t, x_t=x, x0_hat=x0_hat))
+    return x
+
+
 @torch.no_grad()
 def dpmpp_2m(
     model: Model,
@@ -82,41 +130,11 @@ def dpmpp_2m(
     spacing: str = "trailing",  # trailing (starts at t = T) | leading | linspace, as diffusers (see dpm_timesteps)
 ) -> torch.Tensor:
     """DPM-Solver++(2M): the multistep second-order solver of the diffusion ODE in data-prediction form,
-    in lambda (Lu et al. 2022, "DPM-Solver++", Algorithm 2; diffusers calls this form "midpoint").
-
-    With h_i = lambda_{t_i} - lambda_{t_{i-1}} and x0_i = x_theta(x_{t_i}, t_i):
-        first step    x_{t_1} = sigma_{t_1} / sigma_{t_0} x_{t_0} - alpha_{t_1} (e^{-h_1} - 1) x0_0   (DPM-Solver++1 = DDIM)
-        then          r_i = h_{i-1} / h_i,   D_i = (1 + 1 / (2 r_i)) x0_{i-1} - 1 / (2 r_i) x0_{i-2}
-                      x_{t_i} = sigma_{t_i} / sigma_{t_{i-1}} x_{t_{i-1}} - alpha_{t_i} (e^{-h_i} - 1) D_i
-        last step     first order to sigma = 0 (lambda = inf, alpha = 1): x_0 = x0_{S-1}
-    """
-    x = initial_noise(x_T, generator, device)  # (B, C, H, W)
-    ts = dpm_timesteps(diffusion.T, steps, spacing)
-    ab = diffusion.alpha_bar.tolist()
-    # lambda_t = log(alpha_t / sigma_t); -inf at a zero terminal SNR, where the step's limit is DDIM's:
-    # e^{-h} = 0, r = inf, so D = x0_hat and x_{t_1} = alpha_{t_1} x0_hat + sigma_{t_1} x_{t_0}
-    lam = lambda t: 0.5 * math.log(ab[t] / (1 - ab[t])) if ab[t] > 0 else -math.inf
-    x0_prev, h_prev = None, None  # x0 and step size of the previous step (the multistep history)
-    for i, t in enumerate(tqdm(ts, desc="DPM-Solver++(2M)", disable=not progress, leave=False)):
-        t = int(t)
-        tt = t_batch(t, x)
-        x0_hat, _ = diffusion.x0_eps(call_model(model, x, tt, cond), x, tt, clip_x0=clip_x0)
-        if i + 1 == len(ts):  # to sigma = 0: e^{-h} = 0, alpha = 1
-            x = x0_hat
-        else:
-            t_next = int(ts[i + 1])
-            alpha_next, sigma_next, sigma = ab[t_next] ** 0.5, (1 - ab[t_next]) ** 0.5, (1 - ab[t]) ** 0.5
-            h = lam(t_next) - lam(t)
-            if x0_prev is None:  # first order
-                D = x0_hat
-            else:  # second order, midpoint (Algorithm 2)
-                r = h_prev / h
-                D = (1 + 1 / (2 * r)) * x0_hat - 1 / (2 * r) * x0_prev
-            x = (sigma_next / sigma) * x - alpha_next * math.expm1(-h) * D
-            x0_prev, h_prev = x0_hat, h
-        if callback is not None:
-            callback(dict(i=i, t=t, x_t=x, x0_hat=x0_hat))
-    return x
+    in lambda (Lu et al. 2022, "DPM-Solver++", Algorithm 2; diffusers calls this form "midpoint"): the loop of
+    _dpm_solver with the step dpmpp_2m_update (the first step, with D = x0_0, is DDIM)."""
+    return _dpm_solver(model, diffusion, x_T, dpmpp_2m_update, steps=steps, cond=cond, generator=generator,
+                       clip_x0=clip_x0, progress=progress, callback=callback, device=device, spacing=spacing,
+                       noise=False, desc="DPM-Solver++(2M)")
 
 
 @torch.no_grad()
@@ -136,40 +154,12 @@ def dpmpp_2m_sde(
 ) -> torch.Tensor:
     """DPM-Solver++(2M) SDE: the second-order multistep solver of the reverse diffusion SDE in data-prediction
     form (Lu et al. 2022, "DPM-Solver++", Sec. 4 and Appendix: SDE-DPM-Solver++; the "midpoint" form of diffusers'
-    sde-dpmsolver++ and k-diffusion's sample_dpmpp_2m_sde). Each step re-injects fresh noise, so errors of
-    earlier steps are partly forgotten, as in DDPM, at the cost of a few more steps than the ODE solver.
-
-    With h_i = lambda_{t_i} - lambda_{t_{i-1}}, x0_i = x_theta(x_{t_i}, t_i) and z_i ~ N(0, I):
-        first step    x_{t_1} = sigma_{t_1} / sigma_{t_0} e^{-h_1} x_{t_0} + alpha_{t_1} (1 - e^{-2 h_1}) x0_0
-                                + sigma_{t_1} sqrt(1 - e^{-2 h_1}) z_1
-        then          r_i = h_{i-1} / h_i,   D_i = x0_{i-1} + (x0_{i-1} - x0_{i-2}) / (2 r_i)
-                      x_{t_i} = sigma_{t_i} / sigma_{t_{i-1}} e^{-h_i} x_{t_{i-1}} + alpha_{t_i} (1 - e^{-2 h_i}) D_i
-                                + sigma_{t_i} sqrt(1 - e^{-2 h_i}) z_i
-        last step     to sigma = 0 (e^{-h} = 0, alpha = 1, no noise): x_0 = x0_{S-1}
-    """
-    x = initial_noise(x_T, generator, device)  # (B, C, H, W)
-    ts = dpm_timesteps(diffusion.T, steps, spacing)
-    ab = diffusion.alpha_bar.tolist()
-    lam = lambda t: 0.5 * math.log(ab[t] / (1 - ab[t])) if ab[t] > 0 else -math.inf  # -inf: zero terminal SNR
-    x0_prev, h_prev = None, None
-    for i, t in enumerate(tqdm(ts, desc="DPM-Solver++(2M) SDE", disable=not progress, leave=False)):
-        t = int(t)
-        tt = t_batch(t, x)
-        x0_hat, _ = diffusion.x0_eps(call_model(model, x, tt, cond), x, tt, clip_x0=clip_x0)
-        if i + 1 == len(ts):
-            x = x0_hat
-        else:
-            t_next = int(ts[i + 1])
-            alpha_next, sigma_next, sigma = ab[t_next] ** 0.5, (1 - ab[t_next]) ** 0.5, (1 - ab[t]) ** 0.5
-            h = lam(t_next) - lam(t)
-            D = x0_hat if x0_prev is None else x0_hat + (x0_hat - x0_prev) / (2 * (h_prev / h))
-            z = randn(x.shape, generator, x.device, x.dtype)
-            x = (sigma_next / sigma * math.exp(-h)) * x - alpha_next * math.expm1(-2 * h) * D \
-                + sigma_next * math.sqrt(-math.expm1(-2 * h)) * z
-            x0_prev, h_prev = x0_hat, h
-        if callback is not None:
-            callback(dict(i=i, t=t, x_t=x, x0_hat=x0_hat))
-    return x
+    sde-dpmsolver++ and k-diffusion's sample_dpmpp_2m_sde): the loop of _dpm_solver with the step
+    dpmpp_2m_sde_update and fresh noise z_i at every step but the last. The noise forgets part of each step's
+    error, as in DDPM, at the cost of a few more steps than the ODE solver."""
+    return _dpm_solver(model, diffusion, x_T, dpmpp_2m_sde_update, steps=steps, cond=cond, generator=generator,
+                       clip_x0=clip_x0, progress=progress, callback=callback, device=device, spacing=spacing,
+                       noise=True, desc="DPM-Solver++(2M) SDE")
 
 
 # ============================================================================ EDM (Karras et al. 2022)
