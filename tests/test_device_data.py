@@ -126,3 +126,14 @@ def test_small_sets_on_the_device_make_long_epochs_of_fresh_permutations(tmp_pat
     order = torch.cat([b["index"] for b in loader])
     for start in range(0, 40, 10):  # each run of 10 indices is a permutation of the set
         assert sorted(order[start:start + 10].tolist()) == list(range(10))
+
+
+def test_a_folder_too_large_for_the_device_is_judged_before_decoding(tmp_path, capsys, monkeypatch):
+    import dff.data.device
+
+    dm = ImageDataModule(root=str(make_folder(tmp_path / "f")), image_size=16, channels=3, device_max_gb=1e-6)
+    monkeypatch.setattr(dff.data.device, "decode", lambda *a, **k: pytest.fail("decoded before the size check"))
+    dm.trainer = type("T", (), {"strategy": type("S", (), {"root_device": torch.device("cuda")})(),
+                                "log_dir": None, "default_root_dir": str(tmp_path)})()  # a GPU run, on_device=None
+    dm.setup()
+    assert isinstance(dm.train_set, ImageFolder) and "would decode to about" in capsys.readouterr().out

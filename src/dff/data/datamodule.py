@@ -173,8 +173,18 @@ class ImageDataModule(L.LightningDataModule):
             if h.on_device and not isinstance(data, ImageFolder):
                 print(f"data.on_device: {type(data).__name__} data keep their own path (on_device is for unpaired folders)")
             return data
+        from PIL import Image
+
         from .device import DeviceImages, Unsuitable
 
+        if h.on_device is None and data.files:  # the size from the first file's header, before decoding them all
+            with Image.open(data.files[0]) as im:
+                w, hgt = im.size
+            gb = len(data.files) * data.channels * w * hgt / 2**30 / (2 if data.half else 1)
+            if gb > h.device_max_gb:
+                print(f"data.on_device: the folder would decode to about {gb:.1f} GB > data.device_max_gb="
+                      f"{h.device_max_gb}; decoding per item on the host instead")
+                return data
         try:
             images = DeviceImages(data, workers=self.workers or None)
         except Unsuitable as e:
