@@ -57,7 +57,8 @@ def choose_precision(precision, accelerator: Optional[str], cpu_bf16: bool = Tru
 
 
 class Speed(L.Callback):
-    """Applies the speed options to a DiffusionModule (or any module with a `net`) when fit sets up."""
+    """Applies the speed options to a DiffusionModule when fit sets up, and takes them off when it ends (an
+    AutoencoderModule gets the backend flags only: tf32, cudnn_benchmark)."""
 
     def __init__(
         self,
@@ -104,7 +105,6 @@ class Speed(L.Callback):
             on = [k for k in ("compile", "channels_last", "tf32", "cudnn_benchmark") if o[k]]
             print(f"speed: precision {trainer.precision}; " + (", ".join(on) if on else "no speed options")
                   + (f" (compile backend {o['compile_backend']})" if o["compile"] else ""))
-
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         """After fit the module is plain again (contiguous weights, uncompiled network), so that sampling from it
