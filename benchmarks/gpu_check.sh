@@ -2,7 +2,9 @@
 # The GPU check of the speed work, end to end in about 8 minutes on one H100 or H200:
 #   bash benchmarks/gpu_check.sh            (from the repository root, on a machine with a CUDA GPU)
 # 1. installs what the machine lacks: the project itself from src/ (PYTHONPATH) and its Python dependencies
-#    missing there, from wheels in .whl/ when the machine has no network, else from the package index;
+#    missing there, from wheels in .whl/ when the machine has no network, else from the package index (a machine
+#    with torch, lightning, torchmetrics, safetensors, scikit-learn and matplotlib lacks only jsonargparse[signatures]:
+#    pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl jsonargparse docstring_parser typeshed_client);
 # 2. benchmarks/train_speed.py: each speed option on and off (the original's 64x64 U-Net, the latent config's
 #    U-Net on cached latents), images/s, ms/step, peak memory, FLOP/s, sampling images/s;
 # 3. benchmarks/quality_gate.py: the digits config trained float32 (two seeds) and fast, loss and FID/KID compared;
