@@ -1,0 +1,62 @@
+"""Does training in two processes learn as one process does? The digits config at the same global batch:
+one process with batch 32 against two DDP processes (gloo, CPU) with batch 16 each, same seed, float32.
+
+    python benchmarks/ddp_trajectory.py [--steps 400] [--out runs/ddp_trajectory]
+
+Prints the loss averaged over windows of 50 steps for both runs and their relative difference. The two runs
+see different mini-batches (each rank draws its own half of the data), so they agree statistically, not bitwise.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def train(root: Path, devices: int, batch: int, steps: int) -> tuple[float, list[tuple[int, float]]]:
+    # the console command: Lightning's DDP launcher starts the other rank by running the same command line again
+    cmd = [str(Path(sys.executable).parent / "dff"), "fit",
+           "--config", str(ROOT / "configs" / "pixel_digits.yaml"), "--trainer.max_steps", str(steps),
+           "--samples.every_n_steps", "0", "--trainer.enable_progress_bar", "false", "--trainer.accelerator", "cpu",
+           "--trainer.devices", str(devices), "--data.batch_size", str(batch), "--trainer.precision", "32-true",
+           "--speed.channels_last", "false", "--trainer.default_root_dir", str(root),
+           "--checkpoint.every_n_train_steps", str(steps)]
+    if devices > 1:
+        cmd += ["--trainer.strategy", "ddp"]
+    t0 = time.time()
+    subprocess.run(cmd, check=True, capture_output=True, text=True)
+    run = sorted(root.glob("version_*"))[-1]
+    with open(run / "metrics.csv") as f:
+        rows = [(int(r["step"]), float(r["train/loss"])) for r in csv.DictReader(f) if r.get("train/loss")]
+    return time.time() - t0, rows
+
+
+def windows(rows: list[tuple[int, float]], size: int = 50) -> dict[int, float]:
+    out: dict[int, list[float]] = {}
+    for step, loss in rows:
+        out.setdefault(step // size, []).append(loss)
+    return {k: sum(v) / len(v) for k, v in out.items()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--steps", type=int, default=400)
+    ap.add_argument("--out", default="runs/ddp_trajectory")
+    args = ap.parse_args()
+    out = Path(args.out)
+    s1, one = train(out / "one_process", 1, 32, args.steps)
+    s2, two = train(out / "two_processes", 2, 16, args.steps)
+    w1, w2 = windows(one), windows(two)
+    print(f"one process, batch 32: {s1:.0f} s; two DDP processes, batch 16 each: {s2:.0f} s")
+    print("steps        one process   two processes   difference")
+    for k in sorted(set(w1) & set(w2)):
+        print(f"{50 * k:4d}-{50 * k + 49:<4d}   {w1[k]:11.5f}   {w2[k]:13.5f}   {100 * (w2[k] - w1[k]) / w1[k]:+8.1f}%")
+
+
+if __name__ == "__main__":
+    main()
