@@ -9,11 +9,12 @@ see different mini-batches (each rank draws its own half of the data), so they a
 from __future__ import annotations
 
 import argparse
-import csv
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from dff.viz import read_metric
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,9 +32,7 @@ def train(root: Path, devices: int, batch: int, steps: int) -> tuple[float, list
     t0 = time.time()
     subprocess.run(cmd, check=True, capture_output=True, text=True)
     run = sorted(root.glob("version_*"))[-1]
-    with open(run / "metrics.csv") as f:
-        rows = [(int(r["step"]), float(r["train/loss"])) for r in csv.DictReader(f) if r.get("train/loss")]
-    return time.time() - t0, rows
+    return time.time() - t0, list(zip(*read_metric(run / "metrics.csv", "train/loss")))
 
 
 def windows(rows: list[tuple[int, float]], size: int = 50) -> dict[int, float]:

@@ -15,7 +15,6 @@ Prints the verdict and writes <out>/quality_gate.json.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import subprocess
@@ -24,6 +23,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from dff.viz import read_metric
 
 ROOT = Path(__file__).resolve().parents[1]
 FP32 = ["--trainer.precision", "32-true", "--speed.compile", "false", "--speed.channels_last", "false",
@@ -52,8 +53,7 @@ def finish(job: dict) -> dict:
         raise SystemExit(f"{name}: dff fit failed (exit {job['proc'].returncode}):\n{stderr[-3000:]}")
     speed_line = next((ln for ln in stdout.splitlines() if ln.startswith("speed:")), "")
     run = sorted(job["root"].glob("version_*"))[-1]
-    with open(run / "metrics.csv") as f:
-        losses = [float(r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")]
+    _, losses = read_metric(run / "metrics.csv", "train/loss")
     return {"name": name, "seed": job["seed"], "run": str(run), "seconds": secs, "speed": speed_line,
             "final_loss": sum(losses[-10:]) / len(losses[-10:]), "logged_losses": len(losses)}
 
