@@ -1,10 +1,12 @@
 """Does training in two processes learn as one process does? The digits config at the same global batch:
 one process with batch 32 against two DDP processes (gloo, CPU) with batch 16 each, same seed, float32.
 
-    python benchmarks/ddp_trajectory.py [--steps 400] [--out runs/ddp_trajectory]
+    python benchmarks/ddp_trajectory.py [--steps 400] [--seeds 0 1] [--out runs/ddp_trajectory]
 
-Prints the loss averaged over windows of 50 steps for both runs and their relative difference. The two runs
-see different mini-batches (each rank draws its own half of the data), so they agree statistically, not bitwise.
+Prints the loss averaged over windows of 50 steps for both runs and their relative difference, per seed, and
+the difference between two seeds of one process as the yardstick of noise. The two runs see different
+mini-batches (each rank draws its own half of each batch's data and its own noise), so they agree
+statistically, not bitwise.
 """
 from __future__ import annotations
 
@@ -19,14 +21,14 @@ from dff.viz import read_metric
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def train(root: Path, devices: int, batch: int, steps: int) -> tuple[float, list[tuple[int, float]]]:
+def train(root: Path, devices: int, batch: int, steps: int, seed: int) -> tuple[float, list[tuple[int, float]]]:
     # the console command: Lightning's DDP launcher starts the other rank by running the same command line again
     cmd = [str(Path(sys.executable).parent / "dff"), "fit",
            "--config", str(ROOT / "configs" / "pixel_digits.yaml"), "--trainer.max_steps", str(steps),
            "--samples.every_n_steps", "0", "--trainer.enable_progress_bar", "false", "--trainer.accelerator", "cpu",
            "--trainer.devices", str(devices), "--data.batch_size", str(batch), "--trainer.precision", "32-true",
            "--speed.channels_last", "false", "--trainer.default_root_dir", str(root),
-           "--checkpoint.every_n_train_steps", str(steps)]
+           "--checkpoint.every_n_train_steps", str(steps), "--seed_everything", str(seed)]
     if devices > 1:
         cmd += ["--trainer.strategy", "ddp"]
     t0 = time.time()
@@ -45,16 +47,29 @@ def windows(rows: list[tuple[int, float]], size: int = 50) -> dict[int, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--steps", type=int, default=400)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--out", default="runs/ddp_trajectory")
     args = ap.parse_args()
     out = Path(args.out)
-    s1, one = train(out / "one_process", 1, 32, args.steps)
-    s2, two = train(out / "two_processes", 2, 16, args.steps)
-    w1, w2 = windows(one), windows(two)
-    print(f"one process, batch 32: {s1:.0f} s; two DDP processes, batch 16 each: {s2:.0f} s")
-    print("steps        one process   two processes   difference")
-    for k in sorted(set(w1) & set(w2)):
-        print(f"{50 * k:4d}-{50 * k + 49:<4d}   {w1[k]:11.5f}   {w2[k]:13.5f}   {100 * (w2[k] - w1[k]) / w1[k]:+8.1f}%")
+    one, two = {}, {}
+    for seed in args.seeds:
+        s1, rows1 = train(out / f"one_process_seed{seed}", 1, 32, args.steps, seed)
+        s2, rows2 = train(out / f"two_processes_seed{seed}", 2, 16, args.steps, seed)
+        one[seed], two[seed] = windows(rows1), windows(rows2)
+        print(f"seed {seed}: one process, batch 32: {s1:.0f} s; two DDP processes, batch 16 each: {s2:.0f} s")
+    a = args.seeds[0]
+    head = "steps    " + "".join(f"  1 proc s{s}   2 proc s{s}   diff s{s}" for s in args.seeds)
+    if len(args.seeds) > 1:
+        head += f"   1 proc s{args.seeds[1]} vs s{a}"
+    print(head)
+    for k in sorted(set.intersection(*(set(w) for w in [*one.values(), *two.values()]))):
+        line = f"{50 * k:4d}-{50 * k + 49:<4d}"
+        for s in args.seeds:
+            line += f"  {one[s][k]:9.5f}  {two[s][k]:11.5f}  {100 * (two[s][k] - one[s][k]) / one[s][k]:+7.1f}%"
+        if len(args.seeds) > 1:
+            b = args.seeds[1]
+            line += f"  {100 * (one[b][k] - one[a][k]) / one[a][k]:+17.1f}%"
+        print(line)
 
 
 if __name__ == "__main__":

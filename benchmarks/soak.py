@@ -5,7 +5,8 @@ run of the same number of steps.
     python benchmarks/soak.py [--minutes 30] [--kill-every 180] [--out runs/soak]
 
 Reports the steps completed, kills survived, files skipped, checkpoints that failed to load after a
-kill (target: none), and the final loss and digits FID/KID of both runs. Absolute times are for the
+kill (target: none), whether the resumed run's final weights and logged losses equal the uninterrupted
+run's (they should, bit for bit, on a CPU), and the final loss and digits FID/KID of both runs. Absolute times are for the
 machine it runs on.
 """
 from __future__ import annotations
@@ -102,6 +103,21 @@ def final_loss(run: Path, last: int = 50) -> float:
     return float(np.mean([v for _, v in sorted(zip(steps, values), key=lambda sv: sv[0])][-last:]))
 
 
+def compare(killed: Path, whole: Path) -> dict:
+    """How far the killed-and-resumed run is from the uninterrupted one: its final weights (network and EMA,
+    from last.ckpt) tensor by tensor, and every loss it logged (redone steps included) against the
+    uninterrupted run's at the same step."""
+    a, b = (torch.load(r / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+            for r in (killed, whole))
+    differ = [k for k in b if not torch.equal(a[k], b[k])]
+    ref = dict(zip(*read_metric(whole / "metrics.csv", "train/loss")))
+    steps, values = read_metric(killed / "metrics.csv", "train/loss")
+    off = [s for s, v in zip(steps, values) if ref.get(s) != v]
+    return {"tensors": len(b), "tensors_differing": len(differ), "losses_logged": len(steps),
+            "losses_differing": len(off), "max_abs_weight_diff": max((float((a[k] - b[k]).abs().max()) for k in differ
+                                                                      if a[k].is_floating_point()), default=0.0)}
+
+
 def quality(run: Path, num: int = 1000) -> dict:
     model = load_pretrained(run / "export")
     g = torch.Generator().manual_seed(0)
@@ -130,7 +146,9 @@ def main() -> None:
     if ref.returncode:
         raise SystemExit(f"the uninterrupted run failed: {ref.stderr[-2000:]}")
     res["uninterrupted_wall_s"] = time.time() - t0
-    for name, run in (("killed", Path(res["run"])), ("uninterrupted", out / "uninterrupted" / "version_0")):
+    runs = {"killed": Path(res["run"]), "uninterrupted": out / "uninterrupted" / "version_0"}
+    res["same_as_uninterrupted"] = compare(*runs.values())
+    for name, run in runs.items():
         res[name] = {"final_loss": final_loss(run), **quality(run)}
     print(json.dumps(res, indent=2))
     (out / "soak.json").write_text(json.dumps(res, indent=2) + "\n")

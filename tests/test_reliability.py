@@ -213,14 +213,17 @@ def test_an_isolated_bad_step_is_skipped_and_training_goes_on(tmp_path):
 # ---------------------------------------------------------------------- kill -9 and resume
 def test_sigkill_while_training_then_resume_with_ckpt_path_last(tmp_path):
     """A run killed with SIGKILL at some moment (checkpoints every step, so most likely while one is being
-    written) resumes with --ckpt_path last from a whole checkpoint and finishes in its own folder."""
+    written) resumes with --ckpt_path last from a whole checkpoint, finishes in its own folder, and ends with
+    the weights and losses of a run that was never killed (bit for bit on this CPU)."""
+    import csv
     import signal
     import time
 
     args = [sys.executable, "-m", "dff.cli", "fit", "--config", str(ROOT / "configs" / "pixel_digits.yaml"),
             "--model.dim", "8", "--trainer.enable_progress_bar", "false", "--samples.every_n_steps", "0",
-            "--checkpoint.every_n_train_steps", "1", "--trainer.default_root_dir", str(tmp_path / "runs")]
-    proc = subprocess.Popen([*args, "--trainer.max_steps", "100000"], cwd=tmp_path,
+            "--trainer.log_every_n_steps", "1", "--checkpoint.every_n_train_steps", "1"]
+    killed = [*args, "--trainer.default_root_dir", str(tmp_path / "runs")]
+    proc = subprocess.Popen([*killed, "--trainer.max_steps", "100000"], cwd=tmp_path,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ckpts = tmp_path / "runs" / "version_0" / "checkpoints"
     deadline = time.time() + 120
@@ -230,9 +233,21 @@ def test_sigkill_while_training_then_resume_with_ckpt_path_last(tmp_path):
     proc.wait()
     assert (ckpts / "last.ckpt").exists()
     step = torch.load(ckpts / "last.ckpt", weights_only=True)["global_step"]  # whole: it loads
-    done = subprocess.run([*args, "--trainer.max_steps", str(step + 3), "--ckpt_path", "last"], cwd=tmp_path,
+    done = subprocess.run([*killed, "--trainer.max_steps", str(step + 3), "--ckpt_path", "last"], cwd=tmp_path,
                           capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert torch.load(ckpts / "last.ckpt", weights_only=True)["global_step"] == step + 3
+    end = torch.load(ckpts / "last.ckpt", weights_only=True)
+    assert end["global_step"] == step + 3
     assert (tmp_path / "runs" / "version_0" / "export" / "model.safetensors").exists()
     assert not (tmp_path / "runs" / "version_1").exists()
+    # the same steps without a kill
+    whole = subprocess.run([*args, "--trainer.default_root_dir", str(tmp_path / "whole"), "--trainer.max_steps",
+                            str(step + 3)], cwd=tmp_path, capture_output=True, text=True, timeout=240)
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    ref = torch.load(tmp_path / "whole" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert all(torch.equal(end["state_dict"][k], v) for k, v in ref["state_dict"].items())  # network and EMA
+    read = lambda run: [(r["step"], r["train/loss"]) for r in csv.DictReader(open(run / "metrics.csv"))  # noqa: E731
+                        if r.get("train/loss")]
+    resumed, uninterrupted = read(tmp_path / "runs" / "version_0"), dict(read(tmp_path / "whole" / "version_0"))
+    assert len(uninterrupted) == step + 3 and [s for s, _ in resumed][-3:] == [str(step + i) for i in range(3)]
+    assert all(uninterrupted[s] == loss for s, loss in resumed)  # redone steps too: the same draws

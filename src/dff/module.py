@@ -8,6 +8,7 @@ autoencoder (the identity in pixel space) and s the latent scale (1 in pixel spa
 from __future__ import annotations
 
 import math
+import os
 from typing import Callable, Optional, Sequence
 
 import lightning as L
@@ -16,6 +17,7 @@ import torch
 from .autoencoders import is_pixel_space
 from .data import ImageDataModule
 from .data.latents import sample_latents
+from .data.stream import draw_seed
 from .diffusion import GaussianDiffusion, get_sampler
 from .diffusion.guidance import ClassifierFreeGuidance
 from .diffusion.samplers import check_steps, randn
@@ -166,6 +168,7 @@ class DiffusionModule(L.LightningModule):
     def on_fit_start(self) -> None:
         """Latent models: cache the training latents if the data asks for it, and estimate the
         latent scale from the training data when it is not set (rank 0's estimate is shared)."""
+        self.run_seed = int(os.environ.get("PL_GLOBAL_SEED", torch.initial_seed()))  # seed_everything's, if given
         dm = getattr(self.trainer, "datamodule", None)
         if isinstance(dm, ImageDataModule) and dm.hparams.latent_cache:
             if not self.is_latent:
@@ -236,8 +239,11 @@ class DiffusionModule(L.LightningModule):
         return torch.where(drop, torch.full_like(y, h.num_classes), y)
 
     def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
-        """Data sets without a `labels` list (checked at the start of fit): the first batch's labels are checked
-        here, once, not in the step (the check reads the device)."""
+        """Seed the step's random draws (t, noise, label dropout) from (run seed, epoch, batch, rank): a run
+        resumed from a checkpoint draws what an uninterrupted run draws, and sample grids or validations in
+        between change nothing. Data sets without a `labels` list (checked at the start of fit): the first
+        batch's labels are checked here, once, not in the step (the check reads the device)."""
+        torch.manual_seed(draw_seed(getattr(self, "run_seed", 0), self.current_epoch, batch_idx, self.global_rank))
         h = self.hparams
         if h.num_classes and "label" in batch and not getattr(self, "labels_checked", False):
             y = batch["label"]
@@ -278,8 +284,16 @@ class DiffusionModule(L.LightningModule):
         self.ema.update(self.net)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        """Record the class so that a checkpoint can be rebuilt without unpickling code."""
+        """Record the class so that a checkpoint can be rebuilt without unpickling code, and the running sums a
+        resumed run continues from (the loss of the open log interval, the non-finite step counts)."""
         checkpoint["dff_model_class"] = type(self).__name__
+        checkpoint["dff_counters"] = {k: getattr(self, k) for k in self.COUNTERS if getattr(self, k, None) is not None}
+
+    COUNTERS = ("loss_sum", "loss_count", "nonfinite_run", "nonfinite_total")
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        for k, v in checkpoint.get("dff_counters", {}).items():
+            setattr(self, k, v.to(self.device) if isinstance(v, torch.Tensor) else v)
 
     # ------------------------------------------------------------------ non-finite steps
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .folder import MODES, to_tensor, transform_same
+from .stream import item_rng
 
 
 def load_digits_tensor(image_size: int = 16, channels: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
@@ -48,6 +49,7 @@ class DigitsDataset(torch.utils.data.Dataset):
         return len(self.images)
 
     def __getitem__(self, i: int) -> dict:
+        i = int(i)  # a Key from the training Stream: nothing random here
         return {"image": self.images[i], "label": self.labels[i]}
 
 
@@ -107,9 +109,10 @@ class PhotoPatches(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict:
         s = self.image_size
+        i, rng = item_rng(i, self.rng)  # a Key from the training Stream brings its own draws
         if self.split == "train":
             im = transform_same([self.photos[i % len(self.photos)]], s, "random", hflip=self.hflip, vflip=self.vflip,
-                                rng=self.rng)[0]
+                                rng=rng)[0]
         else:
             k, left, top = self.grid[i]
             im = self.photos[k].crop((left, top, left + s, top + s))

@@ -13,6 +13,7 @@ or, for the built-in photos, their held-out bottom quarter.
 """
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Callable, Literal, Optional
@@ -23,6 +24,7 @@ import torch
 from .builtin import DigitsDataset, PhotoPatches
 from .folder import Crop, ImageFolder
 from .paired import PairFolder, TaskDataset
+from .stream import Stream, StreamLoader
 from .tasks import TASKS, cond_channels as task_cond_channels
 
 PAIRS: tuple[str, ...] = ("none", "side_by_side", "folders", *TASKS)
@@ -198,11 +200,36 @@ class ImageDataModule(L.LightningDataModule):
         print(f"data.on_device: {len(images.files)} images decoded once ({gb:.2f} GB uint8); crops and flips on the device")
         return images
 
-    def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        """DeviceImages and cached-latent batches arrive as indices, already on the device: gather them there."""
-        if isinstance(batch, dict) and "index" in batch and hasattr(self.train_set, "batch"):
-            return self.train_set.batch(batch["index"])
+    def on_before_batch_transfer(self, batch, dataloader_idx: int):
+        """Index batches carry their items' seeds: the first one, read here on the host, seeds the batch's draws."""
+        if isinstance(batch, dict) and "seed" in batch and "index" in batch:
+            batch = dict(batch)
+            batch["draw"] = int(batch.pop("seed")[0])  # a host tensor: no wait for the device
         return batch
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """DeviceImages and cached-latent batches arrive as indices, already on the device: gather them there
+        (crops, flips and flip variants drawn from the batch's seed)."""
+        if isinstance(batch, dict) and "index" in batch and hasattr(self.train_set, "batch"):
+            index = batch["index"]
+            generator = None
+            if "draw" in batch:
+                generator = torch.Generator(index.device).manual_seed(batch["draw"])
+            return self.train_set.batch(index, generator=generator)
+        return batch
+
+    def state_dict(self) -> dict:
+        """Where the training stream stands (saved in checkpoints): the epoch and the batches of it already
+        trained on, so that a resumed run takes the rest of that epoch in the same order."""
+        fit_loop = getattr(self.trainer, "fit_loop", None) if self.trainer is not None else None
+        if fit_loop is None:
+            return {}
+        return {"epoch": fit_loop.epoch_progress.current.processed,
+                "batches": fit_loop.epoch_loop.batch_progress.current.processed}
+
+    def load_state_dict(self, state: dict) -> None:
+        if "epoch" in state:
+            self.resume_at = (int(state["epoch"]), int(state["batches"]))
 
     def write_skipped(self, run: Path) -> Path:
         """List the files data.on_bad_file="skip" left out in <run>/skipped_files.txt, and say how many."""
@@ -214,18 +241,25 @@ class ImageDataModule(L.LightningDataModule):
         return path
 
     def train_dataloader(self) -> torch.utils.data.DataLoader:
+        """Batches in the order of a `Stream`: each epoch a function of (seed, epoch), each item's crop and flips
+        of its own seed, whatever the number of workers, and resumable mid-epoch."""
         h = self.hparams
         on_device = hasattr(self.train_set, "indices")  # DeviceImages, cached latents: load indices, gather on the device
-        if on_device:  # epochs of at least EPOCH_STEPS steps (fresh permutations back to back): a small set makes
-            data = self.train_set.indices()  # no 4-step epochs, each with its loader restart and epoch-end hooks
-            sampler = torch.utils.data.RandomSampler(data, num_samples=max(len(data), EPOCH_STEPS * h.batch_size))
-            return torch.utils.data.DataLoader(data, batch_size=h.batch_size, sampler=sampler,
-                                               drop_last=len(data) >= h.batch_size)
-        in_memory = h.dataset != "folder" or bool(h.latent_cache)
-        workers = 0 if in_memory else self.workers
-        return torch.utils.data.DataLoader(
-            self.train_set, batch_size=h.batch_size, shuffle=True, drop_last=len(self.train_set) >= h.batch_size,
-            num_workers=workers, persistent_workers=workers > 0,
+        # data on the device: epochs of at least EPOCH_STEPS steps (fresh permutations back to back), so that a
+        # small set makes no 4-step epochs, each with its loader restart and epoch-end hooks
+        data = self.train_set.indices() if on_device else self.train_set
+        seed = int(os.environ.get("PL_GLOBAL_SEED", 0))  # Lightning's seed_everything; the same on every rank
+        stream = Stream(data, seed=seed, min_items=EPOCH_STEPS * h.batch_size if on_device else 0)
+        drop_last = len(stream) >= h.batch_size
+        epoch, batches = getattr(self, "resume_at", (0, 0))  # from a checkpoint (load_state_dict)
+        if batches >= (len(stream) // h.batch_size if drop_last else math.ceil(len(stream) / h.batch_size)):
+            epoch, batches = epoch + 1, 0  # the checkpoint closed its epoch
+        stream.set_epoch(epoch)  # now: workers start drawing indices before Lightning's set_epoch
+        stream.start = (epoch, batches * h.batch_size)
+        workers = 0 if on_device or h.dataset != "folder" or h.latent_cache else self.workers
+        return StreamLoader(
+            data, batch_size=h.batch_size, sampler=stream, drop_last=drop_last,
+            num_workers=workers, persistent_workers=workers > 0, generator=torch.Generator().manual_seed(seed),
         )
 
     def val_dataloader(self):

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from .folder import ImageFolder, load_image, transform_same
+from .stream import Key
 
 
 class Unsuitable(ValueError):
@@ -62,7 +63,7 @@ def crop_flip(images: torch.Tensor, index: torch.Tensor, top: torch.Tensor, left
 
 
 class Indices(torch.utils.data.Dataset):
-    """What the DataLoader of DeviceImages loads: {"index": i}, a few bytes per item."""
+    """What the DataLoader of DeviceImages loads: {"index": i} (and the seed of a Stream's Key), a few bytes per item."""
 
     def __init__(self, n: int, repeat: int):
         self.n, self.repeat = n, repeat
@@ -71,7 +72,7 @@ class Indices(torch.utils.data.Dataset):
         return self.n * self.repeat
 
     def __getitem__(self, i: int) -> dict:
-        return {"index": i % self.n}
+        return {"index": i % self.n, "seed": i.seed} if isinstance(i, Key) else {"index": i % self.n}
 
 
 class DeviceImages(torch.utils.data.Dataset):

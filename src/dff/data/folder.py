@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .stream import item_rng
+
 IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 MODES: dict[int, str] = {1: "L", 3: "RGB", 4: "RGBA"}
 Crop = Literal["random", "center", "resize"]
@@ -211,17 +213,19 @@ class ImageFolder(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.files) * self.repeat
 
-    def transform(self, im: Image.Image) -> Image.Image:
+    def transform(self, im: Image.Image, rng: Optional[random.Random] = None) -> Image.Image:
         """Crop or resize to image_size, then flip."""
-        return transform_same([im], self.image_size, self.crop, hflip=self.hflip, vflip=self.vflip, rng=self.rng)[0]
+        return transform_same([im], self.image_size, self.crop, hflip=self.hflip, vflip=self.vflip,
+                              rng=rng or self.rng)[0]
 
     def __getitem__(self, i: int) -> dict:
+        i, rng = item_rng(i, self.rng)  # a Key from the training Stream brings its own draws
         i = i % len(self.files)
         im = load_image(self.files[i], self.channels)
         if self.half is not None:  # pix2pix files: A | B side by side
             w, h = im.size
             im = im.crop((0, 0, w // 2, h) if self.half == "A" else (w // 2, 0, 2 * (w // 2), h))
-        item = {"image": to_tensor(self.transform(im))}
+        item = {"image": to_tensor(self.transform(im, rng))}
         if self.labels is not None:
             item["label"] = self.labels[i]
         return item

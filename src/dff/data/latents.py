@@ -21,6 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..safe_load import load_tensors
+from .stream import item_rng
 
 FORMAT = 1
 
@@ -105,7 +106,8 @@ class LatentDataset(torch.utils.data.Dataset):
         return len(self.data["latent"])
 
     def __getitem__(self, i: int) -> dict:
-        v = self.rng.randrange(self.data["latent"].shape[1])
+        i, rng = item_rng(i, self.rng)  # a Key from the training Stream brings its own draws
+        v = rng.randrange(self.data["latent"].shape[1])
         item = {"latent": self.data["latent"][i, v]}
         if "cond_code" in self.data:
             item["cond_code"] = self.data["cond_code"][i, v]
@@ -119,12 +121,12 @@ class LatentDataset(torch.utils.data.Dataset):
 
         return Indices(len(self), 1)
 
-    def batch(self, index: torch.Tensor) -> dict:
-        """The cached latents of a batch of indices, one flip variant drawn per item, on index's device (the cache
-        moves there with the first batch and stays)."""
+    def batch(self, index: torch.Tensor, generator: Optional[torch.Generator] = None) -> dict:
+        """The cached latents of a batch of indices, one flip variant drawn per item (from `generator`), on index's
+        device (the cache moves there with the first batch and stays)."""
         if self.data["latent"].device != index.device:
             self.data = {k: v.to(index.device) for k, v in self.data.items()}
-        v = torch.randint(0, self.data["latent"].shape[1], index.shape, device=index.device)
+        v = torch.randint(0, self.data["latent"].shape[1], index.shape, device=index.device, generator=generator)
         out = {"latent": self.data["latent"][index, v]}
         if "cond_code" in self.data:
             out["cond_code"] = self.data["cond_code"][index, v]

@@ -23,6 +23,7 @@ import torch
 from PIL import Image
 
 from .folder import MODES, Crop, convert_image, find_images, inspect_image, to_tensor, transform_same
+from .stream import Key, draw_seed, item_rng
 from .tasks import TASKS, make_condition
 
 Layout = Literal["side_by_side", "folders"]
@@ -148,13 +149,14 @@ class PairFolder(torch.utils.data.Dataset):
             return im_a.copy(), im_b.copy()
 
     def __getitem__(self, i: int) -> dict:
+        i, rng = item_rng(i, self.rng)  # a Key from the training Stream brings its own draws
         a, b = self.load_pair(i)
         cond, target = (a, b) if self.direction == "AtoB" else (b, a)
         cond, target = convert_image(cond, self.cond_channels), convert_image(target, self.channels)
         if cond.size != target.size:
             cond = cond.resize(target.size, Image.Resampling.BICUBIC)
         cond, target = transform_same([cond, target], self.image_size, self.crop, hflip=self.hflip, vflip=self.vflip,
-                                      rng=self.rng, crop_scale=self.crop_scale)
+                                      rng=rng, crop_scale=self.crop_scale)
         return {"cond": to_tensor(cond), "image": to_tensor(target)}
 
 
@@ -171,8 +173,11 @@ class TaskDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict:
         item = dict(self.base[i])
-        # with a seed, item i always gets the same mask (validation); else a fresh one each time
-        rng = random.Random(self.seed * 1_000_003 + i) if self.seed is not None else random
+        # with a seed, item i always gets the same mask (validation); a Key brings a stream for its mask; else fresh
+        if self.seed is not None:
+            rng = random.Random(self.seed * 1_000_003 + i)
+        else:
+            rng = random.Random(draw_seed(i.seed, 1)) if isinstance(i, Key) else random
         item["cond"] = make_condition(self.task, item["image"], rng)
         return item
 
