@@ -6,7 +6,8 @@ import torch
 from conftest import write_images
 from dff.cli import fit, main
 from dff.data.folder import ImageFolder
-from dff.diffusion.guidance import ClassifierFreeGuidance
+from dff.diffusion import GaussianDiffusion
+from dff.diffusion.guidance import ClassifierFreeGuidance, guidance_interval
 from dff.module import PixelDiffusion
 from dff.pretrained import save_pretrained
 
@@ -28,7 +29,44 @@ def test_guidance_scale_interpolates_unconditional_and_conditional(scale):
         assert torch.equal(out, cond)
 
 
+def test_guidance_in_an_interval_guides_there_and_conditions_elsewhere():
+    x, y, null, T = torch.randn(4, 3), torch.tensor([0, 1, 2, 1]), 5, 10
+    active = torch.zeros(T, dtype=torch.bool)
+    active[3:7] = True
+    t = torch.tensor([2, 3, 6, 7])  # outside, inside, inside, outside
+    out = ClassifierFreeGuidance(fake_net, y, scale=3.0, null=null, active=active)(x, t)
+    uncond, cond = fake_net(x, t, None, torch.full_like(y, null)), fake_net(x, t, None, y)
+    guided = uncond + 3.0 * (cond - uncond)
+    assert torch.equal(out[[0, 3]], cond[[0, 3]]) and torch.allclose(out[[1, 2]], guided[[1, 2]])
+    # scale 0 in the interval: the unconditional prediction there only
+    out0 = ClassifierFreeGuidance(fake_net, y, scale=0.0, null=null, active=active)(x, t)
+    assert torch.equal(out0[[1, 2]], uncond[[1, 2]]) and torch.equal(out0[[0, 3]], cond[[0, 3]])
+
+
+def test_guidance_interval_is_a_range_of_noise_levels():
+    d = GaussianDiffusion(timesteps=1000, schedule="linear")
+    sigma = ((1 - d.alpha_bar) / d.alpha_bar).sqrt()  # increasing in t
+    on = guidance_interval(d.alpha_bar, 0.28, 5.42)  # EDM2-S's interval (Kynkaanniemi et al. 2024, Table 1)
+    idx = on.nonzero().flatten()
+    assert on.any() and torch.equal(idx, torch.arange(idx[0], idx[-1] + 1))  # one contiguous run of timesteps
+    assert sigma[idx[0]] > 0.28 >= sigma[idx[0] - 1] and sigma[idx[-1]] <= 5.42 < sigma[idx[-1] + 1]
+    with pytest.raises(ValueError, match="lo < hi"):
+        guidance_interval(d.alpha_bar, 2.0, 1.0)
+
+
 TINY = dict(image_size=8, channels=1, dim=8, dim_mults=[1, 2], timesteps=20, schedule="cosine")
+
+
+def test_module_guidance_interval_ends():
+    m = PixelDiffusion(num_classes=3, **TINY)
+    torch.nn.init.normal_(m.ema.model.class_emb.weight)
+    for p in m.ema.model.parameters():
+        p.data.add_(0.05 * torch.randn_like(p))
+    s = lambda **kw: m.sample(4, "ddim", steps=3, seed=0, progress=False, labels=1, **kw)  # noqa: E731
+    everywhere, conditional = s(guidance=3.0), s(guidance=1.0)
+    assert torch.allclose(s(guidance=3.0, guidance_interval=(0.0, float("inf"))), everywhere, atol=1e-6)
+    assert torch.allclose(s(guidance=3.0, guidance_interval=(1e6, 1e7)), conditional, atol=1e-6)  # no step in it
+    assert not torch.allclose(everywhere, conditional, atol=1e-4)
 
 
 def test_module_guidance_ends():
@@ -56,6 +94,12 @@ def test_unknown_class_and_unlabelled_model(tmp_path):
     main(["sample", str(tmp_path / "w"), "--class", "2", "--num", "2", "--steps", "2", "--out", str(tmp_path / "o"),
           "--no-progress"])
     assert (tmp_path / "o" / "sample_0001.png").exists()
+    with pytest.raises(SystemExit, match=r"guidance interval \(2.0, 1.0\]: expected 0 <= lo < hi"):
+        main(["sample", str(tmp_path / "w"), "--class", "2", "--num", "2", "--steps", "2", "--out", str(tmp_path / "p"),
+              "--guidance-interval", "2", "1"])
+    main(["sample", str(tmp_path / "w"), "--class", "2", "--num", "2", "--steps", "2", "--out", str(tmp_path / "q"),
+          "--guidance-interval", "0.3", "5", "--no-progress"])
+    assert (tmp_path / "q" / "sample_0001.png").exists()
 
 
 def test_labels_from_subfolders(tmp_path):

@@ -75,6 +75,7 @@ def sample_command(args: argparse.Namespace) -> list[Path]:
         try:
             images.append(model.sample(n, args.sampler, steps=args.steps, eta=args.eta, spacing=args.spacing, generator=g,
                                        labels=args.class_, guidance=args.guidance,
+                                       guidance_interval=args.guidance_interval,
                                        progress=not args.no_progress).cpu())
         except ValueError as e:
             raise SystemExit(f"dff: {e}")
@@ -278,6 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="class-conditional models: generate this class (default: unconditional)")
     s.add_argument("--guidance", type=float, default=2.0,
                    help="classifier-free guidance scale with --class: 0 unconditional, 1 conditional, >1 sharper")
+    s.add_argument("--guidance-interval", type=float, nargs=2, default=None, metavar=("LO", "HI"),
+                   help="guide only at noise levels LO < sigma <= HI, conditional elsewhere (Kynkaanniemi et al. "
+                        "2024; default: at every step)")
     s.add_argument("--batch-size", type=int, default=64)
     s.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     s.add_argument("--out", default="samples", help="output folder (default ./samples)")

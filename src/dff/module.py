@@ -19,7 +19,7 @@ from .data import ImageDataModule
 from .data.latents import sample_latents
 from .data.stream import draw_seed
 from .diffusion import GaussianDiffusion, get_sampler
-from .diffusion.guidance import ClassifierFreeGuidance
+from .diffusion.guidance import ClassifierFreeGuidance, guidance_interval as interval_table
 from .diffusion.samplers import check_steps, randn
 from .ema import EMA
 from .latent import LatentSpace
@@ -369,6 +369,8 @@ class DiffusionModule(L.LightningModule):
         num_samples: int = 1,  # outputs per condition (conditional models): (B * num_samples, C, H, W)
         labels=None,  # class-conditional models: a class index, or one per sample (None: unconditional)
         guidance: float = 2.0,  # classifier-free guidance scale s: 0 unconditional, 1 conditional, > 1 sharper
+        guidance_interval: Optional[tuple[float, float]] = None,  # (lo, hi): guide only where lo < sigma_t <= hi
+                                                                  # (Kynkaanniemi et al. 2024); None: at every step
         use_ema: bool = True,  # sample with the EMA weights
         progress: bool = True,
         callback: Optional[Callable[[dict], None]] = None,
@@ -401,7 +403,9 @@ class DiffusionModule(L.LightningModule):
         x_T = randn((num, self.latent.channels, *size), generator, self.device).contiguous(memory_format=self.memory_format)
         model = net
         if labels is not None:
-            model = ClassifierFreeGuidance(net, self.class_labels(labels, num), scale=guidance, null=h.num_classes)
+            active = None if guidance_interval is None else interval_table(self.diffusion.alpha_bar, *guidance_interval)
+            model = ClassifierFreeGuidance(net, self.class_labels(labels, num), scale=guidance, null=h.num_classes,
+                                           active=active)
         residual = h.residual
         x0 = fn(model, self.diffusion, x_T, cond=cond, generator=generator,
                 clip_x0=h.clip_x0 and not residual and not self.is_latent,  # latents are not bounded
