@@ -45,7 +45,8 @@ class Snapshots(L.Callback):
         if len(self.taken) < len(self.marks) and self.clock >= 60 * self.marks[len(self.taken)]:
             m = self.marks[len(self.taken)]
             save_pretrained(pl_module, self.out / f"{m:g}min")
-            self.taken.append({"minutes": m, "step": trainer.global_step, "images": trainer.global_step * 32})
+            images = trainer.global_step * pl_module.global_batch()
+            self.taken.append({"minutes": m, "step": trainer.global_step, "images": images})
             print(f"{m:g} min: step {trainer.global_step}", flush=True)
             trainer.should_stop = len(self.taken) == len(self.marks)
         self.last = time.perf_counter()

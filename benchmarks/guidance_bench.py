@@ -104,11 +104,10 @@ def chart(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4.2))
-    keys = sorted({(r["label_dropout"], r["interval"] or ()) for r in rows})
-    for p, iv in keys:
-        line = [r for r in rows if r["label_dropout"] == p and (r["interval"] or ()) == iv
-                or (r["label_dropout"] == p and iv and r["interval"] is None and r["scale"] == 1.0)]
-        line.sort(key=lambda r: r["scale"])
+    for p, iv in sorted({(r["label_dropout"], r["interval"] or ()) for r in rows}):
+        mine = [r for r in rows if r["label_dropout"] == p]
+        # scale 1 is the conditional prediction whatever the interval: measured once, on every line
+        line = sorted((r for r in mine if (r["interval"] or ()) == iv or r["scale"] == 1.0), key=lambda r: r["scale"])
         label = f"dropout {p:g}, " + ("every step" if not iv else f"{iv[0]:g} < sigma <= {iv[1]:g}")
         ax.plot([r["cnn_agrees"] for r in line], [r["fid"] for r in line], "o-" if not iv else "s--", label=label)
         for r in line:

@@ -403,7 +403,7 @@ class DiffusionModule(L.LightningModule):
         x_T = randn((num, self.latent.channels, *size), generator, self.device).contiguous(memory_format=self.memory_format)
         model = net
         if labels is not None:
-            active = None if guidance_interval is None else interval_table(self.diffusion.alpha_bar, *guidance_interval)
+            active = None if guidance_interval is None else interval_table(self.diffusion.alpha_bar, *guidance_interval).to(self.device)
             model = ClassifierFreeGuidance(net, self.class_labels(labels, num), scale=guidance, null=h.num_classes,
                                            active=active)
         residual = h.residual

@@ -37,7 +37,8 @@ class ClassifierFreeGuidance:
         guided = unconditional + self.scale * (conditional - unconditional)  # Eq. 6
         if self.active is None:
             return guided
-        on = self.active.to(t.device)[t.long()].view(-1, *([1] * (x_t.dim() - 1)))  # (B, 1, 1, 1)
+        # (B, 1, 1, 1); .to is a no-op for the table DiffusionModule.sample puts on the device
+        on = self.active.to(t.device)[t.long()].view(-1, *([1] * (x_t.dim() - 1)))
         return torch.where(on, guided, conditional)
 
 
