@@ -7,7 +7,7 @@ from conftest import write_images
 from dff.cli import fit, main
 from dff.data.folder import ImageFolder
 from dff.diffusion import GaussianDiffusion
-from dff.diffusion.guidance import ClassifierFreeGuidance, guidance_interval
+from dff.diffusion.guidance import DEFAULT_INTERVAL, ClassifierFreeGuidance, guidance_interval
 from dff.module import PixelDiffusion
 from dff.pretrained import save_pretrained
 
@@ -63,8 +63,11 @@ def test_module_guidance_interval_ends():
     for p in m.ema.model.parameters():
         p.data.add_(0.05 * torch.randn_like(p))
     s = lambda **kw: m.sample(4, "ddim", steps=3, seed=0, progress=False, labels=1, **kw)  # noqa: E731
-    everywhere, conditional = s(guidance=3.0), s(guidance=1.0)
+    everywhere, conditional = s(guidance=3.0, guidance_interval=None), s(guidance=1.0)
     assert torch.allclose(s(guidance=3.0, guidance_interval=(0.0, float("inf"))), everywhere, atol=1e-6)
+    default = s(guidance=3.0)  # the interval (0.28, 5.42]: guided at some of the 3 DDIM steps, not at all
+    assert torch.allclose(default, s(guidance=3.0, guidance_interval=DEFAULT_INTERVAL), atol=1e-6)
+    assert not torch.allclose(default, everywhere, atol=1e-4) and not torch.allclose(default, conditional, atol=1e-4)
     assert torch.allclose(s(guidance=3.0, guidance_interval=(1e6, 1e7)), conditional, atol=1e-6)  # no step in it
     assert not torch.allclose(everywhere, conditional, atol=1e-4)
 

@@ -23,6 +23,7 @@ import torch
 
 from . import __version__, runs
 from .diffusion import SAMPLERS, default_steps
+from .diffusion.guidance import DEFAULT_INTERVAL
 from .train import fit
 
 __all__ = ["main", "fit", "build_parser"]
@@ -277,11 +278,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--class", dest="class_", type=int, default=None,
                    help="class-conditional models: generate this class (default: unconditional)")
-    s.add_argument("--guidance", type=float, default=2.0,
+    s.add_argument("--guidance", type=float, default=1.5,
                    help="classifier-free guidance scale with --class: 0 unconditional, 1 conditional, >1 sharper")
-    s.add_argument("--guidance-interval", type=float, nargs=2, default=None, metavar=("LO", "HI"),
+    s.add_argument("--guidance-interval", type=float, nargs=2, default=DEFAULT_INTERVAL, metavar=("LO", "HI"),
                    help="guide only at noise levels LO < sigma <= HI, conditional elsewhere (Kynkaanniemi et al. "
-                        "2024; default: at every step)")
+                        "2024; default: 0.28 5.42; 0 inf: at every step)")
     s.add_argument("--batch-size", type=int, default=64)
     s.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     s.add_argument("--out", default="samples", help="output folder (default ./samples)")
@@ -315,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="reference images: 'digits' or a folder (FID/KID); 'photos' (held-out photo patches), "
                         "a folder of images (task models) or a pair folder (PSNR/SSIM)")
     e.add_argument("--extractor", default="digits",
-                   help="FID/KID features: digits (offline CNN), inception (needs torch-fidelity) or module:factory")
+                   help="FID/KID features: digits or textures (offline CNNs), inception (needs torch-fidelity) or module:factory")
     e.add_argument("--extractor-weights", default=None, help="local weights file of the extractor")
     e.add_argument("--sampler", default="ddim", help="sampler of the generated images (FID/KID)")
     e.add_argument("--layout", default="side_by_side", help="pair folders: side_by_side or folders (A/, B/)")

@@ -19,7 +19,7 @@ from .data import ImageDataModule
 from .data.latents import sample_latents
 from .data.stream import draw_seed
 from .diffusion import GaussianDiffusion, get_sampler
-from .diffusion.guidance import ClassifierFreeGuidance, guidance_interval as interval_table
+from .diffusion.guidance import DEFAULT_INTERVAL, ClassifierFreeGuidance, guidance_interval as interval_table
 from .diffusion.samplers import check_steps, randn
 from .ema import EMA
 from .latent import LatentSpace
@@ -84,7 +84,8 @@ class DiffusionModule(L.LightningModule):
         residual: bool = False,  # diffuse the residual x0 - cond (SRDiff, Li et al. 2022); cond has the output's channels
         residual_scale: float = 1.0,  # multiply the residual by this (~ 1 / its std) so the diffused data has unit scale
         num_classes: int = 0,  # class-conditional with classifier-free guidance: labels 0..num_classes-1 (0: off)
-        label_dropout: float = 0.1,  # share of training labels replaced by "no label" (Ho & Salimans 2022)
+        label_dropout: float = 0.2,  # share of training labels replaced by "no label" (Ho & Salimans 2022;
+                                     # 0.2 trains the unconditional branch better than 0.1: docs/benchmarks.md)
         # ---- latent space (latent.py)
         autoencoder: Optional[str] = None,  # latent diffusion: AutoencoderKL folder, dff autoencoder run or hub id (None: pixel space)
         latent_scale: Optional[float] = None,  # s in z_0 = s * E(x); None: 1 / std of the training latents, estimated at the start of fit
@@ -368,9 +369,9 @@ class DiffusionModule(L.LightningModule):
         cond: Optional[torch.Tensor] = None,  # condition images (B, C_cond, H, W) in [0, 1] (conditional models)
         num_samples: int = 1,  # outputs per condition (conditional models): (B * num_samples, C, H, W)
         labels=None,  # class-conditional models: a class index, or one per sample (None: unconditional)
-        guidance: float = 2.0,  # classifier-free guidance scale s: 0 unconditional, 1 conditional, > 1 sharper
-        guidance_interval: Optional[tuple[float, float]] = None,  # (lo, hi): guide only where lo < sigma_t <= hi
-                                                                  # (Kynkaanniemi et al. 2024); None: at every step
+        guidance: float = 1.5,  # classifier-free guidance scale s: 0 unconditional, 1 conditional, > 1 sharper
+        guidance_interval: Optional[tuple[float, float]] = DEFAULT_INTERVAL,  # (lo, hi): guide only where
+                                     # lo < sigma_t <= hi (Kynkaanniemi et al. 2024); None: at every step
         use_ema: bool = True,  # sample with the EMA weights
         progress: bool = True,
         callback: Optional[Callable[[dict], None]] = None,
@@ -403,7 +404,9 @@ class DiffusionModule(L.LightningModule):
         x_T = randn((num, self.latent.channels, *size), generator, self.device).contiguous(memory_format=self.memory_format)
         model = net
         if labels is not None:
-            active = None if guidance_interval is None else interval_table(self.diffusion.alpha_bar, *guidance_interval).to(self.device)
+            # guidance 0 asks for the unconditional model: at every step, whatever the interval
+            every_step = guidance_interval is None or guidance == 0
+            active = None if every_step else interval_table(self.diffusion.alpha_bar, *guidance_interval).to(self.device)
             model = ClassifierFreeGuidance(net, self.class_labels(labels, num), scale=guidance, null=h.num_classes,
                                            active=active)
         residual = h.residual

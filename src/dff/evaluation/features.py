@@ -11,6 +11,8 @@ Which extractor to use:
 
 * "digits" (`DigitsFeatures`): a small CNN trained on scikit-learn's 8x8 digits upsampled to 16x16,
   64-d features. The right yardstick for the digits demo; meaningless for other data.
+* "textures" (`TextureFeatures`): the same kind of CNN trained on 128x128 patches of scikit-image's
+  brick, grass and gravel textures: the yardstick of the latent demo.
 * "inception" (`InceptionFeatures`): the standard InceptionV3 pool3 features (2048-d) of the
   original FID (Heusel et al. 2017), through torchmetrics and torch-fidelity. Comparable with
   published FIDs of RGB natural images; a poor yardstick for grayscale, multispectral, medical or
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import json
 import sys
 from pathlib import Path
 from typing import Callable, Optional, Union
@@ -42,6 +45,9 @@ HERE = Path(__file__).resolve().parent
 DIGITS_WEIGHTS = HERE / "digits_features.safetensors"
 DIGITS_INFO = HERE / "digits_features.json"
 TRAIN_SCRIPT = "scripts/train_digits_features.py"
+TEXTURE_WEIGHTS = HERE / "texture_features.safetensors"
+TEXTURE_INFO = HERE / "texture_features.json"
+TEXTURE_TRAIN_SCRIPT = "scripts/train_texture_features.py"
 
 # torch-fidelity's InceptionV3 FID weights (the TensorFlow 2015-12-05 graph converted to PyTorch)
 INCEPTION_WEIGHTS_NAME = "weights-inception-2015-12-05-6726825d.pth"
@@ -101,29 +107,89 @@ def digits_split(labels: Union[torch.Tensor, np.ndarray], seed: int = 0,
     return np.sort(train), np.sort(test)
 
 
-class DigitsFeatures(nn.Module):
+def texture_heldout_patches(size: int = 128, stride: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every `stride`-th size x size crop of the textures' held-out bottom quarters (the split of
+    dff.data.builtin.load_photos): ((N, 1, size, size) images in [0, 1], (N,) labels brick 0, grass 1,
+    gravel 2). The held-out set the shipped texture weights are scored on."""
+    from ..data.builtin import load_photos
+    from ..data.folder import to_tensor
+
+    x, y = [], []
+    for label, im in enumerate(load_photos("val", 1, "textures")):
+        t = to_tensor(im)
+        for top in range(0, t.shape[1] - size + 1, stride):
+            for left in range(0, t.shape[2] - size + 1, stride):
+                x.append(t[:, top:top + size, left:left + size])
+                y.append(label)
+    return torch.stack(x), torch.tensor(y)
+
+
+class ShippedClassifier(nn.Module):
+    """A small CNN judge shipped with weights: `forward` gives its features (the penultimate layer's
+    pre-activations, not ReLU-ed, so no dead units make the covariance singular), `classify` its class
+    logits, `pretrained()` loads the shipped weights. Subclasses define `body`, `embed`, `head`,
+    `input_channels`, `input_size` and `weights_file()`/`train_script`."""
+
+    input_channels: Optional[int] = 1
+    input_size: Optional[tuple[int, int]] = None
+    feature_dim = num_features = 64  # num_features is read by torchmetrics' FID/KID with a custom `feature`
+    train_script = ""
+
+    @staticmethod
+    def block(cin: int, cout: int, stride: int = 1) -> list[nn.Module]:
+        return [nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(cout),
+                nn.ReLU(inplace=True)]
+
+    @classmethod
+    def weights_file(cls) -> Path:
+        raise NotImplementedError
+
+    @classmethod
+    def build(cls, weights: Path) -> "ShippedClassifier":
+        """The untrained network that `weights` fit."""
+        return cls()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) images in [0, 1] -> (B, feature_dim) features."""
+        x = match_input(x, self.input_channels, self.input_size)
+        return self.embed(self.body(x))
+
+    def classify(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) images in [0, 1] -> (B, classes) logits."""
+        return self.head(F.relu(self.forward(x)))
+
+    @classmethod
+    def pretrained(cls, weights: Optional[Union[str, Path]] = None) -> "ShippedClassifier":
+        """The shipped weights (beside this file) or another file."""
+        from safetensors.torch import load_file
+
+        path = Path(weights) if weights is not None else cls.weights_file()
+        if not path.is_file():
+            how = (f"regenerate the shipped file with `python {cls.train_script}` (a minute or two on a CPU)"
+                   if weights is None else f"train one with `python {cls.train_script} --out {path}`")
+            raise FileNotFoundError(f"{cls.__name__} weights {str(path)!r} not found; {how}")
+        model = cls.build(path)
+        model.load_state_dict(load_file(str(path)))
+        return model.eval().requires_grad_(False)
+
+
+class DigitsFeatures(ShippedClassifier):
     """A small CNN for the digits (1 x 16 x 16 in [0, 1], white on black) and its 64-d features.
 
     conv 16 -> conv 32 -> pool -> conv 64 -> pool -> conv 64 -> avgpool 2x2 -> linear 256->64 (features)
-    -> ReLU -> linear 64->10 (classes). The features are the 64 pre-activation outputs of the
-    penultimate layer (not ReLU-ed, so no dead units make the covariance singular).
+    -> ReLU -> linear 64->10 (classes).
 
     Inputs of another size are resized bilinearly to 16x16 and 3/4-channel inputs are converted to
     luma (silently here; `compute_features` warns); uint8 inputs are scaled from 0..255.
     The module stays in eval mode and needs no gradients after `pretrained()`.
     """
 
-    input_channels = 1
     input_size = (16, 16)
-    feature_dim = 64
-    num_features = 64  # read by torchmetrics' FID/KID with a custom `feature` module
+    train_script = TRAIN_SCRIPT
 
     def __init__(self):
         super().__init__()
-
-        def block(cin: int, cout: int) -> list[nn.Module]:
-            return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
-
+        block = self.block
         self.body = nn.Sequential(
             *block(1, 16), *block(16, 32), nn.MaxPool2d(2),  # 8x8
             *block(32, 64), nn.MaxPool2d(2),  # 4x4
@@ -133,28 +199,51 @@ class DigitsFeatures(nn.Module):
         self.embed = nn.Linear(64 * 2 * 2, self.feature_dim)
         self.head = nn.Linear(self.feature_dim, 10)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) images in [0, 1] -> (B, 64) features."""
-        x = match_input(x, self.input_channels, self.input_size)
-        return self.embed(self.body(x))
+    @classmethod
+    def weights_file(cls) -> Path:
+        return DIGITS_WEIGHTS
 
-    def classify(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) images in [0, 1] -> (B, 10) logits of the digit classes."""
-        return self.head(F.relu(self.forward(x)))
+
+class TextureFeatures(ShippedClassifier):
+    """A small CNN for scikit-image's three textures (brick, grass, gravel; 1 x size x size patches in
+    [0, 1], size that of the demo) and its 64-d features: the judge of the latent demo (scripts/train_texture_features.py
+    trains it on the training three quarters of each texture and reports its accuracy on the held-out
+    bottom quarter).
+
+    Its fourth class, "none", is trained on what is not one of the textures: noise, flat grey, real
+    crops blurred beyond recognition or with their pixels shuffled. Without it a three-way classifier
+    labels pure noise "grass" with confidence 1 (measured), and could not judge a generator.
+
+    conv 16 /2 -> conv 32 -> pool -> conv 64 -> pool -> conv 64 -> pool -> conv 64 -> global average
+    (texture statistics are the same everywhere) -> linear 64->64 (features) -> ReLU -> linear 64->4.
+    """
+
+    train_script = TEXTURE_TRAIN_SCRIPT
+    classes = ("brick", "grass", "gravel", "none")  # dff.data.builtin.TEXTURES, then "not a texture"
+
+    def __init__(self, size: int = 128):
+        super().__init__()
+        self.input_size = (size, size)  # the crop size it was trained on (fully convolutional otherwise)
+        block = self.block
+        self.body = nn.Sequential(
+            *block(1, 16, stride=2), *block(16, 32), nn.MaxPool2d(2),  # 32x32
+            *block(32, 64), nn.MaxPool2d(2),  # 16x16
+            *block(64, 64), nn.MaxPool2d(2),  # 8x8
+            *block(64, 64), nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+        )
+        self.embed = nn.Linear(64, self.feature_dim)
+        self.head = nn.Linear(self.feature_dim, len(self.classes))
 
     @classmethod
-    def pretrained(cls, weights: Optional[Union[str, Path]] = None) -> "DigitsFeatures":
-        """The shipped weights (src/dff/evaluation/digits_features.safetensors) or another file."""
-        from safetensors.torch import load_file
+    def weights_file(cls) -> Path:
+        return TEXTURE_WEIGHTS
 
-        path = Path(weights) if weights is not None else DIGITS_WEIGHTS
-        if not path.is_file():
-            how = (f"regenerate the shipped file with `python {TRAIN_SCRIPT}` (about a minute on a CPU)"
-                   if weights is None else f"train one with `python {TRAIN_SCRIPT} --out {path}`")
-            raise FileNotFoundError(f"digits feature-extractor weights {str(path)!r} not found; {how}")
-        model = cls()
-        model.load_state_dict(load_file(str(path)))
-        return model.eval().requires_grad_(False)
+    @classmethod
+    def build(cls, weights: Path) -> "TextureFeatures":
+        """An untrained judge of the crop size stated in the JSON beside `weights` (128 without one)."""
+        info = weights.with_suffix(".json")
+        return cls(json.loads(info.read_text()).get("size", 128) if info.is_file() else 128)
 
 
 # ---------------------------------------------------------------------- inception
@@ -214,7 +303,7 @@ class InceptionFeatures(nn.Module):
 
 
 # ---------------------------------------------------------------------- lookup
-EXTRACTORS = ("digits", "inception")
+EXTRACTORS = ("digits", "textures", "inception")
 
 
 def load_factory(spec: str) -> Callable:
@@ -250,6 +339,7 @@ def get_extractor(name: str = "digits", weights: Optional[Union[str, Path]] = No
     """A feature extractor, in eval mode without gradients, by name:
 
     "digits"               DigitsFeatures.pretrained(weights): shipped weights when weights is None
+    "textures"             TextureFeatures.pretrained(weights): the latent demo's brick/grass/gravel judge
     "inception"            InceptionFeatures(weights): InceptionV3 pool3; needs torch-fidelity
     "module.path:factory"  your own: factory() or factory(weights) returning an nn.Module that maps
     "file.py:factory"      (B, C, H, W) images in [0, 1] to (B, D) features; for grayscale,
@@ -258,6 +348,8 @@ def get_extractor(name: str = "digits", weights: Optional[Union[str, Path]] = No
     """
     if name == "digits":
         model = DigitsFeatures.pretrained(weights)
+    elif name == "textures":
+        model = TextureFeatures.pretrained(weights)
     elif name == "inception":
         model = InceptionFeatures(weights)
     elif ":" in name:
