@@ -86,6 +86,9 @@ def test_shipped_texture_judge_classifies_heldout_patches_and_rejects_noise():
         none = judge.classify(not_textures).argmax(1)
     assert acc == 1.0 and info["accuracy"] == 1.0 and info["classes"] == ["brick", "grass", "gravel", "none"]
     assert (none == 3).all(), none.tolist()
+    sure = judge.recognise(x)  # confidence >= 0.9: nearly all held-out crops, and never a wrong texture
+    assert (sure == y).float().mean() >= 0.99 and ((sure == y) | (sure == -1)).all()
+    assert (judge.recognise(not_textures) == -1).all()
     assert judge(x[:2]).shape == (2, 64) and isinstance(get_extractor("textures"), TextureFeatures)
     assert features_mod.TEXTURE_WEIGHTS.stat().st_size < 500_000
 

@@ -376,3 +376,19 @@ def test_builtin_textures_are_split_into_train_and_held_out_parts():
     train, val = PhotoPatches("train", 128, 1, repeat=2, seed=0, source="textures"), PhotoPatches("val", 128, 1, source="textures")
     assert [im.size for im in train.photos] == [(512, 384)] * 3 and [im.size for im in val.photos] == [(512, 128)] * 3
     assert len(val) == 12 and train[0]["image"].shape == (1, 128, 128)
+
+
+def test_latent_demo_end_to_end_at_a_few_steps(tmp_path, capsys):
+    from dff.demo import latent_demo
+
+    run = latent_demo(str(tmp_path / "demo"), max_steps=4, autoencoder_steps=4)
+    out = capsys.readouterr().out
+    for name in ("samples.png", "real.png", "report.html", "export/model.safetensors"):
+        assert (run / name).exists(), name
+    assert list((tmp_path / "demo" / "autoencoder").glob("version_*/reconstructions.png"))
+    assert "PSNR" in out and "latent scale" in out
+    judged = next(line for line in out.splitlines() if line.startswith("texture judge:"))
+    counts = [int(w) for w in judged.replace(",", " ").replace(")", " ").split() if w.isdigit()]
+    assert counts[1] == 16 and counts[0] == sum(counts[2:5])  # "N of 16 (brick b, grass g, gravel v)"
+    model = load_pretrained(run / "export")
+    assert model.hparams.image_size == 64 and model.latent.autoencoder is not None

@@ -357,7 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="train on built-in data for a few minutes and write figures")
     d.add_argument("which", nargs="?", default="digits", choices=["digits", "latent"],
                    help="digits: pixel diffusion on the digits (default); latent: an autoencoder then latent "
-                        "diffusion on 128x128 texture patches")
+                        "diffusion on 64x64 texture patches")
     d.add_argument("--out", default=None, help="root folder of the runs (default runs/demo or runs/latent_demo)")
     d.add_argument("--max-steps", type=int, default=None, help="training steps of the diffusion model (default: the config's)")
     d.add_argument("--autoencoder-steps", type=int, default=None, help="latent demo: autoencoder training steps")

@@ -9,7 +9,8 @@ from typing import Optional
 import torch
 
 from .callbacks import RunReport, run_dir
-from .data.builtin import PhotoPatches
+from .data.builtin import TEXTURES, PhotoPatches
+from .evaluation.features import TextureFeatures
 from .evaluation.reconstruction import evaluate_autoencoder, reconstruction_images
 from .explore import model_trajectory
 from .train import CONFIG_DIR, fit
@@ -76,12 +77,19 @@ def latent_demo(out: Optional[str] = None, max_steps: Optional[int] = None,
     print(f"latent model trained in {t_train - t_ae:.0f} s ({t_train:.0f} s in total)")
 
     h = model.hparams
-    save_grid(model.sample(16, "ddim", seed=0), run / "samples.png", nrow=4)
+    samples = model.sample(16, "ddim", seed=0)
+    save_grid(samples, run / "samples.png", nrow=4)
     real = PhotoPatches("train", h.image_size, h.channels, repeat=16, seed=0, source="textures")
     save_grid(torch.stack([real[i]["image"] for i in range(16)]), run / "real.png", nrow=4)
     scores = evaluate_autoencoder(model.latent.autoencoder, reconstruction_images("textures", h.channels, h.image_size))
     print(f"autoencoder on the held-out texture patches ({scores['n']} of {h.image_size}x{h.image_size}): "
           f"PSNR {scores['psnr']:.2f} dB, SSIM {scores['ssim']:.3f}; latent scale {float(model.latent.scale):.4f}")
+    judge = TextureFeatures.pretrained()
+    if judge.input_size == (h.image_size, h.image_size):
+        labels = judge.recognise(samples.clamp(0, 1))
+        counts = ", ".join(f"{name} {int((labels == k).sum())}" for k, name in enumerate(TEXTURES))
+        print(f"texture judge: {int((labels >= 0).sum())} of {len(samples)} samples recognised ({counts}); "
+              "benchmarks/latent_demo_bench.py scores 256")
     refresh_report(cli.trainer)
     print(f"latent demo finished in {time.time() - t0:.0f} s; results:")
     for p in (ae_run / "reconstructions.png", run / "samples.png", run / "real.png", run / "report.html", run / "export"):

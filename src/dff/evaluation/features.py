@@ -239,6 +239,15 @@ class TextureFeatures(ShippedClassifier):
     def weights_file(cls) -> Path:
         return TEXTURE_WEIGHTS
 
+    @torch.no_grad()
+    def recognise(self, x: torch.Tensor, threshold: float = 0.9) -> torch.Tensor:
+        """(B, C, H, W) images in [0, 1] -> (B,) texture index (0 brick, 1 grass, 2 gravel) where one texture
+        has probability >= threshold, else -1 (unsure, or "none")."""
+        p = torch.cat([self.classify(b).softmax(1) for b in x.split(64)])
+        conf, label = p.max(1)
+        sure = (conf >= threshold) & (label < len(self.classes) - 1)
+        return torch.where(sure, label, torch.full_like(label, -1))
+
     @classmethod
     def build(cls, weights: Path) -> "TextureFeatures":
         """An untrained judge of the crop size stated in the JSON beside `weights` (128 without one)."""
