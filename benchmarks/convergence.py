@@ -6,8 +6,10 @@ features, 1,000 samples against the 1,797 digits) at DPM-Solver++(2M) 10 and 20 
 
 One run per seed: the recipe has no schedule tied to its length (constant learning rate after the warm-up,
 a fixed EMA decay), so its state after t minutes is what a t-minute run ends with. Extra arguments are
-`dff fit` overrides (e.g. --model.lr 2e-3) for trying recipes against the same clock. Writes
-<out>/convergence.json and <out>/convergence.png (FID against minutes, log-log).
+`dff fit` overrides (e.g. --model.lr 2e-3) for trying recipes against the same clock. A recipe whose schedule
+depends on the run's length (`--model.lr_decay linear`) needs one run per length: `--steps 400 800 1600` trains
+each length separately and records its measured training minutes. Writes <out>/convergence.json and
+<out>/convergence.png (FID against minutes, log-log).
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from pathlib import Path
 
 import lightning as L
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -61,9 +64,28 @@ def score(export: Path, steps: int, num: int = 1000) -> dict:
     return {"fid": r["fid"], "kid": r["kid_mean"], "kid_std": r["kid_std"]}
 
 
+def plot(rows: list[dict], path: Path) -> None:
+    """FID against training minutes (log-log), one line per seed and sampler."""
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    for seed in dict.fromkeys(r["seed"] for r in rows):
+        for steps, style in ((10, "o--"), (20, "s-")):
+            r = [x for x in rows if x["seed"] == seed and x["sampler_steps"] == steps]
+            ax.plot([x["minutes"] for x in r], [x["fid"] for x in r], style, label=f"seed {seed}, DPM-Solver++ {steps}")
+    minutes = sorted({r["minutes"] for r in rows})
+    ax.set(xscale="log", yscale="log", xlabel="training minutes (this machine)", ylabel="FID (digits features)",
+           title="digits recipe: quality against training time")
+    ax.set_xticks(minutes, [f"{m:.2g}" for m in minutes])
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--minutes", type=float, nargs="+", default=[0.5, 1, 2, 4, 8])
+    p.add_argument("--steps", type=int, nargs="+", default=None,
+                   help="one run per length instead of snapshots by the clock (recipes with a length-tied schedule)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--out", default="runs/convergence")
     args, overrides = p.parse_known_args()
@@ -71,28 +93,28 @@ def main() -> None:
     rows = []
     for seed in args.seeds:
         snaps = out / f"seed{seed}"
-        cli = fit(["--config", str(CONFIG), "--trainer.max_steps", "1000000", "--trainer.default_root_dir", str(snaps),
-                   "--samples.every_n_steps", "0", "--checkpoint.every_n_train_steps", "1000000",
-                   "--trainer.enable_progress_bar", "false", "--seed_everything", str(seed), *overrides], run=False)
-        cb = Snapshots(args.minutes, snaps)
-        cli.trainer.callbacks.append(cb)
-        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
-        for snap in cb.taken:
+        taken = []
+        for length in args.steps or [1_000_000]:
+            root = snaps / f"{length}steps" if args.steps else snaps
+            cli = fit(["--config", str(CONFIG), "--trainer.max_steps", str(length), "--trainer.default_root_dir", str(root),
+                       "--samples.every_n_steps", "0", "--checkpoint.every_n_train_steps", "1000000",
+                       "--trainer.enable_progress_bar", "false", "--seed_everything", str(seed), *overrides], run=False)
+            cb = Snapshots([] if args.steps else args.minutes, snaps)
+            cli.trainer.callbacks.append(cb)
+            cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+            if args.steps:  # the run's end: its EMA weights and its training clock
+                minutes = round(cb.clock / 60, 3)
+                save_pretrained(cli.model, snaps / f"{minutes:g}min")
+                cb.taken.append({"minutes": minutes, "step": length, "images": length * cli.model.global_batch()})
+                print(f"{length} steps: {minutes:g} min", flush=True)
+            taken += cb.taken
+        for snap in taken:
             for steps in (10, 20):
                 rows.append({"seed": seed, **snap, "sampler_steps": steps, **score(snaps / f"{snap['minutes']:g}min", steps)})
                 print(json.dumps(rows[-1]), flush=True)
     out.mkdir(parents=True, exist_ok=True)
     (out / "convergence.json").write_text(json.dumps({"overrides": overrides, "rows": rows}, indent=1) + "\n")
-    fig, ax = plt.subplots(figsize=(5, 3.6))
-    for seed in args.seeds:
-        for steps, style in ((10, "o--"), (20, "s-")):
-            r = [x for x in rows if x["seed"] == seed and x["sampler_steps"] == steps]
-            ax.plot([x["minutes"] for x in r], [x["fid"] for x in r], style, label=f"seed {seed}, DPM-Solver++ {steps}")
-    ax.set(xscale="log", yscale="log", xlabel="training minutes (this machine)", ylabel="FID (digits features)",
-           title="digits recipe: quality against training time")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "convergence.png", dpi=120)
+    plot(rows, out / "convergence.png")
     print(f"wrote {out / 'convergence.json'} and {out / 'convergence.png'}")
 
 

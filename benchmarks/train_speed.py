@@ -5,7 +5,7 @@
 Synthetic data of each config's shapes, made on the device (no download, no data loading: the step alone):
 pixel_64 is the original's 64x64 U-Net (ConvNeXt, dim 64, mults 1,2,4,8) on 3x64x64 images; latent_maps_256 the
 same U-Net on its cached latents, 4x32x32 (the VAE is not in the step when training from the latent cache);
-pixel_digits the CPU demo (ADM, 1x16x16). Each variant runs in a fresh process through Lightning's Trainer, as
+pixel_digits the CPU demo (ADM, 1x16x16); latent_demo the latent demo's U-Net on its 4x16x16 latents. Each variant runs in a fresh process through Lightning's Trainer, as
 `dff fit` would, and reports training images/s and ms per step (median of the timed steps' windows), peak memory
 (max_memory_allocated on a GPU, max RSS on the CPU), the time to the end of the first step (compile included),
 FLOPs per image (forward + backward, counted by torch's FlopCounterMode at batch 1), the achieved FLOP/s and
@@ -39,6 +39,8 @@ CONFIGS = {
                             channels=4, latent=True),
     "pixel_digits": dict(backbone="adm", dim=26, dim_mults=[1, 2, 2], attention=False, image_size=16, channels=1,
                          prediction="v", loss_weighting="min_snr", schedule="cosine"),
+    "latent_demo": dict(backbone="adm", dim=32, dim_mults=[1, 2, 2], attention=False, image_size=16, channels=4,
+                        prediction="v", loss_weighting="min_snr", schedule="cosine", latent=True),
 }
 ON = dict(cudnn_benchmark=True, tf32=True)
 VARIANTS = {
@@ -64,6 +66,7 @@ GPU_PLAN = [
 CPU_PLAN = [
     ("pixel_digits", "fp32", 32), ("pixel_digits", "bf16", 32), ("pixel_digits", "cl", 32), ("pixel_digits", "bf16_cl", 32),
     ("pixel_64", "fp32", 16), ("pixel_64", "bf16", 16), ("pixel_64", "cl", 16),
+    ("latent_demo", "fp32", 32), ("latent_demo", "cl", 32), ("latent_demo", "bf16", 32), ("latent_demo", "bf16_cl", 32),
 ]
 
 

@@ -202,6 +202,41 @@ def test_fit_applies_the_batch_scaling(tmp_path, capsys):
     assert "batch 64 (recipe tuned at 16): lr 0.002, warm-up 25 steps" in capsys.readouterr().out
 
 
+def test_lr_factor_closed_form():
+    from dff.module import lr_factor
+
+    assert [lr_factor(s, 4, 0) for s in (0, 1, 3, 50)] == [0.25, 0.5, 1.0, 1.0]  # warm-up, then constant
+    assert lr_factor(0, 0, 100, "linear") == 1.0 and lr_factor(100, 0, 100, "linear") == 0.0
+    assert lr_factor(30, 10, 100, "linear") == pytest.approx(0.7)  # warm-up over, 1 - 30/100
+    assert lr_factor(4, 10, 100, "linear") == pytest.approx(0.5 * 0.96)  # both at once
+    assert lr_factor(50, 0, 100, "cosine") == pytest.approx(0.5)
+    assert lr_factor(25, 0, 100, "cosine") == pytest.approx((1 + 2 ** -0.5) / 2)
+    assert lr_factor(150, 0, 100, "cosine") == pytest.approx(0.0)  # stays at 0 past the end
+
+
+def test_fit_decays_the_lr_to_zero_at_max_steps(tmp_path):
+    from dff.train import fit as dff_fit
+
+    cli = dff_fit(["--config", "configs/pixel_digits.yaml", "--trainer.max_steps", "5", "--samples.every_n_steps", "0",
+                   "--trainer.default_root_dir", str(tmp_path), "--model.dim", "8", "--model.warmup_steps", "2",
+                   "--model.lr_decay", "linear", "--trainer.accelerator", "cpu"])
+    opt = cli.trainer.optimizers[0]
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.0)  # after 5 of 5 steps
+    lam = cli.trainer.lr_scheduler_configs[0].scheduler.lr_lambdas[0]
+    assert [lam(s) for s in range(5)] == pytest.approx([0.5, 0.8, 0.6, 0.4, 0.2])
+
+
+def test_lr_decay_needs_max_steps_and_a_known_name(tmp_path):
+    from dff.cli import main
+
+    base = ["fit", "--config", "configs/pixel_digits.yaml", "--trainer.default_root_dir", str(tmp_path),
+            "--model.dim", "8", "--samples.every_n_steps", "0", "--trainer.accelerator", "cpu"]
+    with pytest.raises(SystemExit, match="model.lr_decay=linear decays to 0 at trainer.max_steps, which is -1"):
+        main(base + ["--model.lr_decay", "linear", "--trainer.max_steps", "-1", "--trainer.max_time", "00:00:00:05"])
+    with pytest.raises(SystemExit, match="model.lr_decay='exp': expected one of none, linear, cosine"):
+        main(base + ["--model.lr_decay", "exp", "--trainer.max_steps", "2"])
+
+
 @pytest.mark.parametrize("name,reference,images", [("pixel_64", 16, 3_200_000), ("latent_maps_256", 8, 1_600_000)])
 def test_fast_configs_see_the_original_images_with_the_original_recipe(name, reference, images):
     import yaml

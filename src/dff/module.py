@@ -36,6 +36,21 @@ def batch_scaled(lr: float, warmup_steps: int, ema_decay: float, batch: int, ref
     return lr * math.sqrt(k), max(0, round(warmup_steps / k)), ema_decay ** k
 
 
+def lr_factor(step: int, warmup: int, total: int, decay: str = "none") -> float:
+    """The learning rate of optimiser step `step` (0-based) as a fraction of the peak: a linear warm-up over
+    `warmup` steps, min(1, (step + 1) / warmup), times a decay to 0 at step `total`: none (constant), linear
+    1 - s / total (Defazio et al. 2023, "When, why and how much?", Sec. 3: linear decay to zero) or cosine
+    (1 + cos(pi s / total)) / 2 (Loshchilov & Hutter 2017, SGDR without restarts)."""
+    w = min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
+    if decay == "none":
+        return w
+    s = min(step, total) / total
+    return w * (1.0 - s if decay == "linear" else 0.5 * (1.0 + math.cos(math.pi * s)))
+
+
+LR_DECAYS = ("none", "linear", "cosine")
+
+
 def _rename_old_keys(state_dict, prefix, *args) -> None:
     """Load pre-hook: checkpoints of dff 0.1 kept the latent scale at `scale`; it is `latent.scale` now."""
     if prefix + "scale" in state_dict:
@@ -70,6 +85,7 @@ class DiffusionModule(L.LightningModule):
         lr: float = 1e-4,  # AdamW learning rate
         weight_decay: float = 0.0,  # AdamW weight decay
         warmup_steps: int = 0,  # linear learning-rate warm-up
+        lr_decay: str = "none",  # none | linear | cosine: decay to 0 at trainer.max_steps (lr_factor)
         batch_reference: Optional[int] = None,  # the batch lr, warmup_steps and ema_decay are tuned for: at another global batch they are rescaled (batch_scaled); None: used as given
         nonfinite_patience: int = 10,  # skip steps with non-finite gradients (on the device) and stop after this many in a row (0: off)
         # ---- EMA
@@ -100,6 +116,8 @@ class DiffusionModule(L.LightningModule):
             raise ValueError(f"residual=True diffuses x0 - cond, so the condition needs the output's {channels} "
                              f"channels, got cond_channels={cond_channels}")
         check_steps(timesteps, val_steps, "model.val_steps (DDIM)")
+        if lr_decay not in LR_DECAYS:
+            raise ValueError(f"model.lr_decay={lr_decay!r}: expected one of {', '.join(LR_DECAYS)}")
         self.save_hyperparameters()
         # 1. the latent space: z_0 = s * E(2x - 1) (the identity in pixel space)
         self.latent = LatentSpace(autoencoder, channels, scale=latent_scale, condition=latent_condition)
@@ -348,9 +366,15 @@ class DiffusionModule(L.LightningModule):
         # fused AdamW can skip a step on the device (on_before_optimizer_step); without the guard, the plain one
         opt = torch.optim.AdamW(self.net.parameters(), lr=lr, weight_decay=h.weight_decay,
                                 fused=True if h.nonfinite_patience else None)
-        if warmup <= 0:
+        total = 0
+        if h.lr_decay != "none":
+            total = self.trainer.max_steps
+            if total is None or total <= 0:
+                raise ValueError(f"model.lr_decay={h.lr_decay} decays to 0 at trainer.max_steps, which is {total}: "
+                                 "set trainer.max_steps (or model.lr_decay none for a run bounded by max_time/epochs)")
+        elif warmup <= 0:
             return opt
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warmup))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, warmup, total, h.lr_decay))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     # ------------------------------------------------------------------ sampling

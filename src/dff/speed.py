@@ -35,15 +35,15 @@ def cpu_has_amx_bf16() -> bool:
         return False
 
 
-def choose_precision(precision, accelerator: Optional[str], cpu_bf16: bool = True) -> str:
+def choose_precision(precision, accelerator: Optional[str]) -> str:
     """The precision a run gets: `precision` if the device can honour it, else a fallback (with one line);
     None picks per device: bf16-mixed on a CUDA GPU with bf16, 16-mixed on an older one, bf16-mixed on a CPU
-    with AMX-bf16 when `cpu_bf16` (`dff fit`: pixel-space diffusion, the setting the quality gate measured),
-    32-true on other CPUs (benchmarks/train_speed.py and quality_gate.py measure each)."""
+    with AMX-bf16 (measured there: the digits demo's quality gate, the latent demo and its autoencoder), 32-true
+    on other CPUs (benchmarks/train_speed.py, quality_gate.py, latent_demo_bench.py)."""
     cuda = on_cuda(accelerator)
     if precision is None:
         if not cuda:
-            return "bf16-mixed" if cpu_bf16 and cpu_has_amx_bf16() else "32-true"
+            return "bf16-mixed" if cpu_has_amx_bf16() else "32-true"
         return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
     if precision in HALF and not cuda:
         print(f"dff: trainer.precision={precision}: float16 needs a CUDA GPU; training in 32-true on the CPU")

@@ -94,9 +94,8 @@ class DffCLI(LightningCLI):
                 loggers.append(TensorBoardLogger(root, name="", version=csv_logger.version))
             kwargs["logger"] = loggers
         # trainer.precision: null (the default) picks per device; a precision the device cannot honour falls back
-        # (bf16 on an AMX CPU for pixel-space diffusion, the setting its quality gate measured; docs/benchmarks.md)
-        pixel = isinstance(self.model, DiffusionModule) and not self.model.is_latent
-        kwargs["precision"] = choose_precision(cfg.get("precision"), cfg.get("accelerator"), cpu_bf16=pixel)
+        # (bf16 on an AMX CPU, measured for pixel and latent diffusion and the autoencoder; docs/benchmarks.md)
+        kwargs["precision"] = choose_precision(cfg.get("precision"), cfg.get("accelerator"))
         if not cfg.get("plugins"):  # given here, not as a default, so that config.yaml stays loadable
             kwargs["plugins"] = [AtomicCheckpointIO()]
         return super().instantiate_trainer(**kwargs)
