@@ -20,7 +20,7 @@ setup() {
     "$VENV/bin/python" -m pip install -q --upgrade pip
     "$VENV/bin/python" -m pip install -q "$TORCH_SPEC"
   fi
-  if ! "$VENV/bin/python" -c "import dff, pytest, diffusers" 2>/dev/null \
+  if ! "$VENV/bin/python" -c "import dff, pytest, xdist, diffusers" 2>/dev/null \
      || [ pyproject.toml -nt "$VENV/.dff-installed" ]; then
     "$VENV/bin/python" -m pip install -q -e ".[test]"
     touch "$VENV/.dff-installed"
@@ -31,7 +31,7 @@ job=${1:-demo}; shift || true
 setup
 case "$job" in
   demo)  exec "$VENV/bin/dff" demo "$@" ;;
-  test)  exec "$VENV/bin/python" -m pytest -q "$@" ;;
+  test)  exec "$VENV/bin/python" -m pytest -q -n auto "$@" ;;  # one worker per core (pytest-xdist)
   bench) exec "$VENV/bin/python" benchmarks/demo_bench.py "$@" ;;
   dff)   exec "$VENV/bin/dff" "$@" ;;
   *) echo "run.sh: unknown job '$job' (expected demo, test, bench or dff)" >&2; exit 2 ;;

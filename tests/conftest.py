@@ -1,8 +1,10 @@
+import os
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -26,3 +28,10 @@ def image_folder(tmp_path) -> Path:
     write_images(root, 4, 12, "png")
     write_images(root / "sub", 2, 12, "jpg", seed=1)
     return root
+
+
+if "PYTEST_XDIST_WORKER" in os.environ:
+    # Under pytest-xdist (`bash run.sh test` runs one worker per core) each worker, and every process its tests
+    # start, uses one thread, so that the workers do not oversubscribe the cores.
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
