@@ -59,6 +59,18 @@ def timed(cmd: list[str]) -> float:
     return time.time() - t0
 
 
+def machine() -> str:
+    """The CPU's model name, its torch threads and whether it multiplies bf16 in hardware (which sets the precision
+    `dff demo latent` trains in)."""
+    from dff.speed import cpu_has_amx_bf16
+
+    cpuinfo = Path("/proc/cpuinfo")
+    names = [ln.split(":", 1)[1].strip() for ln in (cpuinfo.read_text().splitlines() if cpuinfo.exists() else [])
+             if ln.startswith("model name")]
+    return (f"{names[0] if names else 'CPU'}, {torch.get_num_threads()} torch threads, "
+            f"AMX-bf16 {'yes' if cpu_has_amx_bf16() else 'no'}")
+
+
 def newest(folder: Path) -> Path:
     return sorted(folder.glob("version_*"), key=lambda p: p.stat().st_mtime)[-1]
 
@@ -84,7 +96,7 @@ def main() -> None:
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    res: dict = {"machine": f"{torch.get_num_threads()} torch threads, CPU"}
+    res: dict = {"machine": machine()}
     if args.skip_demo:
         run = Path(args.skip_demo)
     else:
