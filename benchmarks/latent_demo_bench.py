@@ -62,12 +62,10 @@ def timed(cmd: list[str]) -> float:
 def machine() -> str:
     """The CPU's model name, its torch threads and whether it multiplies bf16 in hardware (which sets the precision
     `dff demo latent` trains in)."""
+    from dff.report import cpu_model
     from dff.speed import cpu_has_amx_bf16
 
-    cpuinfo = Path("/proc/cpuinfo")
-    names = [ln.split(":", 1)[1].strip() for ln in (cpuinfo.read_text().splitlines() if cpuinfo.exists() else [])
-             if ln.startswith("model name")]
-    return (f"{names[0] if names else 'CPU'}, {torch.get_num_threads()} torch threads, "
+    return (f"{cpu_model()}, {torch.get_num_threads()} torch threads, "
             f"AMX-bf16 {'yes' if cpu_has_amx_bf16() else 'no'}")
 
 

@@ -25,12 +25,22 @@ MAX_GRIDS = 12  # sample grids shown, evenly spaced over the run, the last one a
 RUN_IMAGES = ("samples.png", "trajectory.png", "reconstructions.png", "real.png")  # written by the demos and exports
 
 
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo on Linux; elsewhere what platform knows): speed numbers depend on it."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
 def hardware() -> dict[str, str]:
-    """The machine as a report states it: the accelerator (CUDA device name or CPU), cores, torch, Python."""
+    """The machine as a report states it: the accelerator (CUDA device name or CPU model), cores, torch, Python."""
     if torch.cuda.is_available():
         device = f"{torch.cuda.get_device_name(0)} x{torch.cuda.device_count()}"
     else:
-        device = f"CPU ({platform.processor() or platform.machine()})"
+        device = f"CPU ({cpu_model()})"
     return {"device": device, "cpu cores": str(os.cpu_count()), "torch": torch.__version__,
             "python": platform.python_version(), "platform": platform.platform(terse=True)}
 
