@@ -39,7 +39,7 @@ def main() -> None:
     for name in args.backbones.split(","):
         t0 = time.time()
         cli = fit(["--config", str(ROOT / "configs/pixel_digits.yaml"), "--model.backbone", name,
-                   "--model.dim", str(BACKBONES[name]), "--trainer.max_steps", "-1",
+                   "--model.dim", str(BACKBONES[name]), "--trainer.max_steps", "-1", "--model.lr_decay", "none",
                    "--trainer.max_time", f"00:00:{seconds // 60:02d}:{seconds % 60:02d}",
                    "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(Path(args.out) / name),
                    "--samples.every_n_steps", "0"])

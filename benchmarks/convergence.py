@@ -4,11 +4,12 @@ features, 1,000 samples against the 1,797 digits) at DPM-Solver++(2M) 10 and 20 
 
     python benchmarks/convergence.py [--minutes 0.5 1 2 4 8] [--seeds 0] [--out runs/convergence] [overrides]
 
-One run per seed: the recipe has no schedule tied to its length (constant learning rate after the warm-up,
-a fixed EMA decay), so its state after t minutes is what a t-minute run ends with. Extra arguments are
-`dff fit` overrides (e.g. --model.lr 2e-3) for trying recipes against the same clock. A recipe whose schedule
-depends on the run's length (`--model.lr_decay linear`) needs one run per length: `--steps 400 800 1600` trains
-each length separately and records its measured training minutes. Writes <out>/convergence.json and
+By the clock (--minutes): one run per seed at a constant learning rate after the warm-up (`--model.lr_decay
+none` is set, since the recipe's linear decay is tied to the run's length) and a fixed EMA decay, so its state
+after t minutes is what a constant-rate t-minute run ends with. Extra arguments are `dff fit` overrides (e.g.
+--model.lr 2e-3) for trying recipes against the same clock. By length (--steps 800 1600): one run per length,
+each with the recipe's own schedule (its linear decay to 0 at that length; `--model.lr_decay none` for the
+constant rate), its measured training minutes recorded. Writes <out>/convergence.json and
 <out>/convergence.png (FID against minutes, log-log).
 """
 from __future__ import annotations
@@ -96,9 +97,11 @@ def main() -> None:
         taken = []
         for length in args.steps or [1_000_000]:
             root = snaps / f"{length}steps" if args.steps else snaps
+            clock = [] if args.steps else ["--model.lr_decay", "none"]  # snapshots of one run: no length-tied decay
             cli = fit(["--config", str(CONFIG), "--trainer.max_steps", str(length), "--trainer.default_root_dir", str(root),
                        "--samples.every_n_steps", "0", "--checkpoint.every_n_train_steps", "1000000",
-                       "--trainer.enable_progress_bar", "false", "--seed_everything", str(seed), *overrides], run=False)
+                       "--trainer.enable_progress_bar", "false", "--seed_everything", str(seed), *clock, *overrides],
+                      run=False)
             cb = Snapshots([] if args.steps else args.minutes, snaps)
             cli.trainer.callbacks.append(cb)
             cli.trainer.fit(cli.model, datamodule=cli.datamodule)

@@ -83,9 +83,9 @@ class LoopTimer(L.Callback):
 def train_ours(out: Path, budget: float | None, seed: int):
     argv = ["--config", str(CONFIG), "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir",
             str(out / "ours"), "--samples.every_n_steps", "0", "--seed_everything", str(seed)]
-    if budget is not None:  # train for the budget instead of the config's 1400 steps
+    if budget is not None:  # train for the budget instead of the config's max_steps
         s = int(round(budget))
-        argv += ["--trainer.max_steps", "-1", "--trainer.max_time",
+        argv += ["--trainer.max_steps", "-1", "--model.lr_decay", "none", "--trainer.max_time",  # no length to decay over
                  f"00:{s // 3600:02d}:{s % 3600 // 60:02d}:{s % 60:02d}"]
     cli = fit(argv, run=False)
     timer = LoopTimer()
