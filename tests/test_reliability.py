@@ -221,7 +221,8 @@ def test_sigkill_while_training_then_resume_with_ckpt_path_last(tmp_path):
 
     args = [sys.executable, "-m", "dff.cli", "fit", "--config", str(ROOT / "configs" / "pixel_digits.yaml"),
             "--model.dim", "8", "--trainer.enable_progress_bar", "false", "--samples.every_n_steps", "0",
-            "--trainer.log_every_n_steps", "1", "--checkpoint.every_n_train_steps", "1"]
+            "--trainer.log_every_n_steps", "1", "--checkpoint.every_n_train_steps", "1",
+            "--model.lr_decay", "none"]  # the killed run's max_steps is not the resumed one's: no length-tied decay
     killed = [*args, "--trainer.default_root_dir", str(tmp_path / "runs")]
     proc = subprocess.Popen([*killed, "--trainer.max_steps", "100000"], cwd=tmp_path,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -226,6 +226,23 @@ def test_fit_decays_the_lr_to_zero_at_max_steps(tmp_path):
     assert [lam(s) for s in range(5)] == pytest.approx([0.5, 0.8, 0.6, 0.4, 0.2])
 
 
+def test_a_resume_with_another_length_says_the_decay_is_restretched(tmp_path, capsys):
+    from dff.cli import main
+
+    base = ["fit", "--config", "configs/pixel_digits.yaml", "--trainer.default_root_dir", str(tmp_path),
+            "--model.dim", "8", "--samples.every_n_steps", "0", "--trainer.accelerator", "cpu",
+            "--model.lr_decay", "linear", "--trainer.enable_progress_bar", "false"]
+    main(base + ["--trainer.max_steps", "3"])
+    assert "decayed to 0 at step" not in capsys.readouterr().out  # a fresh run: nothing to say
+    main(base + ["--trainer.max_steps", "3", "--ckpt_path", "last"])  # the same length: nothing to say
+    assert "decayed to 0 at step" not in capsys.readouterr().out
+    main(base + ["--trainer.max_steps", "5", "--ckpt_path", "last"])
+    out = capsys.readouterr().out
+    assert "model.lr_decay=linear: the checkpoint's run decayed to 0 at step 3, this one at trainer.max_steps=5" in out
+    ckpt = torch.load(next((tmp_path / "version_0" / "checkpoints").glob("last*.ckpt")), weights_only=True)
+    assert ckpt["dff_lr_decay_total"] == 5 and ckpt["global_step"] == 5
+
+
 def test_lr_decay_needs_max_steps_and_a_known_name(tmp_path):
     from dff.cli import main
 

@@ -307,12 +307,17 @@ class DiffusionModule(L.LightningModule):
         resumed run continues from (the loss of the open log interval, the non-finite step counts)."""
         checkpoint["dff_model_class"] = type(self).__name__
         checkpoint["dff_counters"] = {k: getattr(self, k) for k in self.COUNTERS if getattr(self, k, None) is not None}
+        checkpoint["dff_lr_decay_total"] = self.lr_decay_total
 
     COUNTERS = ("loss_sum", "loss_count", "nonfinite_run", "nonfinite_total")
+
+    lr_decay_total = 0  # the step the learning rate decays to 0 at (configure_optimizers; 0: no decay)
+    resumed_decay_total: Optional[int] = None  # the same for the checkpoint a run resumes from
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         for k, v in checkpoint.get("dff_counters", {}).items():
             setattr(self, k, v.to(self.device) if isinstance(v, torch.Tensor) else v)
+        self.resumed_decay_total = checkpoint.get("dff_lr_decay_total")
 
     # ------------------------------------------------------------------ non-finite steps
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
@@ -372,7 +377,12 @@ class DiffusionModule(L.LightningModule):
             if total is None or total <= 0:
                 raise ValueError(f"model.lr_decay={h.lr_decay} decays to 0 at trainer.max_steps, which is {total}: "
                                  "set trainer.max_steps (or model.lr_decay none for a run bounded by max_time/epochs)")
-        elif warmup <= 0:
+            resumed = self.resumed_decay_total
+            if resumed and resumed != total and self.trainer.is_global_zero:  # a resume with another max_steps
+                print(f"dff: model.lr_decay={h.lr_decay}: the checkpoint's run decayed to 0 at step {resumed}, this one "
+                      f"at trainer.max_steps={total}: the learning rate from the resumed step on follows the new length")
+        self.lr_decay_total = total
+        if h.lr_decay == "none" and warmup <= 0:
             return opt
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, warmup, total, h.lr_decay))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
