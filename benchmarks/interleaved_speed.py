@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_speed import CONFIGS, build_model  # noqa: E402
+from train_speed import CONFIGS, ROOT, build_model  # noqa: E402
 
 VARIANTS = {"fp32": (False, False), "cl": (True, False), "bf16": (False, True), "bf16_cl": (True, True)}
 
@@ -35,11 +35,16 @@ def build(config: str, batch: int | None) -> tuple[torch.nn.Module, tuple[int, .
     """(network, input shape, is_autoencoder) with the seed fixed, so that every variant starts from the same weights."""
     torch.manual_seed(0)
     if config == "autoencoder_demo":
+        import inspect
+
+        import yaml
+
         from dff.autoencoders import build_autoencoder_kl
 
-        vae = build_autoencoder_kl(channels=1, latent_channels=4, block_out_channels=[32, 64, 64], layers_per_block=1,
-                                   norm_num_groups=16, mid_attention=False)
-        return vae, (batch or 16, 1, 64, 64), True
+        cfg = yaml.safe_load((ROOT / "configs" / "autoencoder_demo.yaml").read_text())
+        args = {k: v for k, v in cfg["model"]["init_args"].items() if k in inspect.signature(build_autoencoder_kl).parameters}
+        c, size = cfg["data"]["channels"], cfg["data"]["image_size"]
+        return build_autoencoder_kl(c, **args), (batch or cfg["data"]["batch_size"], c, size, size), True
     c = CONFIGS[config]
     return build_model(config).net, (batch or 32, c["channels"], c["image_size"], c["image_size"]), False
 

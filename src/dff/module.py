@@ -307,12 +307,11 @@ class DiffusionModule(L.LightningModule):
         resumed run continues from (the loss of the open log interval, the non-finite step counts)."""
         checkpoint["dff_model_class"] = type(self).__name__
         checkpoint["dff_counters"] = {k: getattr(self, k) for k in self.COUNTERS if getattr(self, k, None) is not None}
-        checkpoint["dff_lr_decay_total"] = self.lr_decay_total
+        checkpoint["dff_lr_decay_total"] = self.trainer.max_steps if self.hparams.lr_decay != "none" else 0
 
     COUNTERS = ("loss_sum", "loss_count", "nonfinite_run", "nonfinite_total")
 
-    lr_decay_total = 0  # the step the learning rate decays to 0 at (configure_optimizers; 0: no decay)
-    resumed_decay_total: Optional[int] = None  # the same for the checkpoint a run resumes from
+    resumed_decay_total: Optional[int] = None  # the step the resumed checkpoint's run decayed to 0 at (0: no decay)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         for k, v in checkpoint.get("dff_counters", {}).items():
@@ -381,7 +380,6 @@ class DiffusionModule(L.LightningModule):
             if resumed and resumed != total and self.trainer.is_global_zero:  # a resume with another max_steps
                 print(f"dff: model.lr_decay={h.lr_decay}: the checkpoint's run decayed to 0 at step {resumed}, this one "
                       f"at trainer.max_steps={total}: the learning rate from the resumed step on follows the new length")
-        self.lr_decay_total = total
         if h.lr_decay == "none" and warmup <= 0:
             return opt
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, warmup, total, h.lr_decay))
