@@ -334,7 +334,11 @@ def test_fit_an_autoencoder_from_a_config_and_use_it(tmp_path):
         "data:\n  dataset: textures\n  image_size: 32\n  channels: 1\n  repeat: 2\n  batch_size: 4\n"
     )
     cli = fit(["--config", str(cfg), "--trainer.max_steps", "2", "--trainer.default_root_dir", str(tmp_path / "ae"),
-               "--trainer.enable_progress_bar", "false", "--trainer.limit_val_batches", "1"])
+               "--trainer.enable_progress_bar", "false", "--trainer.limit_val_batches", "1", "--model.init_args.lr_decay",
+               "linear", "--model.init_args.lr", "1e-3"])
+    lam = cli.trainer.lr_scheduler_configs[0].scheduler.lr_lambdas[0]
+    assert [lam(s) for s in range(3)] == [1.0, 0.5, 0.0]  # linear to 0 at trainer.max_steps
+    assert cli.trainer.optimizers[0].param_groups[0]["lr"] == 0.0
     assert isinstance(cli.model, AutoencoderModule) and cli.model.hparams.channels == 1  # linked from the data
     run = Path(cli.trainer.log_dir)
     assert (run / "export" / "autoencoder" / "diffusion_pytorch_model.safetensors").exists()
@@ -350,6 +354,8 @@ def test_autoencoder_channels_must_match_the_data():
         m.training_step({"image": torch.rand(2, 3, 16, 16)}, 0)
     with pytest.raises(ValueError, match="image_size 17 must be a multiple of the autoencoder's down-sampling factor 2"):
         AutoencoderModule(17, 3, **TINY)
+    with pytest.raises(ValueError, match="model.lr_decay='exp': expected one of none, linear, cosine"):
+        AutoencoderModule(16, 3, **TINY, lr_decay="exp")
 
 
 # ---------------------------------------------------------------------- data for the 256 configs and the demo

@@ -203,7 +203,7 @@ def test_fit_applies_the_batch_scaling(tmp_path, capsys):
 
 
 def test_lr_factor_closed_form():
-    from dff.module import lr_factor
+    from dff.optim import lr_factor
 
     assert [lr_factor(s, 4, 0) for s in (0, 1, 3, 50)] == [0.25, 0.5, 1.0, 1.0]  # warm-up, then constant
     assert lr_factor(0, 0, 100, "linear") == 1.0 and lr_factor(100, 0, 100, "linear") == 0.0

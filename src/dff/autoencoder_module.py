@@ -27,6 +27,7 @@ from torch import nn
 
 from .autoencoders import EXPORT_SUBDIR, KLAutoencoder, build_autoencoder_kl, to_image_space, to_model_space
 from .metrics import psnr, ssim
+from .optim import check_decay, decay_length, scheduled
 from .runs import atomic_folder
 
 
@@ -70,8 +71,10 @@ class AutoencoderModule(L.LightningModule):
         disc_dim: int = 64,  # discriminator base width
         disc_layers: int = 3,  # discriminator depth
         lr: float = 1e-4,  # Adam learning rate (generator and discriminator)
+        lr_decay: str = "none",  # none | linear | cosine: decay to 0 at trainer.max_steps (dff.optim.lr_factor)
     ):
         super().__init__()
+        check_decay(lr_decay)
         self.save_hyperparameters()
         self.vae = build_autoencoder_kl(channels=channels, latent_channels=latent_channels,
                                         block_out_channels=block_out_channels, layers_per_block=layers_per_block,
@@ -136,7 +139,9 @@ class AutoencoderModule(L.LightningModule):
 
     def configure_optimizers(self):
         params = list(self.vae.parameters()) + (list(self.disc.parameters()) if self.disc is not None else [])
-        return torch.optim.Adam(params, lr=self.hparams.lr, betas=(0.5, 0.9))  # latent-diffusion's betas
+        opt = torch.optim.Adam(params, lr=self.hparams.lr, betas=(0.5, 0.9))  # latent-diffusion's betas
+        decay = self.hparams.lr_decay
+        return scheduled(opt, 0, decay_length(decay, self.trainer.max_steps) if decay != "none" else 0, decay)
 
     # ------------------------------------------------------------------ export
     def export(self, out_dir: Path) -> Path:

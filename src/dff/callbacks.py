@@ -15,13 +15,8 @@ from .diffusion.samplers import check_steps
 from .module import DiffusionModule
 from .pretrained import EXPORT_DIR, save_pretrained
 from .report import hardware, write_report
+from .runs import run_dir
 from .viz import save_grid, translation_grid
-
-
-def run_dir(trainer: L.Trainer) -> Path:
-    """The folder of this run: the logger's version folder, else the trainer's root. Under DDP this is a
-    collective (Trainer.log_dir broadcasts rank 0's folder): call it on every rank, never on one alone."""
-    return Path(trainer.log_dir or trainer.default_root_dir)
 
 
 class SampleGrid(L.Callback):

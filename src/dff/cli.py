@@ -11,6 +11,7 @@
     dff doctor RUN                                                    why are my samples noise? findings with fixes
     dff demo [latent]                                                 train a demo (digits; or latent), write figures
     dff explore --out DIR [--image PATH] [--schedule NAME|all] [--run RUN]   the diffusion process, visualised
+    dff posthoc-ema RUN --sigma-rel 0.05 0.1 0.2 [--step N]            exports of other EMA lengths, chosen after training
 """
 from __future__ import annotations
 
@@ -258,11 +259,22 @@ def explore_command(args: argparse.Namespace) -> list[Path]:
     return written
 
 
+# ====================================================================== posthoc-ema
+def posthoc_ema_command(args: argparse.Namespace) -> list[Path]:
+    from .posthoc_ema import export_posthoc
+
+    try:
+        return export_posthoc(Path(args.run), args.sigma_rel, step=args.step, out=args.out)
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"dff posthoc-ema: {e}")
+
+
 # ====================================================================== main
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dff", description="DiffusionFastForward: train and sample diffusion models.")
     p.add_argument("--version", action="version", version=f"dff {__version__}")
-    sub = p.add_subparsers(dest="command", metavar="{fit,sample,translate,eval,data,doctor,demo,explore}")
+    sub = p.add_subparsers(dest="command",
+                           metavar="{fit,sample,translate,eval,data,doctor,demo,explore,posthoc-ema}")
     sub.add_parser("fit", help="train a model from a YAML config (dff fit --help for all keys)", add_help=False)
     sub.add_parser("estimate", help="what a config's run will cost: parameters, FLOPs, memory, measured steps, "
                                     "projected time (the arguments of fit)", add_help=False)
@@ -374,6 +386,14 @@ def build_parser() -> argparse.ArgumentParser:
                                                "(trajectory.png, trajectory.gif)")
     x.add_argument("--seed", type=int, default=0)
     x.add_argument("--overwrite", action="store_true", help="allow writing into a folder that holds files")
+
+    h = sub.add_parser("posthoc-ema", help="exports of a run averaged with other EMA lengths, reconstructed from the "
+                                           "snapshots that posthoc_ema.every_n_steps wrote (EDM2's post-hoc EMA)")
+    h.add_argument("run", help="a run folder written by dff fit with posthoc_ema.every_n_steps > 0")
+    h.add_argument("--sigma-rel", type=float, nargs="+", required=True,
+                   help="EMA lengths relative to the run (EDM2's sigma_rel, 0 < s < 0.3; e.g. 0.05 0.1 0.2)")
+    h.add_argument("--step", type=int, default=None, help="the step to average up to (default: the last snapshot)")
+    h.add_argument("--out", default=None, help="folder for the exports (default RUN/posthoc_ema/sigma_S)")
     return p
 
 
@@ -426,7 +446,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     args = build_parser().parse_args(argv)
     commands = {"sample": sample_command, "translate": translate_command, "eval": eval_command,
                 "data": data_command, "doctor": doctor_command, "demo": demo_command,
-                "explore": explore_command}
+                "explore": explore_command, "posthoc-ema": posthoc_ema_command}
     if args.command in commands:
         commands[args.command](args)
     else:

@@ -7,7 +7,6 @@ autoencoder (the identity in pixel space) and s the latent scale (1 in pixel spa
 """
 from __future__ import annotations
 
-import math
 import os
 from typing import Callable, Optional, Sequence
 
@@ -25,30 +24,7 @@ from .ema import EMA
 from .latent import LatentSpace
 from .metrics import translation_scores
 from .nn import BACKBONES
-
-
-def batch_scaled(lr: float, warmup_steps: int, ema_decay: float, batch: int, reference: int) -> tuple[float, int, float]:
-    """A recipe tuned at batch `reference`, moved to batch B = `batch` (k = B / reference) so that it learns the same
-    per image seen: the AdamW learning rate by the square-root rule, lr sqrt(k) (Malladi et al. 2022, Sec. 5); the
-    warm-up and the EMA kept in images: warmup_steps / k steps, and a decay d^k per step (d per reference step),
-    so the EMA's length in images is unchanged (the convention of EDM2, Karras et al. 2024, Sec. 3.1)."""
-    k = batch / reference
-    return lr * math.sqrt(k), max(0, round(warmup_steps / k)), ema_decay ** k
-
-
-def lr_factor(step: int, warmup: int, total: int, decay: str = "none") -> float:
-    """The learning rate of optimiser step `step` (0-based) as a fraction of the peak: a linear warm-up over
-    `warmup` steps, min(1, (step + 1) / warmup), times a decay to 0 at step `total`: none (constant), linear
-    1 - s / total (Defazio et al. 2023, "When, why and how much?", Sec. 3: linear decay to zero) or cosine
-    (1 + cos(pi s / total)) / 2 (Loshchilov & Hutter 2017, SGDR without restarts)."""
-    w = min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
-    if decay == "none":
-        return w
-    s = min(step, total) / total
-    return w * (1.0 - s if decay == "linear" else 0.5 * (1.0 + math.cos(math.pi * s)))
-
-
-LR_DECAYS = ("none", "linear", "cosine")
+from .optim import LR_DECAYS, batch_scaled, check_decay, decay_length, lr_factor, scheduled  # noqa: F401 (dff.module.lr_factor)
 
 
 def _rename_old_keys(state_dict, prefix, *args) -> None:
@@ -116,8 +92,7 @@ class DiffusionModule(L.LightningModule):
             raise ValueError(f"residual=True diffuses x0 - cond, so the condition needs the output's {channels} "
                              f"channels, got cond_channels={cond_channels}")
         check_steps(timesteps, val_steps, "model.val_steps (DDIM)")
-        if lr_decay not in LR_DECAYS:
-            raise ValueError(f"model.lr_decay={lr_decay!r}: expected one of {', '.join(LR_DECAYS)}")
+        check_decay(lr_decay)
         self.save_hyperparameters()
         # 1. the latent space: z_0 = s * E(2x - 1) (the identity in pixel space)
         self.latent = LatentSpace(autoencoder, channels, scale=latent_scale, condition=latent_condition)
@@ -370,20 +345,13 @@ class DiffusionModule(L.LightningModule):
         # fused AdamW can skip a step on the device (on_before_optimizer_step); without the guard, the plain one
         opt = torch.optim.AdamW(self.net.parameters(), lr=lr, weight_decay=h.weight_decay,
                                 fused=True if h.nonfinite_patience else None)
-        total = 0
-        if h.lr_decay != "none":
-            total = self.trainer.max_steps
-            if total is None or total <= 0:
-                raise ValueError(f"model.lr_decay={h.lr_decay} decays to 0 at trainer.max_steps, which is {total}: "
-                                 "set trainer.max_steps (or model.lr_decay none for a run bounded by max_time/epochs)")
+        total = decay_length(h.lr_decay, self.trainer.max_steps)
+        if total:
             resumed = self.resumed_decay_total
             if resumed and resumed != total and self.trainer.is_global_zero:  # a resume with another max_steps
                 print(f"dff: model.lr_decay={h.lr_decay}: the checkpoint's run decayed to 0 at step {resumed}, this one "
                       f"at trainer.max_steps={total}: the learning rate from the resumed step on follows the new length")
-        if h.lr_decay == "none" and warmup <= 0:
-            return opt
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, warmup, total, h.lr_decay))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return scheduled(opt, warmup, total, h.lr_decay)
 
     # ------------------------------------------------------------------ sampling
     @torch.no_grad()

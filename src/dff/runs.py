@@ -23,6 +23,12 @@ from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 
 
+def run_dir(trainer) -> Path:
+    """The folder of this run: the logger's version folder, else the trainer's root. Under DDP this is a
+    collective (Trainer.log_dir broadcasts rank 0's folder): call it on every rank, never on one alone."""
+    return Path(trainer.log_dir or trainer.default_root_dir)
+
+
 class _AppendingWriter(ExperimentWriter):
     """Lightning's CSV writer deletes an existing metrics.csv; this one keeps it and appends, header included."""
 

@@ -22,6 +22,7 @@ from .data import ImageDataModule
 from .data.datamodule import condition_channels, condition_kind
 from .estimate import estimate
 from .module import DiffusionModule
+from .posthoc_ema import PostHocEMA
 from .runs import AtomicCheckpointIO, RunLogger, newest_last_checkpoint, resume_config_name, run_version
 from .safe_load import refusal
 from .speed import Speed, choose_precision
@@ -52,6 +53,8 @@ class DffCLI(LightningCLI):
                              "checkpoint.save_top_k": 3, "checkpoint.monitor": "step", "checkpoint.mode": "max",
                              "checkpoint.filename": "step_{step:06d}", "checkpoint.auto_insert_metric_name": False})
         parser.add_lightning_class_args(SampleGrid, "samples")
+        if not self.autoencoder_mode:
+            parser.add_lightning_class_args(PostHocEMA, "posthoc_ema")  # power-function EMA snapshots (EDM2)
         parser.add_lightning_class_args(Speed, "speed")  # compile, channels_last, tf32, cudnn_benchmark (speed.py)
 
     def before_fit(self) -> None:
