@@ -1,12 +1,14 @@
 """Post-hoc EMA (posthoc_ema.py, EDM2 Sec. 3 / App. C.2): the sigma_rel <-> gamma map against the paper's values,
 the profiles' inner product against numerical integration, and the reconstruction from snapshots against a power
 EMA run directly (eq. 2's recursion) on a random walk; then the callback and `dff posthoc-ema` on a real run."""
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
+from safetensors.torch import load_file
 
 from dff.posthoc_ema import (SIGMA_REL_MAX, PostHocEMA, beta, gamma_from_sigma_rel, posthoc_weights, profile_dot,
                              reconstruct, sigma_rel_from_gamma)
@@ -121,3 +123,29 @@ def test_fit_writes_snapshots_and_the_command_exports_them(tmp_path, capsys):
         main(["posthoc-ema", str(tmp_path / "version_0" / "export"), "--sigma-rel", "0.1"])
     with pytest.raises(SystemExit, match="sigma_rel=0.4: expected 0 < sigma_rel < 0.3003"):
         main(["posthoc-ema", str(run), "--sigma-rel", "0.4"])
+
+
+def test_a_resumed_run_continues_the_averages(tmp_path):
+    """Resuming is bit for bit on a CPU (tests/test_resume.py), so a run resumed from the step-4 checkpoint of an
+    8-step run must write the same snapshots at steps 6 and 8: the averages travel in the checkpoint."""
+    import shutil
+
+    from dff.cli import fit
+
+    args = ["--data.dataset", "digits", "--data.channels", "1", "--data.image_size", "8", "--data.batch_size", "4",
+            "--model.dim", "8", "--model.dim_mults", "[1, 2]", "--model.timesteps", "50", "--samples.every_n_steps", "0",
+            "--trainer.enable_progress_bar", "false", "--trainer.max_steps", "8", "--checkpoint.every_n_train_steps",
+            "4", "--posthoc_ema.every_n_steps", "2"]
+    whole = fit(["--trainer.default_root_dir", str(tmp_path / "whole"), *args])
+    shutil.copy(Path(whole.trainer.log_dir) / "checkpoints" / "step_000004.ckpt", tmp_path / "four.ckpt")
+    resumed = fit(["--trainer.default_root_dir", str(tmp_path / "resumed"), *args, "--ckpt_path",
+                   str(tmp_path / "four.ckpt")])
+    assert sorted(p.name for p in (Path(resumed.trainer.log_dir) / "posthoc_ema").iterdir()) == [
+        "step_000006.safetensors", "step_000008.safetensors"]
+    for step in (6, 8):
+        a, b = (load_file(Path(r.trainer.log_dir) / "posthoc_ema" / f"step_{step:06d}.safetensors")
+                for r in (whole, resumed))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(ValueError, match="differ from the checkpoint's averages"):
+        fit(["--trainer.default_root_dir", str(tmp_path / "other"), *args, "--posthoc_ema.sigma_rels", "[0.2]",
+             "--ckpt_path", str(tmp_path / "four.ckpt")])

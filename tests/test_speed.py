@@ -178,7 +178,7 @@ def test_fit_command_applies_the_options(tmp_path, capsys):
 
 # ---------------------------------------------------------------- batch size as a recipe
 def test_batch_scaling_rule_numbers():
-    from dff.module import batch_scaled
+    from dff.optim import batch_scaled
 
     lr, warmup, decay = batch_scaled(1e-4, 100, 0.9999, batch=256, reference=16)
     assert lr == pytest.approx(4e-4) and warmup == 6 and decay == pytest.approx(0.9999 ** 16)

@@ -24,7 +24,7 @@ from .ema import EMA
 from .latent import LatentSpace
 from .metrics import translation_scores
 from .nn import BACKBONES
-from .optim import LR_DECAYS, batch_scaled, check_decay, decay_length, lr_factor, scheduled  # noqa: F401 (dff.module.lr_factor)
+from .optim import batch_scaled, check_decay, decay_length, scheduled
 
 
 def _rename_old_keys(state_dict, prefix, *args) -> None:
