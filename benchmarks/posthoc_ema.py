@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -37,6 +38,8 @@ def plot(rows: list[dict], path: Path) -> None:
         ax.axhline(own["fid"], color=line[0].get_color(), ls=":", lw=1)
     ax.set(xlabel="sigma_rel (EMA length / run length)", ylabel="FID (digits features)", yscale="log",
            title="post-hoc EMA (dotted: the run's own EMA)")
+    ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.yaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

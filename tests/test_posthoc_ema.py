@@ -149,3 +149,33 @@ def test_a_resumed_run_continues_the_averages(tmp_path):
     with pytest.raises(ValueError, match="differ from the checkpoint's averages"):
         fit(["--trainer.default_root_dir", str(tmp_path / "other"), *args, "--posthoc_ema.sigma_rels", "[0.2]",
              "--ckpt_path", str(tmp_path / "four.ckpt")])
+
+
+def test_the_model_ema_with_sigma_rel_is_the_power_ema():
+    """model.ema_sigma_rel: dff.ema.EMA follows eq. 2 (its first update copies the weights), equal to the callback's
+    average of the same length; the doctor's closed-form weights of that profile rise as tau^gamma."""
+    from dff.doctor import ema_weights
+    from dff.ema import EMA
+    from dff.module import PixelDiffusion
+
+    net = Walk(16)
+    ema = EMA(net, sigma_rel=0.05)
+    g = gamma_from_sigma_rel(0.05)
+    assert ema.decay_at(0) == 0.0 and ema.decay_at(9) == pytest.approx(0.9 ** (g + 1))
+    cb = PostHocEMA(every_n_steps=1000, sigma_rels=(0.05,))
+    trainer, module = SimpleNamespace(global_step=0), SimpleNamespace(net=net)
+    cb.on_train_start(trainer, module)
+    gen = torch.Generator().manual_seed(0)
+    for t in range(1, 51):
+        with torch.no_grad():
+            net.theta += torch.randn(16, generator=gen)
+        ema.update(net)
+        trainer.global_step = t
+        cb.on_train_batch_end(trainer, module, None, None, t - 1)
+    torch.testing.assert_close(ema.model.theta, cb.averages[0][0])
+    w, w_init = ema_weights(0.9999, True, 1000, g)
+    assert w_init == 0.0 and w.sum() == pytest.approx(1.0)
+    k = np.arange(1, 1001)
+    assert w[499] / w[999] == pytest.approx((k[499] / k[999]) ** g, rel=0.02)  # p(tau) ~ tau^gamma
+    with pytest.raises(ValueError, match="model.ema_sigma_rel=0.5: expected 0 < sigma_rel < 0.3003"):
+        PixelDiffusion(image_size=8, channels=1, dim=8, dim_mults=(1,), ema_sigma_rel=0.5)

@@ -22,6 +22,7 @@ import torch
 import yaml
 
 from .data import ImageDataModule
+from .ema import gamma_from_sigma_rel
 from .evaluation.reconstruction import evaluate_autoencoder
 from .pretrained import load_pretrained, model_from_checkpoint
 from .safe_load import load_tensors
@@ -59,26 +60,34 @@ def check_loss(metrics_csv: Path, key: str = "train/loss") -> list[Finding]:
 
 
 # ---------------------------------------------------------------------- EMA
-def ema_weights(decay: float, warmup: bool, n: int) -> tuple[np.ndarray, float]:
+def ema_weights(decay: float, warmup: bool, n: int, gamma: Optional[float] = None) -> tuple[np.ndarray, float]:
     """(weight of update k = 1..n, weight of the initial weights) in the EMA after n updates:
-    theta_n = d_{n-1} theta_{n-1} + (1 - d_{n-1}) w_n with d_k = min(decay, (1 + k) / (10 + k)) (ema.py),
-    so w_k carries (1 - d_{k-1}) prod_{j >= k} d_j and the initial weights prod_{j >= 0} d_j."""
+    theta_n = d_{n-1} theta_{n-1} + (1 - d_{n-1}) w_n with d_k = min(decay, (1 + k) / (10 + k)) (ema.py), or
+    d_k = (1 - 1/(k + 1))^(gamma + 1) for a power-function EMA, so w_k carries (1 - d_{k-1}) prod_{j >= k} d_j and
+    the initial weights prod_{j >= 0} d_j."""
     k = np.arange(n, dtype=np.float64)
-    d = np.minimum(decay, (1 + k) / (10 + k)) if warmup else np.full(n, decay)  # d_0 .. d_{n-1}
-    log_tail = np.concatenate([np.cumsum(np.log(d)[::-1])[::-1], [0.0]])  # sum_{j >= k} log d_j, k = 0..n
+    if gamma is not None:
+        d = (1 - 1 / (k + 1)) ** (gamma + 1)  # d_0 = 0: the average starts at the first update's weights
+    else:
+        d = np.minimum(decay, (1 + k) / (10 + k)) if warmup else np.full(n, decay)  # d_0 .. d_{n-1}
+    with np.errstate(divide="ignore"):
+        log_tail = np.concatenate([np.cumsum(np.log(d)[::-1])[::-1], [0.0]])  # sum_{j >= k} log d_j, k = 0..n
     return (1 - d) * np.exp(log_tail[1:]), float(np.exp(log_tail[0]))
 
 
-def check_ema(num_updates: int, steps: int, decay: float, warmup: bool) -> list[Finding]:
+def check_ema(num_updates: int, steps: int, decay: float, warmup: bool, sigma_rel: Optional[float] = None) -> list[Finding]:
     if steps > 0 and num_updates == 0:
         return [Finding(False, f"the EMA was never updated in {steps} optimiser steps: samples come from the "
                                "random initial weights", "update the EMA after each optimiser step "
                                "(DiffusionModule.on_before_zero_grad does; a custom training loop must call ema.update)")]
     if num_updates == 0:
         return [Finding(False, "no training step was taken", "train (dff fit)")]
-    w, w_init = ema_weights(decay, warmup, num_updates)
+    gamma = gamma_from_sigma_rel(sigma_rel) if sigma_rel is not None else None
+    w, w_init = ema_weights(decay, warmup, num_updates, gamma)
     early = w[: max(1, num_updates // 10)].sum() + w_init
-    finding = f"EMA (decay {decay}, warm-up {'on' if warmup else 'off'}) after {num_updates} updates: " \
+    kind = f"power profile, sigma_rel {sigma_rel}" if gamma is not None else \
+        f"decay {decay}, warm-up {'on' if warmup else 'off'}"
+    finding = f"EMA ({kind}) after {num_updates} updates: " \
               f"{100 * w_init:.1f}% initial weights, {100 * early:.1f}% from the first tenth of training"
     if w_init > 0.05 or early > 0.5:
         return [Finding(False, finding, f"train for several times 1 / (1 - decay) = {1 / (1 - decay):.0f} steps, "
@@ -163,7 +172,7 @@ def diagnose(run: str | Path, num: int = 64) -> list[Finding]:
         data = load_tensors(ckpt)
         model = model_from_checkpoint(data, ckpt).eval()
         findings += check_ema(int(model.ema.num_updates), int(data.get("global_step", 0)),
-                              model.hparams.ema_decay, model.hparams.ema_warmup)
+                              model.hparams.ema_decay, model.hparams.ema_warmup, model.hparams.get("ema_sigma_rel"))
     else:
         model = load_pretrained(run)
     loaded = data_of(run, num)

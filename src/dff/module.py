@@ -20,7 +20,7 @@ from .data.stream import draw_seed
 from .diffusion import GaussianDiffusion, get_sampler
 from .diffusion.guidance import DEFAULT_INTERVAL, ClassifierFreeGuidance, guidance_interval as interval_table
 from .diffusion.samplers import check_steps, randn
-from .ema import EMA
+from .ema import EMA, SIGMA_REL_MAX
 from .latent import LatentSpace
 from .metrics import translation_scores
 from .nn import BACKBONES
@@ -67,6 +67,7 @@ class DiffusionModule(L.LightningModule):
         # ---- EMA
         ema_decay: float = 0.9999,  # EMA decay (reached after the warm-up)
         ema_warmup: bool = True,  # EMA decay warm-up min(decay, (1 + n) / (10 + n))
+        ema_sigma_rel: Optional[float] = None,  # instead: EDM2's power-function EMA of this length relative to the run (ema.py)
         # ---- sampling and validation
         clip_x0: bool = True,  # clip predicted x0 to [-1, 1] while sampling (pixel space)
         val_steps: int = 20,  # DDIM steps of the translations scored in validation (paired data)
@@ -117,7 +118,10 @@ class DiffusionModule(L.LightningModule):
                 + f" it must be a multiple of {self.size_factor}"
             )
         # 3. its EMA copy, and the diffusion process
-        self.ema = EMA(self.net, ema_decay, ema_warmup)
+        if ema_sigma_rel is not None and not 0.0 < ema_sigma_rel < SIGMA_REL_MAX:
+            raise ValueError(f"model.ema_sigma_rel={ema_sigma_rel}: expected 0 < sigma_rel < {SIGMA_REL_MAX:.4f} "
+                             "(EDM2 uses 0.05-0.15), or null for the decay with warm-up")
+        self.ema = EMA(self.net, ema_decay, ema_warmup, ema_sigma_rel)
         self.diffusion = GaussianDiffusion(timesteps=timesteps, schedule=schedule, prediction=prediction,
                                            zero_terminal_snr=zero_terminal_snr, loss_weighting=loss_weighting,
                                            min_snr_gamma=min_snr_gamma, offset_noise=offset_noise)

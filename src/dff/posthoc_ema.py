@@ -22,66 +22,20 @@ snapshots (a callback; `posthoc_ema:` in a config), `reconstruct` combines them,
 """
 from __future__ import annotations
 
-import math
 import re
 from pathlib import Path
 from typing import Optional, Sequence
 
 import lightning as L
-import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from .ema import SIGMA_REL_MAX, beta, gamma_from_sigma_rel, posthoc_weights, profile_dot, sigma_rel_from_gamma  # noqa: F401 (the math, re-exported)
 from .pretrained import load_pretrained, save_pretrained
 from .runs import run_dir
 
 SNAPSHOT_DIR = "posthoc_ema"
-
-
-# ---------------------------------------------------------------- the profile (EDM2 eqs. 2-3)
-def sigma_rel_from_gamma(gamma: float) -> float:
-    """EDM2 eq. 3: the relative standard deviation of the profile p(tau) proportional to tau^gamma on [0, t]."""
-    return math.sqrt(gamma + 1) / ((gamma + 2) * math.sqrt(gamma + 3))
-
-
-# eq. 3 rises from 0 at gamma = -1 to its maximum at gamma = (sqrt(5) - 3) / 2 and falls to 0 as gamma grows
-SIGMA_REL_MAX = sigma_rel_from_gamma((math.sqrt(5) - 3) / 2)  # 0.3003
-
-
-def gamma_from_sigma_rel(sigma_rel: float) -> float:
-    """The inverse of eq. 3 on its falling branch: with s = sigma_rel^-2, (gamma + 2)^2 (gamma + 3) = s (gamma + 1),
-    i.e. the largest real root of gamma^3 + 7 gamma^2 + (16 - s) gamma + (12 - s)."""
-    if not 0.0 < sigma_rel < SIGMA_REL_MAX:
-        raise ValueError(f"sigma_rel={sigma_rel}: expected 0 < sigma_rel < {SIGMA_REL_MAX:.4f}")
-    s = sigma_rel ** -2
-    roots = np.roots([1.0, 7.0, 16.0 - s, 12.0 - s])
-    return float(roots.real[np.abs(roots.imag) < 1e-9].max())
-
-
-def beta(t: int, gamma: float) -> float:
-    """EDM2 eq. 2: the decay of update t = 1, 2, ... (beta(1) = 0: the average starts at theta(1))."""
-    return (1.0 - 1.0 / t) ** (gamma + 1)
-
-
-def profile_dot(t_a, gamma_a, t_b, gamma_b):
-    """<p_{t_a,gamma_a}, p_{t_b,gamma_b}> = integral over tau of the product of the two profiles
-    (gamma_a + 1) tau^gamma_a / t_a^(gamma_a + 1) and (gamma_b + 1) tau^gamma_b / t_b^(gamma_b + 1), both zero
-    beyond their t: (gamma_a + 1)(gamma_b + 1) m^(gamma_a + gamma_b + 1) / ((gamma_a + gamma_b + 1)
-    t_a^(gamma_a + 1) t_b^(gamma_b + 1)) with m = min(t_a, t_b). Broadcasts over numpy arrays (float64)."""
-    t_a, g_a, t_b, g_b = (np.asarray(v, dtype=np.float64) for v in (t_a, gamma_a, t_b, gamma_b))
-    m = np.minimum(t_a, t_b)
-    # written as ratios (m / t)^(gamma + 1), each <= 1, so that large gammas do not overflow
-    return (g_a + 1) * (g_b + 1) / ((g_a + g_b + 1) * m) * (m / t_a) ** (g_a + 1) * (m / t_b) ** (g_b + 1)
-
-
-def posthoc_weights(t: Sequence[float], gammas: Sequence[float], t_r: float, gamma_r: float) -> np.ndarray:
-    """Appendix C.2: the weights x of the snapshots (t_i, gamma_i) whose combination sum_i x_i p_i is closest in L2
-    to the profile p_r of (t_r, gamma_r): A x = b with A_ij = <p_i, p_j>, b_i = <p_i, p_r>."""
-    t, g = np.asarray(t, dtype=np.float64), np.asarray(gammas, dtype=np.float64)
-    A = profile_dot(t[:, None], g[:, None], t[None, :], g[None, :])  # (N, N)
-    b = profile_dot(t, g, t_r, gamma_r)  # (N,)
-    return np.linalg.solve(A, b)
 
 
 # ---------------------------------------------------------------- during training
