@@ -30,9 +30,11 @@ def config_sections() -> dict[str, type]:
     from dff.callbacks import SampleGrid
     from dff.data import ImageDataModule
     from dff.module import DiffusionModule
+    from dff.posthoc_ema import PostHocEMA
+    from dff.speed import Speed
 
     return {"model": DiffusionModule, "data": ImageDataModule, "trainer": Trainer, "checkpoint": ModelCheckpoint,
-            "samples": SampleGrid}
+            "samples": SampleGrid, "posthoc_ema": PostHocEMA, "speed": Speed}
 
 
 def parameters(cls: type) -> dict[str, inspect.Parameter]:
@@ -40,7 +42,7 @@ def parameters(cls: type) -> dict[str, inspect.Parameter]:
 
 
 # ---------------------------------------------------------------------- config keys and defaults
-KEY = re.compile(r"`-{0,2}(model|data|trainer|checkpoint|samples)\.(?!(?:png|safetensors|yaml|json|ckpt|csv)`)(\w+)")
+KEY = re.compile(r"`-{0,2}(model|data|trainer|checkpoint|samples|posthoc_ema|speed)\.(?!(?:png|safetensors|yaml|json|ckpt|csv|py)`)(\w+)")
 
 
 @pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.name)
