@@ -56,6 +56,13 @@ class Snapshots(L.Callback):
         self.last = time.perf_counter()
 
 
+def recipe_args(steps: int, root: Path, seed: int) -> list[str]:
+    """`dff fit` arguments of one benchmark run of the digits recipe: no grids, no periodic checkpoints, quiet."""
+    return ["--config", str(CONFIG), "--trainer.max_steps", str(steps), "--trainer.default_root_dir", str(root),
+            "--samples.every_n_steps", "0", "--checkpoint.every_n_train_steps", "1000000",
+            "--trainer.enable_progress_bar", "false", "--seed_everything", str(seed)]
+
+
 def score(export: Path, steps: int, num: int = 1000) -> dict:
     model = load_pretrained(export)
     g = torch.Generator().manual_seed(0)
@@ -98,10 +105,7 @@ def main() -> None:
         for length in args.steps or [1_000_000]:
             root = snaps / f"{length}steps" if args.steps else snaps
             clock = [] if args.steps else ["--model.lr_decay", "none"]  # snapshots of one run: no length-tied decay
-            cli = fit(["--config", str(CONFIG), "--trainer.max_steps", str(length), "--trainer.default_root_dir", str(root),
-                       "--samples.every_n_steps", "0", "--checkpoint.every_n_train_steps", "1000000",
-                       "--trainer.enable_progress_bar", "false", "--seed_everything", str(seed), *clock, *overrides],
-                      run=False)
+            cli = fit(recipe_args(length, root, seed) + [*clock, *overrides], run=False)
             cb = Snapshots([] if args.steps else args.minutes, snaps)
             cli.trainer.callbacks.append(cb)
             cli.trainer.fit(cli.model, datamodule=cli.datamodule)

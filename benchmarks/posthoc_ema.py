@@ -22,7 +22,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from convergence import CONFIG, score  # noqa: E402
+from convergence import recipe_args, score  # noqa: E402
 
 from dff import fit  # noqa: E402
 from dff.posthoc_ema import export_posthoc  # noqa: E402
@@ -58,10 +58,8 @@ def main() -> None:
     for steps in args.steps:
         for seed in args.seeds:
             root = out / f"{steps}steps_seed{seed}"
-            cli = fit(["--config", str(CONFIG), "--trainer.max_steps", str(steps), "--trainer.default_root_dir", str(root),
-                       "--samples.every_n_steps", "0", "--checkpoint.every_n_train_steps", "1000000",
-                       "--trainer.enable_progress_bar", "false", "--seed_everything", str(seed),
-                       "--posthoc_ema.every_n_steps", str(steps // args.snapshots), *overrides])
+            cli = fit(recipe_args(steps, root, seed) + ["--posthoc_ema.every_n_steps", str(steps // args.snapshots),
+                                                        *overrides])
             run = Path(cli.trainer.log_dir)
             exports = [(None, run / "export")] + list(zip(args.sigma_rels, export_posthoc(run, args.sigma_rels)))
             for s, export in exports:

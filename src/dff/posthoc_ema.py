@@ -124,6 +124,12 @@ def snapshot_files(run: Path) -> list[Path]:
 def reconstruct(run: Path, sigma_rel: float, step: Optional[int] = None) -> tuple[dict[str, torch.Tensor], dict]:
     """The network's parameters averaged with the power-function profile of `sigma_rel` at `step` (default: the
     last snapshot), from the snapshots up to that step; and how: {t, gamma, snapshots, weights}."""
+    return reconstruct_many(run, [sigma_rel], step)[0]
+
+
+def reconstruct_many(run: Path, sigma_rels: Sequence[float],
+                     step: Optional[int] = None) -> list[tuple[dict[str, torch.Tensor], dict]]:
+    """`reconstruct` for several lengths, reading each snapshot file once."""
     files = snapshot_files(run)
     metas = []
     for f in files:
@@ -134,25 +140,23 @@ def reconstruct(run: Path, sigma_rel: float, step: Optional[int] = None) -> tupl
     used = [(f, t, gs) for f, (t, gs) in zip(files, metas) if t <= t_r]
     if not used:
         raise ValueError(f"step {t_r}: the first snapshot in {files[0].parent} is at step {metas[0][0]}")
-    gamma_r = gamma_from_sigma_rel(sigma_rel)
     t = [t for _, t, gs in used for _ in gs]
     g = [x for _, _, gs in used for x in gs]
-    w = posthoc_weights(t, g, t_r, gamma_r)  # one weight per (snapshot, average)
-    out: dict[str, torch.Tensor] = {}
-    k = 0
+    gammas_r = [gamma_from_sigma_rel(s) for s in sigma_rels]
+    weights = [posthoc_weights(t, g, t_r, g_r) for g_r in gammas_r]  # one weight per (snapshot, average)
+    outs: list[dict[str, torch.Tensor]] = [{} for _ in sigma_rels]
+    first = 0  # index of the file's first average among all (snapshot, average) pairs
     for f, _, gs in used:
-        state = load_file(f)
-        for i in range(len(gs)):
-            prefix = f"{i}."
-            for name, v in state.items():
-                if name.startswith(prefix):
-                    key = name[len(prefix):]
-                    term = float(w[k]) * v.double()
-                    out[key] = out[key] + term if key in out else term
-            k += 1
-    info = {"t": t_r, "sigma_rel": sigma_rel, "gamma": gamma_r, "snapshots": len(used),
-            "weights": [float(x) for x in w]}
-    return {n: v.float() for n, v in out.items()}, info
+        for name, v in load_file(f).items():  # keys "<average index>.<parameter name>"
+            i, key = name.split(".", 1)
+            v = v.double()
+            for out, w in zip(outs, weights):
+                term = float(w[first + int(i)]) * v
+                out[key] = out[key] + term if key in out else term
+        first += len(gs)
+    return [({n: v.float() for n, v in out.items()},
+             {"t": t_r, "sigma_rel": s, "gamma": g_r, "snapshots": len(used), "weights": [float(x) for x in w]})
+            for out, s, g_r, w in zip(outs, sigma_rels, gammas_r, weights)]
 
 
 def export_posthoc(run: Path, sigma_rels: Sequence[float], step: Optional[int] = None,
@@ -163,8 +167,7 @@ def export_posthoc(run: Path, sigma_rels: Sequence[float], step: Optional[int] =
     model = load_pretrained(run)
     root = Path(out) if out else run / SNAPSHOT_DIR
     paths = []
-    for s in sigma_rels:
-        state, info = reconstruct(run, s, step)
+    for s, (state, info) in zip(sigma_rels, reconstruct_many(run, sigma_rels, step)):
         missing, unexpected = model.ema.model.load_state_dict(state, strict=False)
         if unexpected or any(not re.search(r"(running_|num_batches)", m) for m in missing):
             raise ValueError(f"{run}: the snapshots do not match the run's network (missing {missing[:3]}, "
