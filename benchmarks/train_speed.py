@@ -37,7 +37,7 @@ CONFIGS = {
     "pixel_64": dict(backbone="convnext", dim=64, dim_mults=[1, 2, 4, 8], attention=True, image_size=64, channels=3),
     "latent_maps_256": dict(backbone="convnext", dim=64, dim_mults=[1, 2, 4, 8], attention=True, image_size=32,
                             channels=4, latent=True),
-    "pixel_digits": dict(backbone="adm", dim=26, dim_mults=[1, 2, 2], attention=False, image_size=16, channels=1,
+    "pixel_digits": dict(backbone="adm", dim=20, dim_mults=[1, 2, 2], attention=False, image_size=16, channels=1,
                          prediction="v", loss_weighting="min_snr", schedule="cosine"),
     "latent_demo": dict(backbone="adm", dim=32, dim_mults=[1, 2, 2], attention=False, image_size=16, channels=4,
                         prediction="v", loss_weighting="min_snr", schedule="cosine", latent=True),
