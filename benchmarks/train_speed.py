@@ -29,18 +29,27 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# the network and data shapes of each config (the latent config: its U-Net on the cached 4x32x32 latents)
+NET_KEYS = ("backbone", "dim", "dim_mults", "attention", "prediction", "loss_weighting", "schedule")
+
+
+def network_of(config: str, **shape) -> dict:
+    """The U-Net and diffusion settings of configs/<config>.yaml and its data shape (image_size, channels), or
+    `shape` instead: a latent config's U-Net runs on the cached latents."""
+    cfg = yaml.safe_load((ROOT / "configs" / f"{config}.yaml").read_text())
+    net = {k: v for k, v in cfg["model"].items() if k in NET_KEYS and v is not None}
+    return {**net, "image_size": cfg["data"]["image_size"], "channels": cfg["data"]["channels"], **shape}
+
+
+# the network and data shapes of each config (the latent configs: their U-Nets on the cached latents)
 CONFIGS = {
-    "pixel_64": dict(backbone="convnext", dim=64, dim_mults=[1, 2, 4, 8], attention=True, image_size=64, channels=3),
-    "latent_maps_256": dict(backbone="convnext", dim=64, dim_mults=[1, 2, 4, 8], attention=True, image_size=32,
-                            channels=4, latent=True),
-    "pixel_digits": dict(backbone="adm", dim=20, dim_mults=[1, 2, 2], attention=False, image_size=16, channels=1,
-                         prediction="v", loss_weighting="min_snr", schedule="cosine"),
-    "latent_demo": dict(backbone="adm", dim=32, dim_mults=[1, 2, 2], attention=False, image_size=16, channels=4,
-                        prediction="v", loss_weighting="min_snr", schedule="cosine", latent=True),
+    "pixel_64": network_of("pixel_64"),
+    "latent_maps_256": network_of("latent_maps_256", image_size=32, channels=4, latent=True),  # SD's VAE: f = 8
+    "pixel_digits": network_of("pixel_digits"),
+    "latent_demo": network_of("latent_demo", image_size=16, channels=4, latent=True),  # the demo autoencoder: f = 4
 }
 ON = dict(cudnn_benchmark=True, tf32=True)
 VARIANTS = {
