@@ -33,7 +33,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 
-NET_KEYS = ("backbone", "dim", "dim_mults", "attention", "prediction", "loss_weighting", "schedule")
+NET_KEYS = ("backbone", "dim", "dim_mults", "num_res_blocks", "attention", "prediction", "loss_weighting", "schedule")
 
 
 def network_of(config: str, **shape) -> dict:

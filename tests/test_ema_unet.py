@@ -132,3 +132,24 @@ def test_backbone_option_builds_and_trains_the_adm_unet():
     assert losses[-1] < 0.5 * losses[0], losses
     with pytest.raises(ValueError, match="unknown backbone 'vit'"):
         DiffusionModule(image_size=8, channels=1, backbone="vit")
+
+
+def test_num_res_blocks_sets_the_adm_unets_depth_and_is_refused_for_convnext():
+    from dff.module import DiffusionModule
+    from dff.nn.adm import ResBlock
+
+    def res_blocks(m):
+        return sum(isinstance(b, ResBlock) for b in m.net.modules())
+
+    kw = dict(image_size=8, channels=1, dim=16, dim_mults=(1, 2), attention=False, timesteps=50)
+    # per level: n down + (n + 1) up, and the middle's 2: 2 levels -> 2 (2n + 1) + 2
+    assert [res_blocks(DiffusionModule(**kw, num_res_blocks=n)) for n in (1, 2, 3)] == [8, 12, 16]
+    one = DiffusionModule(**kw, num_res_blocks=1)
+    x = torch.randn(2, 1, 8, 8)
+    assert one.net(x, torch.tensor([1, 40])).shape == x.shape
+    for n in (0, -1):
+        with pytest.raises(ValueError, match=f"model.num_res_blocks={n}: expected at least 1"):
+            DiffusionModule(**kw, num_res_blocks=n)
+    with pytest.raises(ValueError, match="num_res_blocks=1.*convnext backbone"):
+        DiffusionModule(**kw, backbone="convnext", num_res_blocks=1)
+    assert res_blocks(DiffusionModule(**kw, backbone="convnext")) == 0  # the default 2 is accepted there

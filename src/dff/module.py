@@ -49,6 +49,7 @@ class DiffusionModule(L.LightningModule):
         dim: int = 64,  # U-Net base width
         dim_mults: Sequence[int] = (1, 2, 4, 8),  # U-Net width multipliers, one per level
         attention: bool = True,  # convnext: linear attention per level, full in the middle; adm: full at the lowest level and middle
+        num_res_blocks: int = 2,  # adm: ResBlocks per level on the way down (one more on the way up); convnext: always 2
         # ---- diffusion process and loss
         timesteps: int = 1000,  # T
         schedule: str = "linear",  # beta schedule: linear | quadratic | sigmoid | cosine
@@ -108,9 +109,13 @@ class DiffusionModule(L.LightningModule):
         net_cond = self.latent.channels if latent and cond_channels and latent_condition == "encode" else cond_channels
         if backbone not in BACKBONES:
             raise ValueError(f"unknown backbone {backbone!r}: expected one of {', '.join(BACKBONES)}")
+        if num_res_blocks < 1 or (backbone != "adm" and num_res_blocks != 2):
+            raise ValueError(f"model.num_res_blocks={num_res_blocks}: expected at least 1 block per level, and 2 for "
+                             f"the {backbone} backbone (its depth is fixed; num_res_blocks is for backbone: adm)")
+        depth = {"num_res_blocks": num_res_blocks} if backbone == "adm" else {}
         self.net = BACKBONES[backbone](in_channels=self.latent.channels, out_channels=self.latent.channels,
                                        cond_channels=net_cond, dim=dim, dim_mults=dim_mults, attention=attention,
-                                       num_classes=num_classes)
+                                       num_classes=num_classes, **depth)
         if image_size % self.size_factor:
             raise ValueError(
                 f"image_size {image_size} cannot be divided down by the U-Net: with dim_mults={tuple(dim_mults)}"
