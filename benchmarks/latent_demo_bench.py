@@ -4,7 +4,7 @@ FID/KID against real patches, the autoencoder's held-out PSNR/SSIM, and a pixel-
 same patches for the same wall-clock.
 
     python benchmarks/latent_demo_bench.py [--out runs/latent_bench] [--skip-demo RUN] [--num 256]
-        [--pixel-seconds S | --no-pixel]
+        [--sampler dpmpp_2m_sde --steps 100] [--pixel-seconds S | --no-pixel]
 
 A sample counts as recognised when the texture CNN (held-out accuracy in
 src/dff/evaluation/texture_features.json) gives one texture a probability >= 0.9 (the CNN has a fourth class,
@@ -26,6 +26,7 @@ import torch
 
 from dff.autoencoders import to_image_space, to_model_space
 from dff.data.builtin import TEXTURES, PhotoPatches
+from dff.demo import LATENT_SAMPLER, LATENT_SAMPLER_STEPS
 from dff.evaluation import evaluate_generation
 from dff.evaluation import TextureFeatures
 from dff.evaluation.reconstruction import evaluate_autoencoder, reconstruction_images
@@ -75,7 +76,7 @@ def newest(folder: Path) -> Path:
 
 def score(model, name: str, args, judge_net, reference, out: Path) -> dict:
     t0 = time.time()
-    x = model.sample(args.num, "dpmpp_2m", steps=20, seed=0, progress=False).clamp(0, 1)
+    x = model.sample(args.num, args.sampler, steps=args.steps, seed=0, progress=False).clamp(0, 1)
     sample_s = time.time() - t0
     save_grid(x[:16], out / f"{name}_samples.png", nrow=4)
     r = evaluate_generation(x, reference, judge_net)
@@ -87,14 +88,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="runs/latent_bench")
     ap.add_argument("--skip-demo", default=None, help="a finished latent demo run (its diffusion version folder)")
-    ap.add_argument("--num", type=int, default=256, help="samples per model (DPM-Solver++ 20)")
+    ap.add_argument("--num", type=int, default=256, help="samples per model")
+    ap.add_argument("--sampler", default=LATENT_SAMPLER, help="sampler of the scored samples (default: the demo's)")
+    ap.add_argument("--steps", type=int, default=LATENT_SAMPLER_STEPS, help="its steps (default: the demo's)")
     ap.add_argument("--pixel-seconds", type=float, default=None, help="pixel model's budget (default: the demo's)")
     ap.add_argument("--no-pixel", action="store_true", help="skip the pixel-space comparison")
     ap.add_argument("--judge", default=None, help="texture judge weights (default: the shipped ones)")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    res: dict = {"machine": machine()}
+    res: dict = {"machine": machine(), "sampler": f"{args.sampler} {args.steps} steps"}
     if args.skip_demo:
         run = Path(args.skip_demo)
     else:
