@@ -153,3 +153,20 @@ def test_num_res_blocks_sets_the_adm_unets_depth_and_is_refused_for_convnext():
     with pytest.raises(ValueError, match="num_res_blocks=1.*convnext backbone"):
         DiffusionModule(**kw, backbone="convnext", num_res_blocks=1)
     assert res_blocks(DiffusionModule(**kw, backbone="convnext")) == 0  # the default 2 is accepted there
+
+
+
+def test_an_export_with_one_block_per_level_loads_with_its_depth(tmp_path):
+    from dff.module import DiffusionModule
+    from dff.pretrained import load_pretrained, save_pretrained
+
+    torch.manual_seed(0)
+    m = DiffusionModule(image_size=8, channels=1, dim=16, dim_mults=(1, 2), attention=False, timesteps=50,
+                        num_res_blocks=1)
+    for p in m.ema.model.parameters():  # a trained state, so that equal outputs mean equal weights
+        p.data.add_(0.1 * torch.randn_like(p))
+    save_pretrained(m, tmp_path / "w")
+    back = load_pretrained(tmp_path / "w")
+    assert back.hparams.num_res_blocks == 1
+    x, t = torch.randn(2, 1, 8, 8), torch.tensor([3, 40])
+    torch.testing.assert_close(back.ema.model(x, t), m.ema.model(x, t))
