@@ -155,7 +155,6 @@ def test_num_res_blocks_sets_the_adm_unets_depth_and_is_refused_for_convnext():
     assert res_blocks(DiffusionModule(**kw, backbone="convnext")) == 0  # the default 2 is accepted there
 
 
-
 def test_an_export_with_one_block_per_level_loads_with_its_depth(tmp_path):
     from dff.module import DiffusionModule
     from dff.pretrained import load_pretrained, save_pretrained

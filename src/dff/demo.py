@@ -54,7 +54,7 @@ def trajectory(model, num: int = 6, steps: int = 50, keep=(0, 5, 10, 20, 30, 40,
 
 
 # The latent demo's sampler: the stochastic DPM-Solver++(2M) SDE at 100 steps. On the texture latents the
-# deterministic solver smooths gravel and grass: FID 3.3 and 5.2 at DPM-Solver++(2M) 20 against 1.6 and 1.6 here,
+# deterministic solver smooths gravel and grass: FID 3.34 and 5.20 at DPM-Solver++(2M) 20 against 1.64 and 1.56 here,
 # 6-7 points more samples recognised (two seeds; docs/benchmarks.md, "The latent demo").
 LATENT_SAMPLER, LATENT_SAMPLER_STEPS = "dpmpp_2m_sde", 100
 
