@@ -12,6 +12,8 @@
 # 4. writes benchmarks/results/speed-<device>.json and quality_gate-<device>.json (copied to $OUT when set) and
 #    commits them when run inside a git checkout (DFF_COMMIT=0 to skip).
 # Budgets: SPEED_BUDGET_S (default 330) for the speed table, GATE_TIMEOUT_S (default 120) for the gate.
+# Parts: GPU_CHECK_PARTS (default "speed gate data") runs only those, e.g. two calls of a leased machine that
+# limits one command's time: GPU_CHECK_PARTS=speed, then GPU_CHECK_PARTS="gate data".
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -38,15 +40,17 @@ RESULTS=benchmarks/results
 mkdir -p "$RESULTS"
 LOG=${OUT:-/tmp}/gpu_check.log
 start=$(date +%s)
+PARTS=" ${GPU_CHECK_PARTS:-speed gate data} "
 
-timeout $(( ${SPEED_BUDGET_S:-330} + 60 )) "$PY" benchmarks/train_speed.py --budget-s "${SPEED_BUDGET_S:-330}" \
+[[ $PARTS == *" speed "* ]] && { timeout $(( ${SPEED_BUDGET_S:-330} + 60 )) "$PY" benchmarks/train_speed.py --budget-s "${SPEED_BUDGET_S:-330}" \
   --out "$RESULTS/speed-$SLUG.json" 2>&1 | tee "$LOG"
-echo "speed benchmark: $(( $(date +%s) - start )) s" | tee -a "$LOG"
+echo "speed benchmark: $(( $(date +%s) - start )) s" | tee -a "$LOG"; }
 
-timeout "${GATE_TIMEOUT_S:-120}" "$PY" benchmarks/quality_gate.py --parallel --out /tmp/dff-quality-gate 2>&1 \
-  | grep -v "it/s" | tail -n 20 | tee -a "$LOG"
-[ -f /tmp/dff-quality-gate/quality_gate.json ] && cp /tmp/dff-quality-gate/quality_gate.json "$RESULTS/quality_gate-$SLUG.json"
-timeout 90 "$PY" benchmarks/data_speed.py --num 2000 --batch 256 --batches 20 2>&1 | tail -n 4 | tee -a "$LOG"
+[[ $PARTS == *" gate "* ]] && { timeout "${GATE_TIMEOUT_S:-120}" "$PY" benchmarks/quality_gate.py --parallel \
+  --out /tmp/dff-quality-gate 2>&1 | grep -v "it/s" | tail -n 20 | tee -a "$LOG"
+[ -f /tmp/dff-quality-gate/quality_gate.json ] && cp /tmp/dff-quality-gate/quality_gate.json "$RESULTS/quality_gate-$SLUG.json"; }
+[[ $PARTS == *" data "* ]] && timeout 90 "$PY" benchmarks/data_speed.py --num 2000 --batch 256 --batches 20 2>&1 \
+  | tail -n 4 | tee -a "$LOG"
 echo "gpu_check: $(( $(date +%s) - start )) s in all" | tee -a "$LOG"
 
 if [ -n "${OUT:-}" ]; then

@@ -5,7 +5,7 @@
 Trains the digits config (configs/pixel_digits.yaml) three times through `dff fit`, each in its own process
 (one after the other, or at once with --parallel),
 for the same number of images: float32 with every speed option off, seeds 0 and 1, and the device's fast
-defaults (on a GPU: bf16-mixed, compile, channels_last, TF32, cuDNN autotuning), seed 0. Then compares
+defaults (on a GPU: bf16-mixed, channels_last, TF32, cuDNN autotuning; compile only when asked for), seed 0. Then compares
   - the smoothed final loss (mean of the last 10 logged values, i.e. the last 100 steps): fast within 2% of
     float32 with the same seed;
   - FID and KID (digits features, 1,000 samples, DPM-Solver++(2M) 20 steps, same sampling seed): fast within

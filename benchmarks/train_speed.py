@@ -32,6 +32,7 @@ import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+T0 = time.perf_counter()  # this process's start (as near as Python gets)
 
 NET_KEYS = ("backbone", "dim", "dim_mults", "num_res_blocks", "attention", "prediction", "loss_weighting", "schedule")
 
@@ -64,10 +65,11 @@ VARIANTS = {
 }
 # (config, variant, batch) in priority order: what the targets need first
 # (an NVIDIA H200, 2026-11-27: cuDNN autotuning adds 23-38 s to the first step at batch 256, and inductor had not
-# compiled the 64x64 U-Net's step after 166 s: compile variants come last, with their own time limit)
+# compiled the 64x64 U-Net's step after 166 s: the quick rows of the memory targets come before the compiled one,
+# which has its own time limit)
 GPU_PLAN = [
-    ("pixel_64", "fp32", 256), ("pixel_64", "bf16_cl", 256), ("pixel_64", "fast", 256), ("latent_maps_256", "bf16_cl", 512),
-    ("pixel_64", "cudnn", 256), ("pixel_64", "bf16_cl", 16), ("latent_maps_256", "bf16_cl", 8),
+    ("pixel_64", "fp32", 256), ("pixel_64", "bf16_cl", 256), ("pixel_64", "bf16_cl", 16), ("latent_maps_256", "bf16_cl", 8),
+    ("pixel_64", "fast", 256), ("latent_maps_256", "bf16_cl", 512), ("pixel_64", "cudnn", 256),
     ("latent_maps_256", "fp32", 512), ("pixel_64", "bf16", 256), ("pixel_64", "tf32", 256),
     ("pixel_64", "fp32", 16), ("latent_maps_256", "fp32", 8), ("latent_maps_256", "fast", 512),
     ("pixel_64", "fast_no_cl", 256),
@@ -152,6 +154,7 @@ def run_one(config: str, variant: str, batch: int, steps: int, warmup: int, samp
         def on_train_start(self, trainer, pl_module):
             sync()
             marks["start"] = time.perf_counter()
+            print(f"STARTED {time.perf_counter() - T0:.1f}", flush=True)  # seconds since the process started
 
         def on_train_batch_end(self, trainer, pl_module, outputs, b, batch_idx):
             step = trainer.global_step
@@ -160,6 +163,7 @@ def run_one(config: str, variant: str, batch: int, steps: int, warmup: int, samp
                 now = time.perf_counter()
                 if step == 1:
                     marks["first"] = now - marks["start"]
+                    print(f"FIRST {marks['first']:.1f}", flush=True)  # a timed-out parent still learns this
                 if step >= warmup:
                     window.append(now)
 
@@ -264,8 +268,8 @@ def main() -> None:
             else:
                 tail = (p.stderr or p.stdout).strip().splitlines()[-3:]
                 row = {**base, "error": f"exit {p.returncode}: " + " | ".join(tail)}
-        except subprocess.TimeoutExpired:
-            row = {**base, "error": f"timed out after {limit:.0f} s"}
+        except subprocess.TimeoutExpired as e:
+            row = {**base, "error": f"timed out after {limit:.0f} s" + progress(e.stdout)}
         row["process_s"] = time.time() - t0
         if "images_per_s" in row:
             row["flops_per_image"] = flops[config]
@@ -277,6 +281,16 @@ def main() -> None:
         out.write_text(json.dumps(rows, indent=1) + "\n")  # after every row: a killed run keeps what it measured
     out.write_text(json.dumps(rows, indent=1) + "\n")
     print(f"\n{table(rows)}\nwrote {out} ({time.time() - t_start:.0f} s)")
+
+
+def progress(stdout: bytes | str | None) -> str:
+    """How far a timed-out child got, from its STARTED and FIRST lines."""
+    text = stdout.decode(errors="replace") if isinstance(stdout, bytes) else (stdout or "")
+    marks = dict(ln.split()[:2] for ln in text.splitlines() if ln.startswith(("STARTED ", "FIRST ")))
+    if "STARTED" not in marks:
+        return " (before training started)"
+    s = f" (training started {marks['STARTED']} s into the process; "
+    return s + (f"first step done after {marks['FIRST']} s)" if "FIRST" in marks else "first step not done)")
 
 
 def line(r: dict) -> str:
