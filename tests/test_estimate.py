@@ -54,6 +54,19 @@ def test_measured_steps_and_the_projection(tmp_path, capsys):
     assert not (tmp_path / "runs").exists()  # nothing trained, no run folder
 
 
+def test_a_compiled_run_is_measured_uncompiled_and_says_so():
+    """speed.compile is left out of the measured steps (compiling takes minutes); the report says the run's steps
+    will differ. On the CPU only an explicit backend compiles, so aot_eager stands in for inductor on CUDA."""
+    from dff.speed import Speed
+
+    model = PixelDiffusion(image_size=16, channels=1, dim=8, dim_mults=[1, 2], timesteps=100)
+    est = estimate(model, 4, steps=1, speed=Speed(compile=True, compile_backend="aot_eager", verbose=False))
+    assert est.uncompiled and "measured without torch.compile" in est.lines()[-1]
+    assert getattr(model.net, "_compiled_call_impl", None) is None  # the network was not compiled
+    plain = estimate(model, 4, steps=1, speed=Speed(compile=False, verbose=False))
+    assert not plain.uncompiled and not any("torch.compile" in line for line in plain.lines())
+
+
 @pytest.mark.parametrize("config", sorted(p.name for p in (ROOT / "configs").glob("*.yaml")))
 def test_estimate_every_config(tmp_path, config, capsys):
     args = ["--config", str(ROOT / "configs" / config), "--steps", "1", "--data.batch_size", "2",

@@ -90,7 +90,7 @@ def test_options_default_per_device(monkeypatch, capsys):
     assert Speed().resolve(cuda=False)["channels_last"] and not Speed(channels_last=False).resolve(cuda=False)["channels_last"]
     on = Speed().resolve(cuda=True)
     assert on["channels_last"] and on["tf32"] and on["cudnn_benchmark"]
-    assert not on["compile"]  # off unless asked for: inductor took > 166 s on the 64x64 U-Net (docs/benchmarks.md)
+    assert not on["compile"]  # off unless asked for (the _fast configs): ~2 min of compiling on an H200 (docs/benchmarks.md)
     assert Speed(compile=True).resolve(cuda=True)["compile"]
     assert Speed(compile=True).resolve(cuda=False)["compile"] is False  # inductor on the CPU: falls back, says so
     assert "training uncompiled" in capsys.readouterr().out

@@ -62,7 +62,7 @@ class Speed(L.Callback):
 
     def __init__(
         self,
-        compile: Optional[bool] = None,  # torch.compile the network (None: off; inductor took > 166 s on an H200, see docs)
+        compile: Optional[bool] = None,  # torch.compile the network (None: off; the _fast configs turn it on, see docs)
         compile_backend: Optional[str] = None,  # torch.compile backend (None: inductor); on the CPU only an explicit one compiles
         compile_mode: Optional[str] = None,  # torch.compile mode: None (default) | reduce-overhead | max-autotune
         channels_last: Optional[bool] = None,  # NHWC weights and activations (None: on CUDA and AMX-bf16 CPUs)
