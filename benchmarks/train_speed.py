@@ -13,7 +13,8 @@ its share of the device's peak (a bf16 matrix product measured here, or fp32 on 
 images/s for DPM-Solver++(2M) 20 steps at batch 256 (EMA weights, under the variant's precision).
 
 Variants are cumulative: fp32 (every option off) -> +cudnn_benchmark -> +tf32 -> +bf16 (autocast) ->
-+channels_last (bf16_cl: the CUDA defaults) -> +compile (fast); fast_no_cl ablates channels_last under compile.
++channels_last (bf16_cl: the CUDA defaults) -> +compile (fast); fast_no_cl ablates channels_last under compile;
+*_ckpt adds activation checkpointing (speed.checkpointing), ckpt alone on float32.
 They run in priority order while the time budget lasts; a skipped or failed variant is a row with an error.
 """
 from __future__ import annotations
@@ -62,19 +63,23 @@ VARIANTS = {
     "fast": dict(precision="bf16-mixed", channels_last=True, compile=True, **ON),
     "fast_no_cl": dict(precision="bf16-mixed", compile=True, **ON),
     "cl": dict(precision="32-true", channels_last=True),  # CPU: channels_last alone
+    "ckpt": dict(precision="32-true", checkpointing=True),  # activation checkpointing alone
+    "bf16_cl_ckpt": dict(precision="bf16-mixed", channels_last=True, checkpointing=True, **ON),
+    "fast_ckpt": dict(precision="bf16-mixed", channels_last=True, compile=True, checkpointing=True, **ON),
 }
 # (config, variant, batch) in priority order: what the targets need first. On an NVIDIA H200 (2026-11-29) a
 # process took 35 s for fp32, 60-100 s with cuDNN autotuning (33-59 s of it in the first step) and 137-154 s with
 # compile (first step 102-124 s), so the default 330 s budget of gpu_check.sh reaches the first three rows
 GPU_PLAN = [
     ("pixel_64", "fp32", 256), ("pixel_64", "fast", 256), ("pixel_64", "bf16_cl", 256), ("latent_maps_256", "fast", 512),
-    ("pixel_64", "bf16_cl", 16), ("latent_maps_256", "bf16_cl", 8), ("latent_maps_256", "bf16_cl", 512),
+    ("pixel_64", "bf16_cl", 16), ("pixel_64", "bf16_cl_ckpt", 16), ("latent_maps_256", "bf16_cl", 8),
+    ("pixel_64", "fast", 16), ("latent_maps_256", "bf16_cl", 512), ("pixel_64", "fast_ckpt", 256),
     ("pixel_64", "cudnn", 256), ("latent_maps_256", "fp32", 512), ("pixel_64", "bf16", 256), ("pixel_64", "tf32", 256),
     ("pixel_64", "fp32", 16), ("latent_maps_256", "fp32", 8), ("pixel_64", "fast_no_cl", 256),
 ]
 CPU_PLAN = [
     ("pixel_digits", "fp32", 32), ("pixel_digits", "bf16", 32), ("pixel_digits", "cl", 32), ("pixel_digits", "bf16_cl", 32),
-    ("pixel_64", "fp32", 16), ("pixel_64", "bf16", 16), ("pixel_64", "cl", 16),
+    ("pixel_64", "fp32", 16), ("pixel_64", "bf16", 16), ("pixel_64", "cl", 16), ("pixel_64", "ckpt", 16),
     ("latent_demo", "fp32", 32), ("latent_demo", "cl", 32), ("latent_demo", "bf16", 32), ("latent_demo", "bf16_cl", 32),
 ]
 
@@ -169,7 +174,8 @@ def run_one(config: str, variant: str, batch: int, steps: int, warmup: int, samp
         torch.cuda.reset_peak_memory_stats()
     speed = Speed(compile=opts.get("compile", False), compile_backend=compile_backend,
                   channels_last=opts.get("channels_last", False), tf32=opts.get("tf32", False),
-                  cudnn_benchmark=opts.get("cudnn_benchmark", False), verbose=False)
+                  cudnn_benchmark=opts.get("cudnn_benchmark", False), checkpointing=opts.get("checkpointing", False),
+                  verbose=False)
     trainer = L.Trainer(accelerator="gpu" if cuda else "cpu", devices=1, precision=precision,
                         max_steps=warmup + steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, callbacks=[speed, Clock()], log_every_n_steps=50)

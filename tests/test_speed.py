@@ -85,12 +85,14 @@ def test_options_default_per_device(monkeypatch, capsys):
 
     monkeypatch.setattr(dff.speed, "cpu_has_amx_bf16", lambda: False)
     assert Speed().resolve(cuda=False) == {"compile": False, "compile_backend": "inductor", "compile_mode": None,
-                                           "channels_last": False, "tf32": False, "cudnn_benchmark": False}
+                                           "channels_last": False, "tf32": False, "cudnn_benchmark": False,
+                                           "checkpointing": False}
     monkeypatch.setattr(dff.speed, "cpu_has_amx_bf16", lambda: True)
     assert Speed().resolve(cuda=False)["channels_last"] and not Speed(channels_last=False).resolve(cuda=False)["channels_last"]
     on = Speed().resolve(cuda=True)
     assert on["channels_last"] and on["tf32"] and on["cudnn_benchmark"]
     assert not on["compile"]  # off unless asked for (the _fast configs): ~2 min of compiling on an H200 (docs/benchmarks.md)
+    assert not on["checkpointing"] and Speed(checkpointing=True).resolve(cuda=False)["checkpointing"]  # memory for time
     assert Speed(compile=True).resolve(cuda=True)["compile"]
     assert Speed(compile=True).resolve(cuda=False)["compile"] is False  # inductor on the CPU: falls back, says so
     assert "training uncompiled" in capsys.readouterr().out
@@ -143,6 +145,49 @@ def test_compile_aot_eager_matches_eager_forward_and_backward(backbone):
     assert model.net._compiled_call_impl is not None and model.ema.model._compiled_call_impl is None
 
 
+@pytest.mark.parametrize("backbone", ["adm", "convnext"])
+def test_checkpointing_gives_the_same_gradients_and_keeps_fewer_activations(backbone):
+    """Activation checkpointing recomputes each block in backward: the same loss and gradients (the recomputation
+    repeats the same float32 operations), far fewer bytes saved for backward (each block keeps only its input),
+    and each block's forward runs twice."""
+    from dff.estimate import estimate
+
+    model = random_model(backbone=backbone, attention=True, image_size=32, dim_mults=[1, 2, 2])
+    x0 = torch.rand(4, 1, 32, 32) * 2 - 1
+
+    def loss_grads_saved():
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel() * t.element_size()) or t,
+                                                      lambda t: t):
+            loss = fixed_loss(model, x0)
+        loss.backward()
+        grads = [p.grad.clone() for p in model.net.parameters()]
+        model.zero_grad(set_to_none=True)
+        return loss, grads, sum(saved)
+
+    calls = []
+    first_block = next(m for m in model.net.modules() if type(m).__name__ in ("ResBlock", "ConvNextBlock"))
+    first_block.register_forward_pre_hook(lambda *a: calls.append(1))
+    ref, ref_grads, ref_saved = loss_grads_saved()
+    assert len(calls) == 1
+    apply(model, checkpointing=True)
+    out, grads, saved = loss_grads_saved()
+    assert len(calls) == 3  # once more in forward, once recomputed in backward
+    assert torch.equal(out, ref)
+    for g, r in zip(grads, ref_grads):
+        assert torch.allclose(g, r, rtol=1e-5, atol=1e-7)
+    assert saved < 0.5 * ref_saved, (saved, ref_saved)
+    with torch.no_grad():  # sampling: no gradients, nothing to recompute
+        model.net(x0, torch.zeros(4, dtype=torch.long))
+    assert len(calls) == 4
+    # dff estimate counts the same saved tensors, so it reports the smaller activations of a checkpointed run
+    model.plain()
+    assert not model.net.checkpointing
+    plain = estimate(model, 4, steps=1, speed=Speed(channels_last=False, verbose=False))
+    ckpt = estimate(model, 4, steps=1, speed=Speed(channels_last=False, checkpointing=True, verbose=False))
+    assert ckpt.activations_gb < 0.5 * plain.activations_gb
+
+
 def test_every_option_trains_two_steps_to_a_finite_loss_and_compile_does_not_recompile(tmp_path):
     import torch._dynamo
 
@@ -150,7 +195,9 @@ def test_every_option_trains_two_steps_to_a_finite_loss_and_compile_does_not_rec
     torch.manual_seed(0)
     plain = fit(PixelDiffusion(**SMALL), tmp_path, max_steps=2)
     for precision, speed in [("bf16-mixed", Speed(channels_last=False)), ("32-true", Speed(channels_last=True)),
-                             ("bf16-mixed", Speed(compile=True, compile_backend="aot_eager", channels_last=True))]:
+                             ("32-true", Speed(channels_last=False, checkpointing=True)),
+                             ("bf16-mixed", Speed(compile=True, compile_backend="aot_eager", channels_last=True,
+                                                  checkpointing=True))]:
         torch.manual_seed(0)
         model = PixelDiffusion(**SMALL)
         # 6 steps: t, the noise and the data change every step; 1797 digits / 8 leaves a short last batch, dropped

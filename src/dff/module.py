@@ -151,7 +151,8 @@ class DiffusionModule(L.LightningModule):
         self.net.compile(backend=backend, mode=mode, dynamic=False)
 
     def plain(self) -> None:
-        """Undo use_channels_last and compile_net (Speed does, at the end of fit)."""
+        """Undo use_channels_last, compile_net and activation checkpointing (Speed does, at the end of fit)."""
+        self.net.checkpointing = False
         self.memory_format = torch.contiguous_format
         self.net.to(memory_format=torch.contiguous_format)
         self.ema.to(memory_format=torch.contiguous_format)

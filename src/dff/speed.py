@@ -6,6 +6,7 @@
     speed.channels_last null -> on CUDA and on a CPU with AMX-bf16: NHWC tensors, which their convolutions want
     speed.tf32          null -> on CUDA: float32 matrix products on the tensor cores (10-bit mantissa)
     speed.cudnn_benchmark null -> on CUDA: cuDNN times its convolution algorithms once per shape
+    speed.checkpointing null -> off: activation checkpointing of the U-Net's blocks (less memory, ~1 more forward)
 
 None of them changes what is learned beyond rounding (benchmarks/train_speed.py measures speed and a
 quality gate). An option the hardware cannot honour falls back with one line, never a crash mid-run.
@@ -68,10 +69,12 @@ class Speed(L.Callback):
         channels_last: Optional[bool] = None,  # NHWC weights and activations (None: on CUDA and AMX-bf16 CPUs)
         tf32: Optional[bool] = None,  # TF32 matrix products for float32 (None: on CUDA)
         cudnn_benchmark: Optional[bool] = None,  # cuDNN autotuning per input shape (None: on CUDA)
+        checkpointing: Optional[bool] = None,  # recompute the U-Net blocks' activations in backward (None: off)
         verbose: bool = True,  # print the options chosen, one line
     ):
         self.compile, self.compile_backend, self.compile_mode = compile, compile_backend, compile_mode
         self.channels_last, self.tf32, self.cudnn_benchmark, self.verbose = channels_last, tf32, cudnn_benchmark, verbose
+        self.checkpointing = checkpointing
         self.chosen: dict[str, object] = {}
 
     def resolve(self, cuda: bool) -> dict[str, object]:
@@ -88,7 +91,8 @@ class Speed(L.Callback):
         return {"compile": compile_, "compile_backend": self.compile_backend or "inductor",
                 "compile_mode": self.compile_mode,
                 "channels_last": (cuda or cpu_has_amx_bf16()) if self.channels_last is None else bool(self.channels_last),
-                "tf32": pick(self.tf32) and cuda, "cudnn_benchmark": pick(self.cudnn_benchmark) and cuda}
+                "tf32": pick(self.tf32) and cuda, "cudnn_benchmark": pick(self.cudnn_benchmark) and cuda,
+                "checkpointing": bool(self.checkpointing)}
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit":
@@ -96,13 +100,13 @@ class Speed(L.Callback):
         cuda = trainer.strategy.root_device.type == "cuda"
         o = self.chosen = self.resolve(cuda)
         if not hasattr(pl_module, "use_channels_last"):  # an AutoencoderModule: its diffusers network is left alone
-            if (self.compile or self.channels_last) and trainer.is_global_zero:
-                print(f"dff: speed.compile and speed.channels_last apply to diffusion models; "
+            if (self.compile or self.channels_last or self.checkpointing) and trainer.is_global_zero:
+                print(f"dff: speed.compile, speed.channels_last and speed.checkpointing apply to diffusion models; "
                       f"{type(pl_module).__name__} trains without them")
-            o["compile"] = o["channels_last"] = False
+            o["compile"] = o["channels_last"] = o["checkpointing"] = False
         apply(pl_module, **o)
         if self.verbose and trainer.is_global_zero:
-            on = [k for k in ("compile", "channels_last", "tf32", "cudnn_benchmark") if o[k]]
+            on = [k for k in ("compile", "channels_last", "tf32", "cudnn_benchmark", "checkpointing") if o[k]]
             print(f"speed: precision {trainer.precision}; " + (", ".join(on) if on else "no speed options")
                   + (f" (compile backend {o['compile_backend']})" if o["compile"] else ""))
 
@@ -114,12 +118,15 @@ class Speed(L.Callback):
 
 
 def apply(module, *, compile: bool = False, compile_backend: str = "inductor", compile_mode: Optional[str] = None,
-          channels_last: bool = False, tf32: bool = False, cudnn_benchmark: bool = False) -> None:
+          channels_last: bool = False, tf32: bool = False, cudnn_benchmark: bool = False,
+          checkpointing: bool = False) -> None:
     """Set the options on `module` (its `net`, and `ema` when it has one) and on torch's backends."""
     if tf32:
         torch.set_float32_matmul_precision("high")  # cuDNN's convolutions use TF32 by default already
     torch.backends.cudnn.benchmark = bool(cudnn_benchmark) or torch.backends.cudnn.benchmark
     if channels_last:
         module.use_channels_last()
+    if checkpointing:
+        module.net.checkpointing = True  # before compiling: the traced forward reads it
     if compile:
         module.compile_net(backend=compile_backend, mode=compile_mode)

@@ -13,6 +13,7 @@ With attention=True, full self-attention sits at the lowest-resolution level and
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Optional, Sequence
 
 import torch
@@ -108,12 +109,21 @@ class ADMUNet(UNetBase):
         h = self.init_conv(x)  # (B, dim, H, W)
         skips = [h]
         for layer in self.downs:
-            h = layer(h) if isinstance(layer, nn.Conv2d) else layer[1](layer[0](h, emb))
+            h = layer(h) if isinstance(layer, nn.Conv2d) else self.stage(partial(block, *layer), h, emb)
             skips.append(h)
-        h = self.mid2(self.mid_attn(self.mid1(h, emb)), emb)
+        h = self.stage(self.middle, h, emb)
         for layer in self.ups:
             if isinstance(layer, nn.Sequential):  # upsampling
                 h = layer(h)
             else:
-                h = layer[1](layer[0](torch.cat([h, skips.pop()], dim=1), emb))
+                h = self.stage(partial(block, *layer), torch.cat([h, skips.pop()], dim=1), emb)
         return self.final(h)  # (B, out_channels, H, W)
+
+    def middle(self, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        """ResBlock, attention, ResBlock at the lowest resolution."""
+        return self.mid2(self.mid_attn(self.mid1(h, emb)), emb)
+
+
+def block(res: ResBlock, attn: nn.Module, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+    """A ResBlock and the attention after it (an identity below the lowest level)."""
+    return attn(res(h, emb))

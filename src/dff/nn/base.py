@@ -2,10 +2,11 @@
 embedding, and the size factor. Each subclass builds `time_mlp`, `class_emb` and its own layers."""
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 
 class UNetBase(nn.Module):
@@ -13,6 +14,7 @@ class UNetBase(nn.Module):
 
     time_mlp: nn.Module  # (B,) timesteps -> (B, emb_dim)
     class_emb: Optional[nn.Embedding]  # num_classes + 1 rows (the last: "no label"), or None
+    checkpointing: bool = False  # recompute each block's activations in backward (speed.checkpointing)
 
     def __init__(
         self,
@@ -28,6 +30,14 @@ class UNetBase(nn.Module):
         self.out_channels = out_channels or in_channels
         self.dim_mults = tuple(dim_mults)
         self.num_classes = num_classes
+
+    def stage(self, fn: Callable[..., torch.Tensor], *args: torch.Tensor) -> torch.Tensor:
+        """fn(*args). Under activation checkpointing (Chen et al. 2016), when gradients are recorded, the
+        activations inside fn are not kept for backward but recomputed there: less memory for about one more
+        forward pass. fn must not depend on loop variables bound later (use functools.partial)."""
+        if self.checkpointing and torch.is_grad_enabled():
+            return checkpoint(fn, *args, use_reentrant=False)
+        return fn(*args)
 
     @property
     def size_factor(self) -> int:

@@ -11,6 +11,7 @@ The image side must be divisible by 2 ** (len(dim_mults) - 1).
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import Optional, Sequence
 
 import torch
@@ -85,15 +86,24 @@ class UNet(UNetBase):
 
         skips = []
         for block1, block2, attn, down in self.downs:
-            x = attn(block2(block1(x, t_emb), t_emb))
+            x = self.stage(partial(level, block1, block2, attn), x, t_emb)
             skips.append(x)
             x = down(x)
 
-        x = self.mid2(self.mid_attn(self.mid1(x, t_emb)), t_emb)
+        x = self.stage(self.middle, x, t_emb)
 
         for block1, block2, attn, up in self.ups:
             x = torch.cat([x, skips.pop()], dim=1)  # (B, 2 c_out, h, w)
-            x = attn(block2(block1(x, t_emb), t_emb))
+            x = self.stage(partial(level, block1, block2, attn), x, t_emb)
             x = up(x)
 
         return self.final(x)  # (B, out_channels, H, W)
+
+    def middle(self, x: torch.Tensor, t_emb: torch.Tensor) -> torch.Tensor:
+        """ConvNeXt block, attention, ConvNeXt block at the lowest resolution."""
+        return self.mid2(self.mid_attn(self.mid1(x, t_emb)), t_emb)
+
+
+def level(block1: nn.Module, block2: nn.Module, attn: nn.Module, x: torch.Tensor, t_emb: torch.Tensor) -> torch.Tensor:
+    """Two ConvNeXt blocks and the linear attention after them."""
+    return attn(block2(block1(x, t_emb), t_emb))
