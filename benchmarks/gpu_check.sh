@@ -46,16 +46,17 @@ PARTS=" ${GPU_CHECK_PARTS:-speed gate data} "
   --out "$RESULTS/speed-$SLUG.json" 2>&1 | tee "$LOG"
 echo "speed benchmark: $(( $(date +%s) - start )) s" | tee -a "$LOG"; }
 
-[[ $PARTS == *" gate "* ]] && { timeout "${GATE_TIMEOUT_S:-120}" "$PY" benchmarks/quality_gate.py --parallel \
+[[ $PARTS == *" gate "* ]] && { rm -f /tmp/dff-quality-gate/quality_gate.json
+  timeout "${GATE_TIMEOUT_S:-120}" "$PY" benchmarks/quality_gate.py --parallel \
   --out /tmp/dff-quality-gate 2>&1 | grep -v "it/s" | tail -n 20 | tee -a "$LOG"
 [ -f /tmp/dff-quality-gate/quality_gate.json ] && cp /tmp/dff-quality-gate/quality_gate.json "$RESULTS/quality_gate-$SLUG.json"; }
 [[ $PARTS == *" data "* ]] && timeout 90 "$PY" benchmarks/data_speed.py --num 2000 --batch 256 --batches 20 2>&1 \
   | tail -n 4 | tee -a "$LOG"
 echo "gpu_check: $(( $(date +%s) - start )) s in all" | tee -a "$LOG"
 
-if [ -n "${OUT:-}" ]; then
-  cp "$RESULTS/speed-$SLUG.json" "$OUT/" 2>/dev/null
-  cp "$RESULTS/quality_gate-$SLUG.json" "$OUT/" 2>/dev/null
+if [ -n "${OUT:-}" ]; then  # what this call measured
+  [[ $PARTS == *" speed "* ]] && cp "$RESULTS/speed-$SLUG.json" "$OUT/" 2>/dev/null
+  [[ $PARTS == *" gate "* && -f /tmp/dff-quality-gate/quality_gate.json ]] && cp "$RESULTS/quality_gate-$SLUG.json" "$OUT/"
 fi
 if [ "${DFF_COMMIT:-1}" = 1 ] && git rev-parse --git-dir >/dev/null 2>&1; then
   git add "$RESULTS"/*-"$SLUG".json && git commit -qm "GPU check on $SLUG: speed table and quality gate" -- "$RESULTS" \

@@ -27,13 +27,14 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-import torch
-import yaml
+T0 = time.perf_counter()  # this process's start, before torch is imported (as near as Python gets)
+from pathlib import Path  # noqa: E402
+
+import torch  # noqa: E402
+import yaml  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-T0 = time.perf_counter()  # this process's start (as near as Python gets)
 
 NET_KEYS = ("backbone", "dim", "dim_mults", "num_res_blocks", "attention", "prediction", "loss_weighting", "schedule")
 
@@ -69,7 +70,8 @@ VARIANTS = {
 }
 # (config, variant, batch) in priority order: what the targets need first. On an NVIDIA H200 (2026-11-29) a
 # process took 35 s for fp32, 60-100 s with cuDNN autotuning (33-59 s of it in the first step) and 137-154 s with
-# compile (first step 102-124 s), so the default 330 s budget of gpu_check.sh reaches the first three rows
+# compile (first step 102-124 s), so the default 330 s budget of gpu_check.sh reaches the first three rows; the
+# rest need a larger SPEED_BUDGET_S or --variants (e.g. --configs pixel_64 --variants bf16_cl bf16_cl_ckpt --batch 16)
 GPU_PLAN = [
     ("pixel_64", "fp32", 256), ("pixel_64", "fast", 256), ("pixel_64", "bf16_cl", 256), ("latent_maps_256", "fast", 512),
     ("pixel_64", "bf16_cl", 16), ("pixel_64", "bf16_cl_ckpt", 16), ("latent_maps_256", "bf16_cl", 8),

@@ -125,22 +125,35 @@ def test_bf16_autocast_loss_agrees_with_float32(backbone):
     assert abs(low - ref) > 0  # autocast did change the arithmetic
 
 
+@pytest.mark.parametrize("checkpointing", [False, True])
 @pytest.mark.parametrize("backbone", ["adm", "convnext"])
-def test_compile_aot_eager_matches_eager_forward_and_backward(backbone):
-    """aot_eager traces forward and backward through dynamo and AOTAutograd (what inductor compiles on a GPU)."""
+def test_compile_aot_eager_matches_eager_forward_and_backward(backbone, checkpointing):
+    """aot_eager traces forward and backward through dynamo and AOTAutograd (what inductor compiles on a GPU); with
+    activation checkpointing too, the compiled graph saves far fewer bytes for backward (AOTAutograd recomputes)."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
     model = random_model(backbone=backbone, attention=True)
     names = list(model.state_dict())
     x0 = torch.rand(4, 1, 16, 16) * 2 - 1
-    ref = fixed_loss(model, x0)
-    ref.backward()
+
+    def loss_and_saved():
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel() * t.element_size()) or t,
+                                                      lambda t: t):
+            loss = fixed_loss(model, x0)
+        loss.backward()
+        return loss, sum(saved)
+
+    ref, ref_saved = loss_and_saved()
     ref_grads = [p.grad.clone() for p in model.net.parameters()]
     model.zero_grad()
-    apply(model, compile=True, compile_backend="aot_eager")
-    out = fixed_loss(model, x0)
-    out.backward()
+    apply(model, compile=True, compile_backend="aot_eager", checkpointing=checkpointing)
+    out, saved = loss_and_saved()
     assert torch.allclose(out, ref, rtol=1e-5)
     for g, r in zip((p.grad for p in model.net.parameters()), ref_grads):
         assert torch.allclose(g, r, rtol=1e-4, atol=1e-6)
+    assert (saved < 0.5 * ref_saved) == checkpointing, (saved, ref_saved)
     assert list(model.state_dict()) == names  # in place: no `_orig_mod.` in checkpoints
     assert model.net._compiled_call_impl is not None and model.ema.model._compiled_call_impl is None
 

@@ -55,7 +55,7 @@ class DffCLI(LightningCLI):
         parser.add_lightning_class_args(SampleGrid, "samples")
         if not self.autoencoder_mode:
             parser.add_lightning_class_args(PostHocEMA, "posthoc_ema")  # power-function EMA snapshots (EDM2)
-        parser.add_lightning_class_args(Speed, "speed")  # compile, channels_last, tf32, cudnn_benchmark (speed.py)
+        parser.add_lightning_class_args(Speed, "speed")  # compile, channels_last, tf32, cudnn_benchmark, checkpointing (speed.py)
 
     def before_fit(self) -> None:
         """The run's cost as counted, before it trains (`dff estimate` also measures steps and projects the time)."""

@@ -120,10 +120,10 @@ class ADMUNet(UNetBase):
         return self.final(h)  # (B, out_channels, H, W)
 
     def middle(self, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        """ResBlock, attention, ResBlock at the lowest resolution."""
+        """ResBlock, attention, ResBlock at the lowest resolution: (B, c, h, w) -> (B, c, h, w)."""
         return self.mid2(self.mid_attn(self.mid1(h, emb)), emb)
 
 
 def block(res: ResBlock, attn: nn.Module, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-    """A ResBlock and the attention after it (an identity below the lowest level)."""
+    """A ResBlock and the attention after it (an identity at every level but the lowest): (B, c_in, h, w) -> (B, c_out, h, w)."""
     return attn(res(h, emb))

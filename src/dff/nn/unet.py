@@ -100,10 +100,10 @@ class UNet(UNetBase):
         return self.final(x)  # (B, out_channels, H, W)
 
     def middle(self, x: torch.Tensor, t_emb: torch.Tensor) -> torch.Tensor:
-        """ConvNeXt block, attention, ConvNeXt block at the lowest resolution."""
+        """ConvNeXt block, attention, ConvNeXt block at the lowest resolution: (B, c, h, w) -> (B, c, h, w)."""
         return self.mid2(self.mid_attn(self.mid1(x, t_emb)), t_emb)
 
 
 def level(block1: nn.Module, block2: nn.Module, attn: nn.Module, x: torch.Tensor, t_emb: torch.Tensor) -> torch.Tensor:
-    """Two ConvNeXt blocks and the linear attention after them."""
+    """Two ConvNeXt blocks and the linear attention after them: (B, c_in, h, w) -> (B, c_out, h, w)."""
     return attn(block2(block1(x, t_emb), t_emb))
