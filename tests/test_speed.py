@@ -99,6 +99,15 @@ def test_options_default_per_device(monkeypatch, capsys):
     assert Speed(compile=True, compile_backend="aot_eager").resolve(cuda=False)["compile"] is True
 
 
+def test_a_misspelt_compile_backend_or_mode_is_refused_with_the_choices():
+    with pytest.raises(ValueError, match=r"speed.compile_mode='reduce_overhead' is not a torch.compile mode; "
+                                         r"expected one of .*reduce-overhead"):
+        Speed(compile=True, compile_mode="reduce_overhead")
+    with pytest.raises(ValueError, match=r"speed.compile_backend='aot-eager' .* expected one of .*aot_eager"):
+        Speed(compile=True, compile_backend="aot-eager")
+    Speed(compile=True, compile_backend="aot_eager", compile_mode="max-autotune")  # known ones pass
+
+
 # ---------------------------------------------------------------- each option: same function, finite training
 @pytest.mark.parametrize("backbone", ["adm", "convnext"])
 def test_channels_last_computes_the_same_loss_and_exports_plain_weights(tmp_path, backbone):

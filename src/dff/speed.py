@@ -73,6 +73,7 @@ class Speed(L.Callback):
         verbose: bool = True,  # print the options chosen, one line
     ):
         self.compile, self.compile_backend, self.compile_mode = compile, compile_backend, compile_mode
+        check_compile_options(compile_backend, compile_mode)
         self.channels_last, self.tf32, self.cudnn_benchmark, self.verbose = channels_last, tf32, cudnn_benchmark, verbose
         self.checkpointing = checkpointing
         self.chosen: dict[str, object] = {}
@@ -115,6 +116,23 @@ class Speed(L.Callback):
         in memory gives bit for bit what its export gives."""
         if stage == "fit" and hasattr(pl_module, "use_channels_last"):
             pl_module.plain()
+
+
+def check_compile_options(backend: Optional[str], mode: Optional[str]) -> None:
+    """A misspelt backend or mode is refused when the config is read, not at the first training step."""
+    if backend is not None:
+        import torch._dynamo
+
+        known = torch._dynamo.list_backends(exclude_tags=())
+        if backend not in known:
+            raise ValueError(f"speed.compile_backend={backend!r} is not a torch.compile backend; expected one of "
+                             f"{', '.join(known)}")
+    if mode is not None:
+        import torch._inductor
+
+        known = list(torch._inductor.list_mode_options())
+        if mode not in known:
+            raise ValueError(f"speed.compile_mode={mode!r} is not a torch.compile mode; expected one of {', '.join(known)}")
 
 
 def apply(module, *, compile: bool = False, compile_backend: str = "inductor", compile_mode: Optional[str] = None,
