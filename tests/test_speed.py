@@ -20,6 +20,18 @@ def fixed_loss(model: PixelDiffusion, x0: torch.Tensor, seed: int = 0) -> torch.
     return model.diffusion.loss(model.net, x0)
 
 
+def backward_saving(model: PixelDiffusion, x0: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], int]:
+    """fixed_loss and its backward: the loss, the network's gradients (then cleared) and the bytes that autograd
+    saved for backward."""
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel() * t.element_size()) or t, lambda t: t):
+        loss = fixed_loss(model, x0)
+    loss.backward()
+    grads = [p.grad.clone() for p in model.net.parameters()]
+    model.zero_grad(set_to_none=True)
+    return loss, grads, sum(saved)
+
+
 def random_model(**options) -> PixelDiffusion:
     """A small model whose weights are all random (ADM zero-initialises its output layer, so the prediction of a
     fresh one is 0 whatever the precision)."""
@@ -146,21 +158,11 @@ def test_compile_aot_eager_matches_eager_forward_and_backward(backbone, checkpoi
     names = list(model.state_dict())
     x0 = torch.rand(4, 1, 16, 16) * 2 - 1
 
-    def loss_and_saved():
-        saved = []
-        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel() * t.element_size()) or t,
-                                                      lambda t: t):
-            loss = fixed_loss(model, x0)
-        loss.backward()
-        return loss, sum(saved)
-
-    ref, ref_saved = loss_and_saved()
-    ref_grads = [p.grad.clone() for p in model.net.parameters()]
-    model.zero_grad()
+    ref, ref_grads, ref_saved = backward_saving(model, x0)
     apply(model, compile=True, compile_backend="aot_eager", checkpointing=checkpointing)
-    out, saved = loss_and_saved()
+    out, grads, saved = backward_saving(model, x0)
     assert torch.allclose(out, ref, rtol=1e-5)
-    for g, r in zip((p.grad for p in model.net.parameters()), ref_grads):
+    for g, r in zip(grads, ref_grads):
         assert torch.allclose(g, r, rtol=1e-4, atol=1e-6)
     assert (saved < 0.5 * ref_saved) == checkpointing, (saved, ref_saved)
     assert list(model.state_dict()) == names  # in place: no `_orig_mod.` in checkpoints
@@ -177,23 +179,13 @@ def test_checkpointing_gives_the_same_gradients_and_keeps_fewer_activations(back
     model = random_model(backbone=backbone, attention=True, image_size=32, dim_mults=[1, 2, 2])
     x0 = torch.rand(4, 1, 32, 32) * 2 - 1
 
-    def loss_grads_saved():
-        saved = []
-        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel() * t.element_size()) or t,
-                                                      lambda t: t):
-            loss = fixed_loss(model, x0)
-        loss.backward()
-        grads = [p.grad.clone() for p in model.net.parameters()]
-        model.zero_grad(set_to_none=True)
-        return loss, grads, sum(saved)
-
     calls = []
     first_block = next(m for m in model.net.modules() if type(m).__name__ in ("ResBlock", "ConvNextBlock"))
     first_block.register_forward_pre_hook(lambda *a: calls.append(1))
-    ref, ref_grads, ref_saved = loss_grads_saved()
+    ref, ref_grads, ref_saved = backward_saving(model, x0)
     assert len(calls) == 1
     apply(model, checkpointing=True)
-    out, grads, saved = loss_grads_saved()
+    out, grads, saved = backward_saving(model, x0)
     assert len(calls) == 3  # once more in forward, once recomputed in backward
     assert torch.equal(out, ref)
     for g, r in zip(grads, ref_grads):
