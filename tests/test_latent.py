@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from dff.autoencoder_module import AutoencoderModule, PatchDiscriminator
-from dff.autoencoders import KLAutoencoder, build_autoencoder_kl, load_autoencoder
+from dff.autoencoders import (KLAutoencoder, build_autoencoder_kl, image_channels, load_autoencoder, patchify,
+                           unpatchify)
 from dff.cli import fit, main
 from dff.data.latents import LatentDataset, encode_dataset, flip, load_or_make_cache, sample_latents
 from dff.module import DiffusionModule, LatentDiffusion, LatentDiffusionConditional
@@ -346,6 +347,50 @@ def test_fit_an_autoencoder_from_a_config_and_use_it(tmp_path):
     ae = load_autoencoder(str(tmp_path / "ae"), 1)  # the run folder is enough: its newest export is found
     x = torch.rand(2, 1, 32, 32) * 2 - 1
     torch.testing.assert_close(ae.encode(x), cli.model.vae.encode(x).latent_dist.mean)
+
+
+def test_patchify_folds_each_block_of_pixels_into_channels():
+    x = torch.randn(2, 3, 8, 12)
+    y = patchify(x, 2)
+    assert y.shape == (2, 12, 4, 6)
+    # channel c p^2 + i p + j at (h, w) holds pixel (h p + i, w p + j) of channel c
+    for c, i, j in [(0, 0, 0), (1, 0, 1), (2, 1, 0), (2, 1, 1)]:
+        torch.testing.assert_close(y[:, c * 4 + i * 2 + j], x[:, c, i::2, j::2], rtol=0, atol=0)
+    torch.testing.assert_close(unpatchify(y, 2), x, rtol=0, atol=0)
+    assert patchify(x, 1) is x and unpatchify(x, 1) is x
+
+
+def test_a_patched_autoencoder_trains_exports_and_loads(tmp_path):
+    torch.manual_seed(0)
+    m = AutoencoderModule(16, 3, **TINY, patch_size=2, lr=3e-3)
+    assert m.factor == 4 and m.vae.config.in_channels == 12  # p = 2 times the 2 of two levels
+    opt = m.configure_optimizers()
+    x = {"image": torch.rand(4, 3, 16, 16)}
+    losses = []
+    for _ in range(60):
+        loss = m.training_step(x, 0)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.6 * losses[0]
+    folder = m.export(tmp_path)
+    cfg = json.loads((folder / "config.json").read_text())
+    assert cfg["_dff_patch_size"] == 2 and cfg["in_channels"] == 12 and image_channels(cfg) == 3
+    ae = load_autoencoder(str(folder), 3)
+    assert (ae.in_channels, ae.factor, ae.patch) == (3, 4, 2)
+    images = torch.rand(2, 3, 16, 24)
+    z = ae.encode(images * 2 - 1)
+    assert z.shape == (2, 4, 4, 6)
+    torch.testing.assert_close(((ae.decode(z) + 1) / 2).clamp(0, 1), m.reconstruct(images))
+    with pytest.raises(ValueError, match="takes 3-channel images but the data has 12 channels"):
+        load_autoencoder(str(folder), 12)
+    with pytest.raises(ValueError, match="multiples of the autoencoder's down-sampling factor 4"):
+        ae.encode(torch.rand(1, 3, 16, 18))
+    with pytest.raises(ValueError, match="image_size 18 must be a multiple of the autoencoder's down-sampling factor 4"):
+        AutoencoderModule(18, 3, **TINY, patch_size=2)
+    with pytest.raises(ValueError, match="patch_size=0: expected a whole number >= 1"):
+        AutoencoderModule(16, 3, **TINY, patch_size=0)
 
 
 def test_autoencoder_channels_must_match_the_data():

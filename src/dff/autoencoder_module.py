@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .autoencoders import EXPORT_SUBDIR, KLAutoencoder, build_autoencoder_kl, to_image_space, to_model_space
+from .autoencoders import (EXPORT_SUBDIR, KLAutoencoder, build_autoencoder_kl, patchify, to_image_space,
+                           to_model_space, unpatchify)
 from .metrics import psnr, ssim
 from .optim import check_decay, decay_length, scheduled
 from .runs import atomic_folder
@@ -59,10 +60,11 @@ class AutoencoderModule(L.LightningModule):
         image_size: int = 128,  # side of the training images (set from the data in `dff fit`)
         channels: int = 3,  # image channels: any number (set from the data in `dff fit`)
         latent_channels: int = 4,  # c, channels of the latent
-        block_out_channels: Sequence[int] = (64, 128, 256),  # widths; down-sampling factor f = 2^(levels - 1)
+        block_out_channels: Sequence[int] = (64, 128, 256),  # widths; down-sampling factor f = patch_size 2^(levels - 1)
         layers_per_block: int = 1,  # ResNet blocks per level
         norm_num_groups: int = 32,  # GroupNorm groups (must divide every width)
         mid_attention: bool = True,  # self-attention in the middle blocks (SD's VAE has it; costly on CPU)
+        patch_size: int = 1,  # p: fold p x p pixels into channels first, so no layer runs at full size; f = p 2^(levels - 1)
         reconstruction: Literal["l1", "l2"] = "l1",  # pixel loss
         kl_weight: float = 1e-6,  # weight of the KL term (latent-diffusion's KL-f8: 1e-6)
         discriminator: bool = False,  # add the PatchGAN loss after disc_start steps
@@ -79,12 +81,20 @@ class AutoencoderModule(L.LightningModule):
         self.vae = build_autoencoder_kl(channels=channels, latent_channels=latent_channels,
                                         block_out_channels=block_out_channels, layers_per_block=layers_per_block,
                                         norm_num_groups=norm_num_groups, image_size=image_size,
-                                        mid_attention=mid_attention)
-        self.factor = 2 ** (len(block_out_channels) - 1)
+                                        mid_attention=mid_attention, patch_size=patch_size)
+        self.factor = patch_size * 2 ** (len(block_out_channels) - 1)
         if image_size % self.factor:
             raise ValueError(f"image_size {image_size} must be a multiple of the autoencoder's down-sampling factor "
-                             f"{self.factor} (2^(len(block_out_channels) - 1))")
+                             f"{self.factor} (patch_size * 2^(len(block_out_channels) - 1))")
         self.disc = PatchDiscriminator(channels, disc_dim, disc_layers) if discriminator else None
+
+    def posterior(self, x: torch.Tensor):
+        """q(z|x) of images x (B, C, H, W) in [-1, 1] (patched first when patch_size > 1)."""
+        return self.vae.encode(patchify(x, self.hparams.patch_size)).latent_dist
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Latents (B, c, H/f, W/f) -> images (B, C, H, W) in model space."""
+        return unpatchify(self.vae.decode(z).sample, self.hparams.patch_size)
 
     # ------------------------------------------------------------------ losses
     def reconstruction_loss(self, x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
@@ -103,8 +113,8 @@ class AutoencoderModule(L.LightningModule):
         h = self.hparams
         x = to_model_space(batch["image"])  # (B, C, H, W) in [-1, 1]
         self.check_channels(x)
-        posterior = self.vae.encode(x).latent_dist
-        x_hat = self.vae.decode(posterior.sample()).sample  # reparameterised draw z ~ q(z|x)
+        posterior = self.posterior(x)
+        x_hat = self.decode(posterior.sample())  # reparameterised draw z ~ q(z|x)
         rec = self.reconstruction_loss(x, x_hat)
         kl = posterior.kl().mean()  # KL summed over latent elements, mean over the batch
         loss = rec + h.kl_weight * kl
@@ -129,7 +139,7 @@ class AutoencoderModule(L.LightningModule):
     def reconstruct(self, images: torch.Tensor) -> torch.Tensor:
         """Images in [0, 1] through the encoder's mean and the decoder, back in [0, 1]."""
         x = to_model_space(images.to(self.device))
-        return to_image_space(self.vae.decode(self.vae.encode(x).latent_dist.mean).sample)
+        return to_image_space(self.decode(self.posterior(x).mean))
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         x = batch["image"]

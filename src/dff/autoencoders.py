@@ -11,6 +11,12 @@ The latent of an image is the mean of the encoder's Gaussian q(z|x), not a draw 
 diffusion model then learns a deterministic function of the data, cached latents equal fresh
 ones, and the KL-regularised posterior's spread is small next to the latents' scale anyway.
 The latent scale (1 / std of the latents) belongs to the diffusion model, not to the autoencoder.
+
+A patched autoencoder (patch size p > 1) folds each p x p block of pixels into channels before the encoder
+and unfolds them after the decoder (pixel unshuffle / shuffle, as the patch embedding of a ViT or DiT), so
+no layer runs at full resolution: f = p 2^(levels - 1). diffusers' config.json records p under
+`_dff_patch_size` (diffusers keeps such private keys without a warning); the AutoencoderKL itself sees
+(B, C p^2, H/p, W/p).
 """
 from __future__ import annotations
 
@@ -18,9 +24,11 @@ from pathlib import Path
 from typing import Optional, Sequence, Union
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 CONFIG, EXPORT_SUBDIR = "config.json", "autoencoder"
+PATCH_KEY = "_dff_patch_size"  # in an AutoencoderKL's config: p of a patched autoencoder (absent: 1)
 
 
 def to_model_space(x: torch.Tensor) -> torch.Tensor:
@@ -31,6 +39,26 @@ def to_model_space(x: torch.Tensor) -> torch.Tensor:
 def to_image_space(x: torch.Tensor) -> torch.Tensor:
     """[-1, 1] -> images in [0, 1], clamped."""
     return ((x + 1) / 2).clamp(0, 1)
+
+
+def patchify(x: torch.Tensor, p: int) -> torch.Tensor:
+    """Fold each p x p block of pixels into channels: (B, C, H, W) -> (B, C p^2, H/p, W/p)."""
+    return F.pixel_unshuffle(x, p) if p > 1 else x
+
+
+def unpatchify(x: torch.Tensor, p: int) -> torch.Tensor:
+    """The inverse of `patchify`: (B, C p^2, H/p, W/p) -> (B, C, H, W)."""
+    return F.pixel_shuffle(x, p) if p > 1 else x
+
+
+def patch_size(config) -> int:
+    """p of an AutoencoderKL's config (its `.config` or a config.json read as a dict)."""
+    return int(config.get(PATCH_KEY, 1))
+
+
+def image_channels(config) -> int:
+    """Channels of the images an AutoencoderKL's config takes: in_channels / p^2."""
+    return config["in_channels"] // patch_size(config) ** 2
 
 
 class Autoencoder(nn.Module):
@@ -72,24 +100,26 @@ class IdentityAutoencoder(Autoencoder):
 
 
 class KLAutoencoder(Autoencoder):
-    """diffusers' AutoencoderKL behind the interface; frozen (no gradients, eval mode)."""
+    """diffusers' AutoencoderKL behind the interface (patched when its config says so); frozen (no gradients,
+    eval mode)."""
 
     def __init__(self, vae: nn.Module, source: str = "<in memory>"):
         super().__init__()
         self.vae, self.source = vae.eval().requires_grad_(False), source
         cfg = vae.config
-        self.in_channels, self.latent_channels = cfg.in_channels, cfg.latent_channels
-        self.factor = 2 ** (len(cfg.block_out_channels) - 1)
+        self.patch = patch_size(cfg)
+        self.in_channels, self.latent_channels = image_channels(cfg), cfg.latent_channels
+        self.factor = self.patch * 2 ** (len(cfg.block_out_channels) - 1)
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """The mean of q(z|x) (see the module docstring)."""
         self.check_input(x)
-        return self.vae.encode(x).latent_dist.mean
+        return self.vae.encode(patchify(x, self.patch)).latent_dist.mean
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return self.vae.decode(z).sample
+        return unpatchify(self.vae.decode(z).sample, self.patch)
 
     def train(self, mode: bool = True) -> "KLAutoencoder":
         """Frozen: always in eval mode."""
@@ -110,21 +140,28 @@ def build_autoencoder_kl(
     norm_num_groups: int = 32,
     image_size: int = 256,
     mid_attention: bool = True,
+    patch_size: int = 1,
 ) -> nn.Module:
-    """A diffusers AutoencoderKL with random weights; f = 2^(len(block_out_channels) - 1)."""
+    """A diffusers AutoencoderKL with random weights; f = patch_size 2^(len(block_out_channels) - 1). With
+    patch_size p > 1 it takes `patchify`d images (channels p^2, side / p) and its config records p."""
     from diffusers import AutoencoderKL
 
     bad = [c for c in block_out_channels if c % norm_num_groups]
     if bad:
         raise ValueError(f"block_out_channels {tuple(block_out_channels)}: each must be a multiple of "
                          f"norm_num_groups={norm_num_groups} (GroupNorm)")
-    n = len(block_out_channels)
-    return AutoencoderKL(
-        in_channels=channels, out_channels=channels, latent_channels=latent_channels,
+    if not isinstance(patch_size, int) or patch_size < 1:
+        raise ValueError(f"patch_size={patch_size!r}: expected a whole number >= 1 (1: no patches)")
+    n, c = len(block_out_channels), channels * patch_size ** 2
+    vae = AutoencoderKL(
+        in_channels=c, out_channels=c, latent_channels=latent_channels,
         down_block_types=("DownEncoderBlock2D",) * n, up_block_types=("UpDecoderBlock2D",) * n,
         block_out_channels=tuple(block_out_channels), layers_per_block=layers_per_block,
-        norm_num_groups=norm_num_groups, sample_size=image_size, mid_block_add_attention=mid_attention,
+        norm_num_groups=norm_num_groups, sample_size=image_size // patch_size, mid_block_add_attention=mid_attention,
     )
+    if patch_size > 1:
+        vae.register_to_config(**{PATCH_KEY: patch_size})
+    return vae
 
 
 def find_autoencoder_dir(path: Path) -> Optional[Path]:

@@ -140,12 +140,12 @@ def autoencoder_scores(args: argparse.Namespace, alone: bool) -> dict:
     """Reconstruction PSNR/SSIM on --data of an autoencoder folder/run (alone) or of a latent model's."""
     import json
 
-    from .autoencoders import find_autoencoder_dir, load_autoencoder
+    from .autoencoders import find_autoencoder_dir, image_channels, load_autoencoder
     from .evaluation.reconstruction import evaluate_autoencoder, reconstruction_images
 
     if alone:
         folder = find_autoencoder_dir(Path(args.weights))
-        channels = json.loads((folder / "config.json").read_text())["in_channels"]
+        channels = image_channels(json.loads((folder / "config.json").read_text()))
         ae, size = load_autoencoder(str(folder), channels), args.image_size or 256
     else:
         model = load_model(args.weights, args.device)
