@@ -393,6 +393,21 @@ def test_a_patched_autoencoder_trains_exports_and_loads(tmp_path):
         AutoencoderModule(16, 3, **TINY, patch_size=0)
 
 
+def test_dff_eval_scores_a_patched_grayscale_autoencoder_folder(tmp_path):
+    torch.manual_seed(0)
+    folder = AutoencoderModule(16, 1, **TINY, patch_size=2).export(tmp_path)  # in_channels 4 in its config.json
+    main(["eval", str(folder), "--data", "textures", "--image-size", "16", "--num", "6", "--json", str(tmp_path / "ae.json")])
+    res = json.loads((tmp_path / "ae.json").read_text())
+    from dff.data.builtin import PhotoPatches
+    from dff.metrics import psnr
+
+    ds = PhotoPatches("val", 16, 1, source="textures")
+    x = torch.stack([ds[i]["image"] for i in range(6)])
+    ae = load_autoencoder(str(folder), 1)
+    x_hat = ((ae.decode(ae.encode(x * 2 - 1)) + 1) / 2).clamp(0, 1)
+    assert res["n"] == 6 and res["psnr"] == pytest.approx(float(psnr(x_hat, x)), rel=1e-4)
+
+
 def test_autoencoder_channels_must_match_the_data():
     m = AutoencoderModule(16, 4, **TINY)
     with pytest.raises(ValueError, match="images with 3 channels, but the autoencoder was built for model.channels=4"):
