@@ -101,6 +101,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=Path("runs/autoencoder_candidates.json"))
     args = ap.parse_args()
+    if args.time_rounds < 2:
+        raise SystemExit(f"--time-rounds {args.time_rounds}: at least 2 (the first round is warm-up)")
     from dff.report import cpu_model
 
     judge = TextureFeatures.pretrained(args.judge)

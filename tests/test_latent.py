@@ -37,6 +37,13 @@ def gray_vae_dir(tmp_path_factory) -> Path:
     return save_tiny_vae(tmp_path_factory.mktemp("vae") / "gray", 1)
 
 
+@pytest.fixture(scope="module")
+def patched_gray_vae_dir(tmp_path_factory) -> Path:
+    """A grayscale autoencoder with patch_size 2 (f = 4), exported as a dff autoencoder run exports it."""
+    torch.manual_seed(0)
+    return AutoencoderModule(32, 1, **TINY, patch_size=2).export(tmp_path_factory.mktemp("vae") / "patched")
+
+
 LATENT = dict(dim=8, dim_mults=(1, 2), attention=False, timesteps=50, schedule="cosine", prediction="v")
 
 
@@ -195,6 +202,26 @@ def test_cache_made_for_other_settings_is_an_error_not_overwritten(vae_dir, tmp_
     assert path.read_bytes() == before
 
 
+def test_cache_made_by_other_weights_at_the_same_path_is_an_error(tmp_path):
+    """A retrained autoencoder written where the old one was (a run folder's newest export) must not reuse the old
+    latents: the cache records a hash of the weights, not only the path."""
+    from dff.data.builtin import PhotoPatches
+
+    vae, ds, path = tmp_path / "vae", PhotoPatches("val", 16, 3), tmp_path / "lat.pt"
+    save_tiny_vae(vae, 3, seed=0)
+    m = LatentDiffusion(image_size=16, channels=3, autoencoder=str(vae), latent_scale=1.0, **LATENT)
+    load_or_make_cache(str(path), ds, **cache_args(m), hflip=False, vflip=False)
+    again = LatentDiffusion(image_size=16, channels=3, autoencoder=str(vae), latent_scale=1.0, **LATENT)
+    assert again.latent_cache_meta() == m.latent_cache_meta()  # the same weights: the cache is reused
+    load_or_make_cache(str(path), ds, **cache_args(again), hflip=False, vflip=False)
+    save_tiny_vae(vae, 3, seed=1)  # retrained in place
+    before = path.read_bytes()
+    other = LatentDiffusion(image_size=16, channels=3, autoencoder=str(vae), latent_scale=1.0, **LATENT)
+    with pytest.raises(ValueError, match=r"lat.pt was made with autoencoder_weights='[0-9a-f]{16}', this run has"):
+        load_or_make_cache(str(path), ds, **cache_args(other), hflip=False, vflip=False)
+    assert path.read_bytes() == before
+
+
 def test_cached_conditions_match_fresh_ones(vae_dir):
     from dff.data.builtin import PhotoPatches
     from dff.data.paired import TaskDataset
@@ -220,10 +247,13 @@ def fit_latent(tmp_path, vae, extra=(), name="run"):
                 "--samples.every_n_steps", "0", *extra])
 
 
-def test_latent_model_fits_caches_exports_and_samples_at_64(tmp_path, gray_vae_dir):
-    cli = fit_latent(tmp_path, gray_vae_dir, ["--data.latent_cache", str(tmp_path / "lat.pt")])
+@pytest.mark.parametrize("vae", ["gray_vae_dir", "patched_gray_vae_dir"])
+def test_latent_model_fits_caches_exports_and_samples_at_64(tmp_path, vae, request):
+    cli = fit_latent(tmp_path, request.getfixturevalue(vae), ["--data.latent_cache", str(tmp_path / "lat.pt")])
     model = cli.model
     assert model.is_latent and (tmp_path / "lat.pt").exists()
+    assert model.latent.factor == (4 if vae.startswith("patched") else 2)  # 2 levels (f = 2), times p = 2
+    assert torch.load(tmp_path / "lat.pt", weights_only=True)["latent"].shape[-2:] == (64 // model.latent.factor,) * 2
     assert 0 < float(model.latent.scale) < 100 and not torch.isnan(model.latent.scale)
     x = model.sample(3, "ddim", steps=3, seed=0, progress=False)
     assert x.shape == (3, 1, 64, 64) and 0 <= x.min() and x.max() <= 1

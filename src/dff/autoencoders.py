@@ -20,6 +20,8 @@ no layer runs at full resolution: f = p 2^(levels - 1). diffusers' config.json r
 """
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
@@ -51,14 +53,19 @@ def unpatchify(x: torch.Tensor, p: int) -> torch.Tensor:
     return F.pixel_shuffle(x, p) if p > 1 else x
 
 
-def patch_size(config) -> int:
-    """p of an AutoencoderKL's config (its `.config` or a config.json read as a dict)."""
-    return int(config.get(PATCH_KEY, 1))
+def config_patch_size(config) -> int:
+    """p of an AutoencoderKL's config (its `.config` or a config.json read as a dict), checked: a whole number
+    >= 1 whose square divides in_channels."""
+    p = config.get(PATCH_KEY, 1)
+    if not isinstance(p, int) or p < 1 or config["in_channels"] % p ** 2:
+        raise ValueError(f"autoencoder config: {PATCH_KEY}={p!r} with in_channels={config['in_channels']}: expected "
+                         "a whole number p >= 1 with in_channels a multiple of p^2")
+    return p
 
 
 def image_channels(config) -> int:
     """Channels of the images an AutoencoderKL's config takes: in_channels / p^2."""
-    return config["in_channels"] // patch_size(config) ** 2
+    return config["in_channels"] // config_patch_size(config) ** 2
 
 
 class Autoencoder(nn.Module):
@@ -73,6 +80,14 @@ class Autoencoder(nn.Module):
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:  # (B, c, h, w) -> (B, C, h*f, w*f)
         raise NotImplementedError
+
+    def fingerprint(self) -> str:
+        """What identifies this autoencoder's function (latent caches record it): its weights' hash."""
+        h = hashlib.sha256()
+        for k, v in sorted(self.state_dict().items()):
+            h.update(k.encode())
+            h.update(v.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+        return h.hexdigest()[:16]
 
     def check_input(self, x: torch.Tensor, what: str = "images") -> None:
         """Clear errors for images the autoencoder cannot take (channels, size)."""
@@ -98,6 +113,9 @@ class IdentityAutoencoder(Autoencoder):
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return z
 
+    def fingerprint(self) -> str:
+        return "identity"
+
 
 class KLAutoencoder(Autoencoder):
     """diffusers' AutoencoderKL behind the interface (patched when its config says so); frozen (no gradients,
@@ -107,7 +125,7 @@ class KLAutoencoder(Autoencoder):
         super().__init__()
         self.vae, self.source = vae.eval().requires_grad_(False), source
         cfg = vae.config
-        self.patch = patch_size(cfg)
+        self.patch = config_patch_size(cfg)
         self.in_channels, self.latent_channels = image_channels(cfg), cfg.latent_channels
         self.factor = self.patch * 2 ** (len(cfg.block_out_channels) - 1)
 
@@ -124,6 +142,13 @@ class KLAutoencoder(Autoencoder):
     def train(self, mode: bool = True) -> "KLAutoencoder":
         """Frozen: always in eval mode."""
         return super().train(False)
+
+    def fingerprint(self) -> str:
+        """The hash of the weights and of the architecture's config (a patched and a plain autoencoder may share
+        weight shapes); not of where it was loaded from or by which diffusers version."""
+        cfg = {k: v for k, v in self.vae.config.items() if not k.startswith("_") or k == PATCH_KEY}
+        return hashlib.sha256((super().fingerprint() + json.dumps(cfg, sort_keys=True, default=str)).encode()
+                              ).hexdigest()[:16]
 
     def save_pretrained(self, out_dir: Union[str, Path]) -> Path:
         """diffusers' format (config.json + diffusion_pytorch_model.safetensors)."""

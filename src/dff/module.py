@@ -166,8 +166,9 @@ class DiffusionModule(L.LightningModule):
     def latent_cache_meta(self) -> dict:
         """What a latent cache made for this model depends on (data/latents.py checks it before reuse)."""
         h = self.hparams
-        return {"autoencoder": str(h.autoencoder), "image_size": int(h.image_size), "channels": int(h.channels),
-                "condition": str(h.condition), "latent_condition": str(h.latent_condition)}
+        return {"autoencoder": str(h.autoencoder), "autoencoder_weights": self.latent.autoencoder.fingerprint(),
+                "image_size": int(h.image_size), "channels": int(h.channels), "condition": str(h.condition),
+                "latent_condition": str(h.latent_condition)}
 
     def on_fit_start(self) -> None:
         """Latent models: cache the training latents if the data asks for it, and estimate the
