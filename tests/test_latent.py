@@ -322,18 +322,23 @@ def test_latent_cache_needs_a_latent_model(tmp_path):
 
 
 # ---------------------------------------------------------------------- training an autoencoder
-def test_autoencoder_training_reduces_the_reconstruction_loss():
-    torch.manual_seed(0)
-    m = AutoencoderModule(16, 3, **TINY, lr=3e-3)
+def train_briefly(m: AutoencoderModule, steps: int = 60) -> list[float]:
+    """`steps` optimiser steps on one fixed batch of 4 random images; the losses."""
     opt = m.configure_optimizers()
-    x = {"image": torch.rand(4, 3, 16, 16)}
+    x = {"image": torch.rand(4, m.hparams.channels, 16, 16)}
     losses = []
-    for _ in range(60):
+    for _ in range(steps):
         loss = m.training_step(x, 0)
         opt.zero_grad()
         loss.backward()
         opt.step()
         losses.append(loss.item())
+    return losses
+
+
+def test_autoencoder_training_reduces_the_reconstruction_loss():
+    torch.manual_seed(0)
+    losses = train_briefly(AutoencoderModule(16, 3, **TINY, lr=3e-3))
     assert losses[-1] < 0.6 * losses[0]
 
 
@@ -394,15 +399,7 @@ def test_a_patched_autoencoder_trains_exports_and_loads(tmp_path):
     torch.manual_seed(0)
     m = AutoencoderModule(16, 3, **TINY, patch_size=2, lr=3e-3)
     assert m.factor == 4 and m.vae.config.in_channels == 12  # p = 2 times the 2 of two levels
-    opt = m.configure_optimizers()
-    x = {"image": torch.rand(4, 3, 16, 16)}
-    losses = []
-    for _ in range(60):
-        loss = m.training_step(x, 0)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = train_briefly(m)
     assert losses[-1] < 0.6 * losses[0]
     folder = m.export(tmp_path)
     cfg = json.loads((folder / "config.json").read_text())
