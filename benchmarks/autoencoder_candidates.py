@@ -59,14 +59,10 @@ def step(m: AutoencoderModule, opt: torch.optim.Optimizer, batch: dict) -> float
     return loss.item()
 
 
-def optimiser(m: AutoencoderModule) -> torch.optim.Optimizer:
-    return torch.optim.Adam(m.vae.parameters(), lr=m.hparams.lr, betas=(0.5, 0.9))  # as configure_optimizers
-
-
 def step_times(specs: list[str], size: int, rounds: int) -> dict:
     """Median ms of one training step per candidate, all in one process, in alternating order per round."""
     models = {s: build(s, size, 0) for s in specs}
-    opts = {s: optimiser(m) for s, m in models.items()}
+    opts = {s: m.configure_optimizers() for s, m in models.items()}  # Adam alone: the rate is constant
     batch = next(batches(size, 0))
     ms: dict = {s: [] for s in specs}
     for r in range(rounds):
@@ -78,17 +74,21 @@ def step_times(specs: list[str], size: int, rounds: int) -> dict:
         p.numel() for p in models[s].vae.parameters()) / 1e6, 3)} for s, v in ms.items()}
 
 
-@torch.no_grad()
-def score(m: AutoencoderModule, size: int, judge: TextureFeatures) -> dict:
-    ae = KLAutoencoder(m.vae)
+def real_crops(size: int) -> torch.Tensor:
+    """256 random training crops (seed 2), the judge's yardstick: (256, 1, size, size) in [0, 1]."""
     ds = PhotoPatches("train", size, 1, repeat=86, seed=2, source="textures")
-    real = torch.stack([ds[i]["image"] for i in range(256)])
+    return torch.stack([ds[i]["image"] for i in range(256)])
+
+
+@torch.no_grad()
+def score(m: AutoencoderModule, real: torch.Tensor, held: torch.Tensor, judge: TextureFeatures) -> dict:
+    """The judge on m's reconstructions of the real crops, and m's PSNR / SSIM on the held-out patches."""
+    ae = KLAutoencoder(m.vae)
     labels = judge.recognise(to_image_space(ae.decode(ae.encode(to_model_space(real)))))
     return {"judge_on_reconstructions_of_256_training_crops": {
                 "recognised": (labels >= 0).float().mean().item(),
                 "histogram": {t: int((labels == k).sum()) for k, t in enumerate(TEXTURES)}},
-            "judge_on_the_real_crops": (judge.recognise(real) >= 0).float().mean().item(),
-            "heldout": evaluate_autoencoder(ae, reconstruction_images("textures", 1, size))}
+            "heldout": evaluate_autoencoder(ae, held)}
 
 
 def main() -> None:
@@ -109,16 +109,19 @@ def main() -> None:
     if judge.input_size[0] != args.size:
         raise SystemExit(f"the texture judge takes {judge.input_size[0]}-pixel crops, --size is {args.size}: "
                          "train one with `python scripts/train_texture_features.py --size SIZE --out FILE` (--judge FILE)")
+    real, held = real_crops(args.size), reconstruction_images("textures", 1, args.size)
     res: dict = {"machine": f"{cpu_model()}, {torch.get_num_threads()} torch threads", "steps": args.steps,
-                 "size": args.size, "seed": args.seed, "candidates": step_times(args.candidates, args.size,
-                                                                                args.time_rounds)}
+                 "size": args.size, "seed": args.seed,
+                 "judge_on_the_real_crops": (judge.recognise(real) >= 0).float().mean().item(),
+                 "candidates": step_times(args.candidates, args.size, args.time_rounds)}
     for spec in args.candidates:
         m, data = build(spec, args.size, args.seed), batches(args.size, args.seed)
-        opt, t0 = optimiser(m), time.time()
+        opt, t0 = m.configure_optimizers(), time.time()
         for _ in range(args.steps):
             loss = step(m, opt, next(data))
         m.eval()
-        res["candidates"][spec].update(train_s=round(time.time() - t0, 1), final_loss=loss, **score(m, args.size, judge))
+        res["candidates"][spec].update(train_s=round(time.time() - t0, 1), final_loss=loss,
+                                       **score(m, real, held, judge))
         print(spec, json.dumps(res["candidates"][spec]), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(res, indent=2) + "\n")

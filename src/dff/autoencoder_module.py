@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .autoencoders import (EXPORT_SUBDIR, KLAutoencoder, build_autoencoder_kl, patchify, to_image_space,
-                           to_model_space, unpatchify)
+from .autoencoders import (EXPORT_SUBDIR, KLAutoencoder, build_autoencoder_kl, config_factor, patchify,
+                           to_image_space, to_model_space, unpatchify)
 from .metrics import psnr, ssim
 from .optim import check_decay, decay_length, scheduled
 from .runs import atomic_folder
@@ -82,7 +82,7 @@ class AutoencoderModule(L.LightningModule):
                                         block_out_channels=block_out_channels, layers_per_block=layers_per_block,
                                         norm_num_groups=norm_num_groups, image_size=image_size,
                                         mid_attention=mid_attention, patch_size=patch_size)
-        self.factor = patch_size * 2 ** (len(block_out_channels) - 1)
+        self.factor = config_factor(self.vae.config)
         if image_size % self.factor:
             raise ValueError(f"image_size {image_size} must be a multiple of the autoencoder's down-sampling factor "
                              f"{self.factor} (patch_size * 2^(len(block_out_channels) - 1))")

@@ -68,6 +68,11 @@ def image_channels(config) -> int:
     return config["in_channels"] // config_patch_size(config) ** 2
 
 
+def config_factor(config) -> int:
+    """The down-sampling factor of an AutoencoderKL's config: f = p 2^(levels - 1)."""
+    return config_patch_size(config) * 2 ** (len(config["block_out_channels"]) - 1)
+
+
 class Autoencoder(nn.Module):
     """The interface: channels in, latent channels, spatial down-sampling factor f."""
 
@@ -125,9 +130,8 @@ class KLAutoencoder(Autoencoder):
         super().__init__()
         self.vae, self.source = vae.eval().requires_grad_(False), source
         cfg = vae.config
-        self.patch = config_patch_size(cfg)
-        self.in_channels, self.latent_channels = image_channels(cfg), cfg.latent_channels
-        self.factor = self.patch * 2 ** (len(cfg.block_out_channels) - 1)
+        self.patch, self.factor = config_patch_size(cfg), config_factor(cfg)
+        self.in_channels, self.latent_channels = cfg.in_channels // self.patch ** 2, cfg.latent_channels
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> torch.Tensor:
