@@ -77,8 +77,8 @@ def main() -> None:
             sched.step()
             total += loss.item() * len(j)
         if (epoch + 1) % 5 == 0 or epoch == args.epochs - 1:
-            print(f"epoch {epoch + 1:3d}  loss {total / len(xtr):.4f}  held-out accuracy {accuracy(model, xte, yte):.4f}"
-                  f"  ({time.time() - t0:.0f} s)")
+            print(f"epoch {epoch + 1:3d}  loss {total / len(xtr):.4f}"
+                  f"  held-out accuracy {accuracy(model, xte, yte):.4f}  ({time.time() - t0:.0f} s)")
 
     acc = accuracy(model, xte, yte)
     print(f"held-out accuracy {acc:.4f} ({len(test_idx)} digits), train accuracy {accuracy(model, xtr, ytr):.4f}")

@@ -4,7 +4,8 @@
 
 scikit-image's three 512x512 grayscale textures (brick, grass, gravel) are split as the latent demo
 splits them (dff.data.builtin.load_photos): the CNN (dff.evaluation.features.TextureFeatures) trains on
-random crops (64x64, the latent demo's size, or --size) of the top three quarters, with horizontal and vertical flips (as the demo) and a
+random crops (64x64, the latent demo's size, or --size) of the top three quarters, with horizontal and
+vertical flips (as the demo) and a
 mild brightness/contrast jitter (so that it judges structure, not only the mean grey level), and a
 quarter of each batch is a "none" example (uniform or Gaussian noise, flat grey, a real crop blurred by
 8x8 or 16x16 averaging or with its pixels shuffled, smoothed noise): a judge of generated images must be able to say
