@@ -48,7 +48,8 @@ def test_random_crop_is_a_window_inside_the_image(tmp_path):
     outside with black, which this image never holds), and the offsets vary."""
     (tmp_path / "r").mkdir()
     rows, cols = np.meshgrid(np.arange(40), np.arange(20), indexing="ij")
-    a = np.stack([5 + 6 * rows, 5 + 12 * cols, np.full_like(rows, 200)], -1).astype(np.uint8)  # (40, 20, 3), unique pixels
+    # a: (40, 20, 3), unique pixels
+    a = np.stack([5 + 6 * rows, 5 + 12 * cols, np.full_like(rows, 200)], -1).astype(np.uint8)
     Image.fromarray(a).save(tmp_path / "r" / "ramp.png")
     crops = ImageFolder(tmp_path / "r", 10, 3, crop="random", hflip=False, seed=0)
     offsets = set()
@@ -148,7 +149,8 @@ def test_bad_files_can_be_skipped_and_are_listed(tmp_path, image_folder):
                "--trainer.max_steps", "2", "--trainer.enable_progress_bar", "false",
                "--trainer.default_root_dir", str(tmp_path / "run"), "--samples.every_n_steps", "0"])
     listed = (Path(cli.trainer.log_dir) / "skipped_files.txt").read_text().splitlines()
-    assert cli.trainer.global_step == 2 and sorted(Path(line.split("\t")[0]).name for line in listed) == ["garbage.png", "tiny.png"]
+    assert cli.trainer.global_step == 2
+    assert sorted(Path(line.split("\t")[0]).name for line in listed) == ["garbage.png", "tiny.png"]
 
 
 def test_skipping_needs_something_left(tmp_path):

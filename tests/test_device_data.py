@@ -61,10 +61,11 @@ def test_random_windows_cover_the_image_and_flips_are_fair(tmp_path):
     tops = set()
     for x in batch[:300]:
         for cand in (x, x.flip(-1)):
-            hits = [(t, l) for t in range(40 - 15) for l in range(48 - 15) if torch.equal(img[:, t:t + 16, l:l + 16], cand)]
+            hits = [(t, left) for t in range(40 - 15) for left in range(48 - 15)
+                    if torch.equal(img[:, t:t + 16, left:left + 16], cand)]
             tops.update(t for t, _ in hits)
     assert min(tops) == 0 and max(tops) == 40 - 16
-    flipped = sum(not any(torch.equal(img[:, t:t + 16, l:l + 16], x) for t in range(25) for l in range(33))
+    flipped = sum(not any(torch.equal(img[:, t:t + 16, left:left + 16], x) for t in range(25) for left in range(33))
                   for x in batch[:200])
     assert 70 < flipped < 130  # about half
 
