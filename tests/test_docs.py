@@ -42,7 +42,8 @@ def parameters(cls: type) -> dict[str, inspect.Parameter]:
 
 
 # ---------------------------------------------------------------------- config keys and defaults
-KEY = re.compile(r"`-{0,2}(model|data|trainer|checkpoint|samples|posthoc_ema|speed)\.(?!(?:png|safetensors|yaml|json|ckpt|csv|py)`)(\w+)")
+KEY = re.compile(r"`-{0,2}(model|data|trainer|checkpoint|samples|posthoc_ema|speed)\."
+                 r"(?!(?:png|safetensors|yaml|json|ckpt|csv|py)`)(\w+)")
 
 
 @pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.name)

@@ -115,12 +115,14 @@ def test_default_url(monkeypatch):
 
 
 def test_correct_checksum(server, dest):
-    download("facades", dest, base_url=f"{server}/good/", sha256=hashlib.sha256(GOOD).hexdigest().upper(), progress=False)
+    download("facades", dest, base_url=f"{server}/good/", sha256=hashlib.sha256(GOOD).hexdigest().upper(),
+             progress=False)
     assert (dest / "facades/train/1.jpg").exists()
 
 
 def test_checksum_mismatch(server, dest):
-    with pytest.raises(ValueError, match=r"checksum mismatch for http://.*/good/facades\.tar\.gz.*expected sha256 0{64}"):
+    with pytest.raises(ValueError,
+                       match=r"checksum mismatch for http://.*/good/facades\.tar\.gz.*expected sha256 0{64}"):
         download("facades", dest, base_url=f"{server}/good/", sha256="0" * 64, progress=False)
     assert listing(dest) == ["mine.txt"]
 
@@ -213,6 +215,7 @@ def test_cli_download_and_its_errors(server, dest, capsys):
     with pytest.raises(SystemExit, match="already exists"):  # never overwritten
         main(["data", "download", "facades", "--dir", str(dest), "--base-url", f"{server}/good/", "--no-progress"])
     with pytest.raises(SystemExit, match="truncated download"):
-        main(["data", "download", "facades", "--dir", str(dest / "x"), "--base-url", f"{server}/trunc/", "--no-progress"])
+        main(["data", "download", "facades", "--dir", str(dest / "x"), "--base-url", f"{server}/trunc/",
+              "--no-progress"])
     main(["data", "list"])
     assert "maps" in capsys.readouterr().out

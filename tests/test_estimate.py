@@ -79,7 +79,8 @@ def test_estimate_every_config(tmp_path, config, capsys):
     args += ["--model.dim", "8"]
     if "autoencoder:" in text:
         channels = 1 if "channels: 1" in text else 3
-        args += ["--model.autoencoder", str(save_tiny_vae(tmp_path / "vae", channels))]  # latent scale unset: as at fit start
+        # latent scale unset: as at fit start
+        args += ["--model.autoencoder", str(save_tiny_vae(tmp_path / "vae", channels))]
     est = estimate_command(args)
     assert est.flops_per_image > 0 and est.seconds_per_step > 0
     assert "M trained parameters" in capsys.readouterr().out

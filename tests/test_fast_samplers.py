@@ -71,9 +71,13 @@ def test_fast_sampler_signature_shape_generator_callback(sampler):
            callback=lambda s: seen.append((s["i"], s["t"], s["x_t"].shape, s["x0_hat"].shape)))
     b = fn(MIX.denoiser(d), d, (8, 2), steps=5, generator=torch.Generator().manual_seed(5), progress=False)
     assert a.shape == (8, 2) and torch.equal(a, b)  # the same generator: the same samples (also the SDE's noise)
-    assert [s[0] for s in seen] == list(range(5)) and all(isinstance(s[1], int) and s[2] == s[3] == (8, 2) for s in seen)
-    cond_model = lambda x, t, c: MIX.denoiser(d)(x, t) + 0 * c  # model(x_t, t, cond) when cond is given
-    c = fn(cond_model, d, (8, 2), steps=5, cond=torch.ones(8, 2), generator=torch.Generator().manual_seed(5), progress=False)
+    assert [s[0] for s in seen] == list(range(5))
+    assert all(isinstance(s[1], int) and s[2] == s[3] == (8, 2) for s in seen)
+
+    def cond_model(x, t, c):  # model(x_t, t, cond) when cond is given
+        return MIX.denoiser(d)(x, t) + 0 * c
+    c = fn(cond_model, d, (8, 2), steps=5, cond=torch.ones(8, 2), generator=torch.Generator().manual_seed(5),
+           progress=False)
     assert torch.equal(a, c)
     clipped = fn(MIX.denoiser(d), d, x_T(50), steps=5, clip_x0=True, progress=False)
     assert clipped.abs().max() <= 1
@@ -222,7 +226,8 @@ def euler_steps_match(sched, d, karras, spacing):
 
 @pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
 @pytest.mark.parametrize("schedule", ["linear", "cosine"])
-@pytest.mark.parametrize("karras,spacing,clip", [(True, "linspace", False), (True, "leading", True), (False, "trailing", False)])
+@pytest.mark.parametrize("karras,spacing,clip",
+                         [(True, "linspace", False), (True, "leading", True), (False, "trailing", False)])
 def test_heun_steps_match_diffusers(prediction, schedule, karras, spacing, clip):
     diffusers = pytest.importorskip("diffusers")
     sched = diffusers.HeunDiscreteScheduler(1000, beta_start=1e-4, beta_end=0.02, beta_schedule=SCHEDULE[schedule],

@@ -213,7 +213,8 @@ def test_kid_estimator_is_unbiased():
     for _ in range(reps):
         x, y = rng.standard_normal((n, d)), rng.standard_normal((n, d))
         unbiased.append(mmd2_unbiased(x, y))
-        biased.append(polynomial_kernel(x, x).mean() + polynomial_kernel(y, y).mean() - 2 * polynomial_kernel(x, y).mean())
+        biased.append(polynomial_kernel(x, x).mean() + polynomial_kernel(y, y).mean()
+                      - 2 * polynomial_kernel(x, y).mean())
     se = np.std(unbiased) / np.sqrt(reps)
     assert abs(np.mean(unbiased)) < 3 * se, (np.mean(unbiased), se)
     assert np.mean(biased) > 10 * se

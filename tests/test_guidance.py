@@ -93,7 +93,8 @@ def test_unknown_class_and_unlabelled_model(tmp_path):
         PixelDiffusion(**TINY).sample(2, "ddim", steps=2, labels=0, progress=False)
     save_pretrained(m, tmp_path / "w")
     with pytest.raises(SystemExit, match="class 7 unknown"):
-        main(["sample", str(tmp_path / "w"), "--class", "7", "--num", "2", "--steps", "2", "--out", str(tmp_path / "o")])
+        main(["sample", str(tmp_path / "w"), "--class", "7", "--num", "2", "--steps", "2", "--out",
+              str(tmp_path / "o")])
     main(["sample", str(tmp_path / "w"), "--class", "2", "--num", "2", "--steps", "2", "--out", str(tmp_path / "o"),
           "--no-progress"])
     assert (tmp_path / "o" / "sample_0001.png").exists()
@@ -117,8 +118,9 @@ def test_labels_from_subfolders(tmp_path):
 
 def test_fit_class_conditional_digits(tmp_path):
     cli = fit(["--data.dataset", "digits", "--data.image_size", "8", "--data.channels", "1", "--data.batch_size", "8",
-               "--model.num_classes", "10", "--model.dim", "8", "--model.dim_mults", "[1, 2]", "--model.timesteps", "20",
-               "--model.schedule", "cosine", "--trainer.max_steps", "2", "--trainer.enable_progress_bar", "false",
+               "--model.num_classes", "10", "--model.dim", "8", "--model.dim_mults", "[1, 2]",
+               "--model.timesteps", "20", "--model.schedule", "cosine",
+               "--trainer.max_steps", "2", "--trainer.enable_progress_bar", "false",
                "--trainer.default_root_dir", str(tmp_path), "--samples.every_n_steps", "0"])
     assert cli.trainer.global_step == 2
     with pytest.raises(ValueError, match="num_classes=3"):
