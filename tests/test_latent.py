@@ -182,7 +182,8 @@ def test_cached_and_uncached_training_see_the_same_latents(vae_dir, tmp_path):
     cached = LatentDataset(data, seed=0)
     for i in range(3):
         z = cached[i]["latent"] * m.latent.s()
-        fresh = [m.latent.encode(flip(x[i:i + 1], h, vf))[0] for h, vf in [(False, False), (True, False), (False, True), (True, True)]]
+        fresh = [m.latent.encode(flip(x[i:i + 1], h, vf))[0]
+                 for h, vf in [(False, False), (True, False), (False, True), (True, True)]]
         assert min((z - f).abs().max().item() for f in fresh) < 1e-5
     # read back rather than re-encoded
     again = load_or_make_cache(str(tmp_path / "lat.pt"), ds, **cache_args(m), hflip=True, vflip=True)
@@ -233,7 +234,8 @@ def test_cached_conditions_match_fresh_ones(vae_dir):
         data = encode_dataset(ds, encode=m.latent.encode_unscaled, condition_code=m.latent.condition_code, hflip=True,
                               vflip=False, progress=False)
         c = torch.stack([ds[i]["cond"] for i in range(len(ds))])
-        torch.testing.assert_close(data["cond_code"][:, 1], m.latent.condition_code(flip(c, True, False)), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(data["cond_code"][:, 1], m.latent.condition_code(flip(c, True, False)),
+                                   atol=1e-5, rtol=1e-5)
         assert data["cond_code"].shape[-3:] == ((4 if mode == "encode" else 3), 8, 8)
 
 
@@ -258,7 +260,8 @@ def test_latent_model_fits_caches_exports_and_samples_at_64(tmp_path, vae, reque
     x = model.sample(3, "ddim", steps=3, seed=0, progress=False)
     assert x.shape == (3, 1, 64, 64) and 0 <= x.min() and x.max() <= 1
     for sampler in ("ddpm", "dpmpp_2m"):
-        assert model.sample(2, sampler, steps=None if sampler == "ddpm" else 3, seed=0, progress=False).shape == (2, 1, 64, 64)
+        assert model.sample(2, sampler, steps=None if sampler == "ddpm" else 3, seed=0,
+                            progress=False).shape == (2, 1, 64, 64)
     # the checkpoint holds the network and the scale, not the autoencoder
     ckpt = torch.load(next(Path(cli.trainer.log_dir, "checkpoints").glob("*.ckpt")), weights_only=True)
     assert "latent.scale" in ckpt["state_dict"] and not any("autoencoder." in k for k in ckpt["state_dict"])
@@ -306,7 +309,8 @@ def test_latent_image_to_image_fits_samples_and_translates(tmp_path, vae_dir, mo
     cond = torch.rand(2, 3, 16, 16)
     out = model.sample(cond=cond, num_samples=2, steps=2, seed=0, progress=False)
     assert out.shape == (4, 3, 16, 16)
-    # dff translate: x2 super-resolution of an 18x22 input, padded to the whole factor (autoencoder x U-Net = 4), cropped back
+    # dff translate: x2 super-resolution of an 18x22 input, padded to the whole factor (autoencoder x U-Net = 4),
+    # cropped back
     Image.fromarray((torch.rand(18, 22, 3) * 255).byte().numpy()).save(tmp_path / "in.png")
     main(["translate", str(Path(cli.trainer.log_dir)), "--input", str(tmp_path / "in.png"), "--out",
           str(tmp_path / "out"), "--steps", "2", "--no-progress"])
@@ -370,8 +374,8 @@ def test_fit_an_autoencoder_from_a_config_and_use_it(tmp_path):
         "data:\n  dataset: textures\n  image_size: 32\n  channels: 1\n  repeat: 2\n  batch_size: 4\n"
     )
     cli = fit(["--config", str(cfg), "--trainer.max_steps", "2", "--trainer.default_root_dir", str(tmp_path / "ae"),
-               "--trainer.enable_progress_bar", "false", "--trainer.limit_val_batches", "1", "--model.init_args.lr_decay",
-               "linear", "--model.init_args.lr", "1e-3"])
+               "--trainer.enable_progress_bar", "false", "--trainer.limit_val_batches", "1",
+               "--model.init_args.lr_decay", "linear", "--model.init_args.lr", "1e-3"])
     lam = cli.trainer.lr_scheduler_configs[0].scheduler.lr_lambdas[0]
     assert [lam(s) for s in range(3)] == [1.0, 0.5, 0.0]  # linear to 0 at trainer.max_steps
     assert cli.trainer.optimizers[0].param_groups[0]["lr"] == 0.0
@@ -414,7 +418,8 @@ def test_a_patched_autoencoder_trains_exports_and_loads(tmp_path):
         load_autoencoder(str(folder), 12)
     with pytest.raises(ValueError, match="multiples of the autoencoder's down-sampling factor 4"):
         ae.encode(torch.rand(1, 3, 16, 18))
-    with pytest.raises(ValueError, match="image_size 18 must be a multiple of the autoencoder's down-sampling factor 4"):
+    with pytest.raises(ValueError,
+                       match="image_size 18 must be a multiple of the autoencoder's down-sampling factor 4"):
         AutoencoderModule(18, 3, **TINY, patch_size=2)
     with pytest.raises(ValueError, match="patch_size=0: expected a whole number >= 1"):
         AutoencoderModule(16, 3, **TINY, patch_size=0)
@@ -423,7 +428,8 @@ def test_a_patched_autoencoder_trains_exports_and_loads(tmp_path):
 def test_dff_eval_scores_a_patched_grayscale_autoencoder_folder(tmp_path):
     torch.manual_seed(0)
     folder = AutoencoderModule(16, 1, **TINY, patch_size=2).export(tmp_path)  # in_channels 4 in its config.json
-    main(["eval", str(folder), "--data", "textures", "--image-size", "16", "--num", "6", "--json", str(tmp_path / "ae.json")])
+    main(["eval", str(folder), "--data", "textures", "--image-size", "16", "--num", "6", "--json",
+          str(tmp_path / "ae.json")])
     res = json.loads((tmp_path / "ae.json").read_text())
     from dff.data.builtin import PhotoPatches
     from dff.metrics import psnr
@@ -439,7 +445,8 @@ def test_autoencoder_channels_must_match_the_data():
     m = AutoencoderModule(16, 4, **TINY)
     with pytest.raises(ValueError, match="images with 3 channels, but the autoencoder was built for model.channels=4"):
         m.training_step({"image": torch.rand(2, 3, 16, 16)}, 0)
-    with pytest.raises(ValueError, match="image_size 17 must be a multiple of the autoencoder's down-sampling factor 2"):
+    with pytest.raises(ValueError,
+                       match="image_size 17 must be a multiple of the autoencoder's down-sampling factor 2"):
         AutoencoderModule(17, 3, **TINY)
     with pytest.raises(ValueError, match="model.lr_decay='exp': expected one of none, linear, cosine"):
         AutoencoderModule(16, 3, **TINY, lr_decay="exp")
@@ -466,7 +473,8 @@ def test_half_of_side_by_side_files_for_unpaired_data(tmp_path):
 def test_builtin_textures_are_split_into_train_and_held_out_parts():
     from dff.data.builtin import PhotoPatches
 
-    train, val = PhotoPatches("train", 128, 1, repeat=2, seed=0, source="textures"), PhotoPatches("val", 128, 1, source="textures")
+    train = PhotoPatches("train", 128, 1, repeat=2, seed=0, source="textures")
+    val = PhotoPatches("val", 128, 1, source="textures")
     assert [im.size for im in train.photos] == [(512, 384)] * 3 and [im.size for im in val.photos] == [(512, 128)] * 3
     assert len(val) == 12 and train[0]["image"].shape == (1, 128, 128)
 

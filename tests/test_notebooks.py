@@ -131,7 +131,8 @@ def stub(*args):
 
 @pytest.mark.parametrize("check, wrong, message", [
     (learn.check_q_sample, stub, "not written yet"),
-    (learn.check_q_sample, q_sample_one_t, r"case 'a different t for each sample.*expected .* got .*largest difference"),
+    (learn.check_q_sample, q_sample_one_t,
+     r"case 'a different t for each sample.*expected .* got .*largest difference"),
     (learn.check_q_sample, q_sample_no_sqrt, r"case 't = 0 for every sample.*expected .* got"),
     (learn.check_q_sample, q_sample_images_only, r"case 'vectors \(B, D\).*expected shape \(3, 5\), got shape"),
     (learn.check_v_target, lambda x0, eps, a, s: s * x0 - a * eps, r"case 'nearly clean.*expected .* got"),
@@ -141,7 +142,8 @@ def stub(*args):
      r"case 'a batch whose images have different errors.*expected .* got"),
     (learn.check_psnr, lambda x, y: 10 * torch.log10(1 / ((x - y) ** 2).mean((1, 2, 3))),
      r"case 'one grayscale image': expected shape \(\), got shape \(1,\)"),
-    (learn.check_latent_scale, lambda z: 1 / z.pow(2).mean().sqrt(), r"case 'latents with a mean of 3.*expected .* got"),
+    (learn.check_latent_scale, lambda z: 1 / z.pow(2).mean().sqrt(),
+     r"case 'latents with a mean of 3.*expected .* got"),
     (learn.check_latent_scale, lambda z: z.std(), r"case 'centred latents of std 4.*expected .* got"),
 ])
 def test_checks_reject_wrong_answers_naming_the_case(check, wrong, message):

@@ -173,7 +173,8 @@ def test_note_01_points_to_dff_explore():
 def missing_topics(text: str) -> list[str]:
     own, fail = section(text, r"for your own data"), section(text, r"failure modes")
     out = [] if own else ["a section titled 'For your own data'"]
-    out += [f"'For your own data' on {k}" for k, pat in OWN_DATA.items() if own and not re.search(pat, own, re.I | re.S)]
+    out += [f"'For your own data' on {k}" for k, pat in OWN_DATA.items()
+            if own and not re.search(pat, own, re.I | re.S)]
     out += [] if fail else ["a section on failure modes"]
     out += [f"failure modes: {k}" for k, pat in FAILURES.items() if fail and not re.search(pat, fail, re.I)]
     return out
@@ -187,7 +188,8 @@ def test_note_has_own_data_and_failure_sections(prefix):
 
 
 def test_section_check_catches_a_missing_topic():
-    text = "# T\n## For your own data\nresolution, pixel or latent, schedule\n## Failure modes\nsamples stay noise; colorization\n"
+    text = ("# T\n## For your own data\nresolution, pixel or latent, schedule\n"
+            "## Failure modes\nsamples stay noise; colorization\n")
     assert "'For your own data' on autoencoder" in missing_topics(text)
     assert "failure modes: colour shifts" in missing_topics(text)
 

@@ -125,7 +125,8 @@ def test_inpaint_condition_blanks_the_mask_and_appends_it():
     assert 0.0625 <= m.mean() <= 0.25
     xb = torch.rand(2, 3, 16, 16)  # a batch with one shared (1, H, W) mask: each image as on its own
     cb = make_condition("inpaint", xb, mask=m)
-    assert cb.shape == (2, 4, 16, 16) and all(torch.equal(cb[i], make_condition("inpaint", xb[i], mask=m)) for i in range(2))
+    assert cb.shape == (2, 4, 16, 16)
+    assert all(torch.equal(cb[i], make_condition("inpaint", xb[i], mask=m)) for i in range(2))
 
 
 # ---------------------------------------------------------------------- metrics
@@ -237,7 +238,8 @@ def test_bad_pairs_can_be_skipped_and_are_listed(tmp_path):
                    "--trainer.max_steps", "2", "--trainer.enable_progress_bar", "false", "--samples.every_n_steps", "0",
                    "--trainer.limit_val_batches", "0", "--trainer.default_root_dir", str(tmp_path / "run")])
     listed = (Path(cli.trainer.log_dir) / "skipped_files.txt").read_text().splitlines()
-    assert cli.trainer.global_step == 2 and sorted(Path(line.split("\t")[0]).name for line in listed) == ["p1.png", "p3.png"]
+    assert cli.trainer.global_step == 2
+    assert sorted(Path(line.split("\t")[0]).name for line in listed) == ["p1.png", "p3.png"]
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "x.png").write_bytes(b"x")

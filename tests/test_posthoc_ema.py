@@ -78,7 +78,8 @@ def test_reconstruction_agrees_with_a_power_ema_run_directly(tmp_path):
         trainer.global_step = t
         cb.on_train_batch_end(trainer, module, None, None, t - 1)
         for s in targets:  # eq. 2 run directly, in float64
-            direct[s] = beta(t, gamma_from_sigma_rel(s)) * direct[s] + (1 - beta(t, gamma_from_sigma_rel(s))) * net.theta.detach().double()
+            direct[s] = (beta(t, gamma_from_sigma_rel(s)) * direct[s]
+                         + (1 - beta(t, gamma_from_sigma_rel(s))) * net.theta.detach().double())
         if t == 1000:
             at_1000 = {s: v.clone() for s, v in direct.items()}
     assert len(list((tmp_path / "posthoc_ema").glob("step_*.safetensors"))) == T // 50
@@ -133,9 +134,9 @@ def test_a_resumed_run_continues_the_averages(tmp_path):
     from dff.cli import fit
 
     args = ["--data.dataset", "digits", "--data.channels", "1", "--data.image_size", "8", "--data.batch_size", "4",
-            "--model.dim", "8", "--model.dim_mults", "[1, 2]", "--model.timesteps", "50", "--samples.every_n_steps", "0",
-            "--trainer.enable_progress_bar", "false", "--trainer.max_steps", "8", "--checkpoint.every_n_train_steps",
-            "4", "--posthoc_ema.every_n_steps", "2"]
+            "--model.dim", "8", "--model.dim_mults", "[1, 2]", "--model.timesteps", "50",
+            "--samples.every_n_steps", "0", "--trainer.enable_progress_bar", "false", "--trainer.max_steps", "8",
+            "--checkpoint.every_n_train_steps", "4", "--posthoc_ema.every_n_steps", "2"]
     whole = fit(["--trainer.default_root_dir", str(tmp_path / "whole"), *args])
     shutil.copy(Path(whole.trainer.log_dir) / "checkpoints" / "step_000004.ckpt", tmp_path / "four.ckpt")
     resumed = fit(["--trainer.default_root_dir", str(tmp_path / "resumed"), *args, "--ckpt_path",
