@@ -1,7 +1,7 @@
-"""Benchmark of the demo: wall-clock of `dff demo`, training speed and peak memory, sampling speed,
-and sample quality judged by a digit classifier trained on the real digits.
+"""Benchmark of the digits demo (`bash run.sh bench` runs it): wall-clock of `dff demo`, training speed and peak
+memory, sampling speed, and sample quality judged by a digit classifier trained on the real digits.
 
-    python benchmarks/demo_bench.py [--out runs/bench] [--skip-demo RUN_DIR]
+    python benchmarks/gates/digits_demo.py [--out runs/bench] [--skip-demo RUN_DIR]
 
 Prints a table and writes <out>/bench.json. Absolute times are for the machine it runs on.
 """
@@ -18,11 +18,11 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from digit_classifier import judge, train_classifier  # noqa: E402
+from dff.data import load_digits_tensor
+from dff.pretrained import load_pretrained
 
-from dff.data import load_digits_tensor  # noqa: E402
-from dff.pretrained import load_pretrained  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root, for benchmarks.common
+from benchmarks.common import judge, train_classifier  # noqa: E402
 
 
 def run_demo(out: Path) -> tuple[float, float, Path]:

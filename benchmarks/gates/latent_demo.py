@@ -3,7 +3,7 @@
 FID/KID against real patches, the autoencoder's held-out PSNR/SSIM, and a pixel-space model trained on the
 same patches for the same wall-clock.
 
-    python benchmarks/latent_demo_bench.py [--out runs/latent_bench] [--skip-demo RUN] [--num 256]
+    python benchmarks/gates/latent_demo.py [--out runs/latent_bench] [--skip-demo RUN] [--num 256]
         [--sampler dpmpp_2m_sde --steps 100] [--pixel-seconds S | --no-pixel]
 
 A sample counts as recognised when the texture CNN (held-out accuracy in
@@ -33,7 +33,9 @@ from dff.evaluation.reconstruction import evaluate_autoencoder, reconstruction_i
 from dff.pretrained import load_pretrained
 from dff.viz import save_grid
 
-ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root, for benchmarks.common
+from benchmarks.common import CONFIG_DIR  # noqa: E402
+
 DFF = [sys.executable, "-m", "dff.cli"]
 
 
@@ -137,7 +139,7 @@ def main() -> None:
         clock = f"00:{h:02d}:{m // 60:02d}:{m % 60:02d}"
         root = out / "pixel"
         res["pixel_wall_s"] = timed(DFF + [
-            "fit", "--config", str(ROOT / "configs" / "latent_demo.yaml"), "--model.autoencoder", "null",
+            "fit", "--config", str(CONFIG_DIR / "latent_demo.yaml"), "--model.autoencoder", "null",
             "--data.latent_cache", "null", "--model.dim_mults", "[1,2,2,2]", "--data.batch_size", "8",
             "--trainer.max_steps", "-1", "--trainer.max_time", clock, "--trainer.enable_progress_bar", "false",
             "--trainer.default_root_dir", str(root), "--checkpoint.every_n_train_steps", "100000"])

@@ -1,6 +1,6 @@
 """Quality gate of the speed options: does the fast path learn the same model?
 
-    python benchmarks/quality_gate.py [--steps 1600] [--out runs/quality_gate]
+    python benchmarks/gates/quality_gate.py [--steps 1600] [--out runs/quality_gate]
 
 Trains the digits config (configs/pixel_digits.yaml) three times through `dff fit`, each in its own process
 (one after the other, or at once with --parallel),
@@ -27,7 +27,9 @@ import torch
 
 from dff.viz import read_metric
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root, for benchmarks.common
+from benchmarks.common import DIGITS_CONFIG  # noqa: E402
+
 FP32 = ["--trainer.precision", "32-true", "--speed.compile", "false", "--speed.channels_last", "false",
         "--speed.tf32", "false", "--speed.cudnn_benchmark", "false"]
 RUNS = {"fp32_seed0": (0, FP32), "fp32_seed1": (1, FP32), "fast_seed0": (0, [])}
@@ -37,7 +39,7 @@ def start(name: str, seed: int, options: list[str], out: Path, steps: int, extra
     """Start `dff fit` for one run in its own process."""
     root = out / name
     cmd = [sys.executable, "-c", "import sys; from dff.cli import run; sys.argv[0] = 'dff'; run()", "fit",
-           "--config", str(ROOT / "configs" / "pixel_digits.yaml"), "--seed_everything", str(seed),
+           "--config", str(DIGITS_CONFIG), "--seed_everything", str(seed),
            "--trainer.max_steps", str(steps), "--samples.every_n_steps", "0", "--trainer.enable_progress_bar", "false",
            "--checkpoint.every_n_train_steps", str(steps), "--trainer.default_root_dir", str(root), *options, *extra]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

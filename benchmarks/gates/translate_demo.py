@@ -1,6 +1,6 @@
 """Benchmark of the image-to-image demo (x4 super-resolution of 32x32 photo patches).
 
-    python benchmarks/translate_bench.py [--out runs/translate_bench] [--run RUN_DIR] [--steps 50] [--average K]
+    python benchmarks/gates/translate_demo.py [--out runs/translate_bench] [--run RUN_DIR] [--steps 50] [--average K]
 
 Trains configs/translate_demo.yaml (unless --run names a finished run), then scores the EMA model on
 the held-out photo patches: PSNR and SSIM against the ground truth next to plain bicubic upsampling,
@@ -13,6 +13,7 @@ import argparse
 import json
 import platform
 import resource
+import sys
 import time
 from pathlib import Path
 
@@ -22,7 +23,9 @@ from dff import fit
 from dff.pretrained import load_pretrained
 from dff.translate import evaluate
 
-ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root, for benchmarks.common
+from benchmarks.common import CONFIG_DIR  # noqa: E402
+
 
 
 def main() -> None:
@@ -37,7 +40,7 @@ def main() -> None:
     res: dict = {"machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, "
                             f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU'}"}
     if args.run is None:
-        argv = ["--config", str(ROOT / "configs/translate_demo.yaml"), "--trainer.default_root_dir", str(out),
+        argv = ["--config", str(CONFIG_DIR / "translate_demo.yaml"), "--trainer.default_root_dir", str(out),
                 "--trainer.enable_progress_bar", "false"]
         if args.max_steps:
             argv += ["--trainer.max_steps", str(args.max_steps)]

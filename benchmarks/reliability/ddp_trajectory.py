@@ -1,7 +1,7 @@
 """Does training in two processes learn as one process does? The digits config at the same global batch:
 one process with batch 32 against two DDP processes (gloo, CPU) with batch 16 each, same seed, float32.
 
-    python benchmarks/ddp_trajectory.py [--steps 400] [--seeds 0 1] [--out runs/ddp_trajectory]
+    python benchmarks/reliability/ddp_trajectory.py [--steps 400] [--seeds 0 1] [--out runs/ddp_trajectory]
 
 Prints the loss averaged over windows of 50 steps for both runs and their relative difference, per seed, and
 the difference between two seeds of one process as the yardstick of noise. The two runs see different
@@ -18,13 +18,15 @@ from pathlib import Path
 
 from dff.viz import read_metric
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root, for benchmarks.common
+from benchmarks.common import DIGITS_CONFIG  # noqa: E402
+
 
 
 def train(root: Path, devices: int, batch: int, steps: int, seed: int) -> tuple[float, list[tuple[int, float]]]:
     # the console command: Lightning's DDP launcher starts the other rank by running the same command line again
     cmd = [str(Path(sys.executable).parent / "dff"), "fit",
-           "--config", str(ROOT / "configs" / "pixel_digits.yaml"), "--trainer.max_steps", str(steps),
+           "--config", str(DIGITS_CONFIG), "--trainer.max_steps", str(steps),
            "--samples.every_n_steps", "0", "--trainer.enable_progress_bar", "false", "--trainer.accelerator", "cpu",
            "--trainer.devices", str(devices), "--data.batch_size", str(batch), "--trainer.precision", "32-true",
            "--speed.channels_last", "false", "--trainer.default_root_dir", str(root),

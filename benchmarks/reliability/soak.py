@@ -2,7 +2,7 @@
 with SIGKILL at random moments and resuming it with --ckpt_path last; then compare with an uninterrupted
 run of the same number of steps.
 
-    python benchmarks/soak.py [--minutes 30] [--kill-every 180] [--out runs/soak]
+    python benchmarks/reliability/soak.py [--minutes 30] [--kill-every 180] [--out runs/soak]
 
 Reports the steps completed, kills survived, files skipped, checkpoints that failed to load after a
 kill (target: none), whether the resumed run's final weights and logged losses equal the uninterrupted
@@ -30,7 +30,9 @@ from dff.evaluation import evaluate_generation
 from dff.pretrained import load_pretrained
 from dff.viz import read_metric
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "pixel_digits.yaml"
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root, for benchmarks.common
+from benchmarks.common import DIGITS_CONFIG  # noqa: E402
+
 
 
 def make_folder(root: Path, bad_share: float = 0.05, seed: int = 0) -> int:
@@ -55,7 +57,7 @@ def make_folder(root: Path, bad_share: float = 0.05, seed: int = 0) -> int:
 
 
 def fit_args(data: Path, root: Path, max_steps: int, resume: bool) -> list[str]:
-    args = [sys.executable, "-m", "dff.cli", "fit", "--config", str(CONFIG), "--data.dataset", "folder",
+    args = [sys.executable, "-m", "dff.cli", "fit", "--config", str(DIGITS_CONFIG), "--data.dataset", "folder",
             "--data.root", str(data), "--data.hflip", "false", "--data.on_bad_file", "skip",
             "--data.num_workers", "0", "--trainer.max_steps", str(max_steps), "--trainer.enable_progress_bar",
             "false", "--trainer.default_root_dir", str(root), "--checkpoint.every_n_train_steps", "20",

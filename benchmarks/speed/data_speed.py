@@ -1,7 +1,7 @@
 """Images/s of the two data paths for an image folder: per item on the host (PIL decode, crop, flip in DataLoader
 workers) against data.on_device (decoded once, crops and flips per batch on the training device).
 
-    python benchmarks/data_speed.py [--num 1000] [--size 80] [--crop-size 64] [--batch 64] [--batches 40]
+    python benchmarks/speed/data_speed.py [--num 1000] [--size 80] [--crop-size 64] [--batch 64] [--batches 40]
 
 A folder of random RGB PNGs is made in a temporary directory (no download). Prints the start-up cost of each path
 (building the data set; the device path decodes every file there, in threads) and the steady images/s of loading

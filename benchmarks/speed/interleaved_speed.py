@@ -1,17 +1,17 @@
 """Memory format and precision A/B on a noisy machine: the variants' training steps interleaved in one process.
 
-    python benchmarks/interleaved_speed.py [--configs pixel_digits latent_demo autoencoder_demo] [--variants fp32 cl]
-                                           [--rounds 60]
+    python benchmarks/speed/interleaved_speed.py [--configs pixel_digits latent_demo autoencoder_demo]
+                                                 [--variants fp32 cl] [--rounds 60]
 
 On a shared 2-core machine the speed of one process drifts by +-30% from minute to minute (the digits step took
-221-335 ms in six alternating processes of benchmarks/train_speed.py), which swamps a 15% effect. Here every
+221-335 ms in six alternating processes of benchmarks/speed/train_speed.py), which swamps a 15% effect. Here every
 variant has its own copy of the network (same initial weights), and round r runs one training step of each
 variant, in alternating order; the median of each variant's step times is compared, so slow minutes hit all
 variants alike. A step is the network's forward and backward on a fixed random batch of the config's shape plus
 AdamW (the diffusion loss's few element-wise operations and the EMA are the same for every variant and left out).
 
 Variants: fp32 (contiguous, float32), cl (channels_last, float32), bf16 (bf16 autocast), bf16_cl. Configs: the
-diffusion U-Nets of benchmarks/train_speed.py (pixel_digits, latent_demo, pixel_64, latent_maps_256) and
+diffusion U-Nets of benchmarks/common.py's speed_networks (pixel_digits, latent_demo, pixel_64, latent_maps_256) and
 autoencoder_demo (configs/autoencoder_demo.yaml's AutoencoderKL, batch 16 of 1x64x64).
 """
 from __future__ import annotations
@@ -25,8 +25,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_speed import CONFIGS, ROOT, build_model  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root, for benchmarks.common
+from benchmarks.common import CONFIG_DIR, build_model, speed_networks  # noqa: E402
 
 VARIANTS = {"fp32": (False, False), "cl": (True, False), "bf16": (False, True), "bf16_cl": (True, True)}
 
@@ -41,11 +41,11 @@ def build(config: str, batch: int | None) -> tuple[torch.nn.Module, tuple[int, .
 
         from dff.autoencoders import build_autoencoder_kl
 
-        cfg = yaml.safe_load((ROOT / "configs" / "autoencoder_demo.yaml").read_text())
+        cfg = yaml.safe_load((CONFIG_DIR / "autoencoder_demo.yaml").read_text())
         args = {k: v for k, v in cfg["model"]["init_args"].items() if k in inspect.signature(build_autoencoder_kl).parameters}
         c, size = cfg["data"]["channels"], cfg["data"]["image_size"]
         return build_autoencoder_kl(c, **args), (batch or cfg["data"]["batch_size"], c, size, size), True
-    c = CONFIGS[config]
+    c = speed_networks()[config]
     return build_model(config).net, (batch or 32, c["channels"], c["image_size"], c["image_size"]), False
 
 

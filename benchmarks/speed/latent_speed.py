@@ -1,6 +1,6 @@
 """Latent against pixel diffusion at 256x256: training images/s and peak memory, one run.
 
-    python benchmarks/latent_bench.py [--setting 256|demo] [--batch 4] [--steps 5] [--device cpu]
+    python benchmarks/speed/latent_speed.py [--setting 256|demo] [--batch 4] [--steps 5] [--device cpu]
 
 Three variants of one training step (forward, L_simple, backward, AdamW, EMA), each measured in
 its own subprocess so that peak memory is its own:

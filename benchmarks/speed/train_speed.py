@@ -1,6 +1,6 @@
 """Training and sampling speed of each speed option, on and off, each variant in its own process.
 
-    python benchmarks/train_speed.py [--configs pixel_64 latent_maps_256] [--budget-s 300] [--out FILE.json]
+    python benchmarks/speed/train_speed.py [--configs pixel_64 latent_maps_256] [--budget-s 300] [--out FILE.json]
 
 Synthetic data of each config's shapes, made on the device (no download, no data loading: the step alone):
 pixel_64 is the original's 64x64 U-Net (ConvNeXt, dim 64, mults 1,2,4,8) on 3x64x64 images; latent_maps_256 the
@@ -32,28 +32,10 @@ T0 = time.perf_counter()  # this process's start, before torch is imported (as n
 from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
-import yaml  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root, for benchmarks.common
+from benchmarks.common import RESULTS_DIR, build_model, speed_networks  # noqa: E402
 
-NET_KEYS = ("backbone", "dim", "dim_mults", "num_res_blocks", "attention", "prediction", "loss_weighting", "schedule")
-
-
-def network_of(config: str, **shape) -> dict:
-    """The U-Net and diffusion settings of configs/<config>.yaml and its data shape (image_size, channels), or
-    `shape` instead: a latent config's U-Net runs on the cached latents."""
-    cfg = yaml.safe_load((ROOT / "configs" / f"{config}.yaml").read_text())
-    net = {k: v for k, v in cfg["model"].items() if k in NET_KEYS and v is not None}
-    return {**net, "image_size": cfg["data"]["image_size"], "channels": cfg["data"]["channels"], **shape}
-
-
-# the network and data shapes of each config (the latent configs: their U-Nets on the cached latents)
-CONFIGS = {
-    "pixel_64": network_of("pixel_64"),
-    "latent_maps_256": network_of("latent_maps_256", image_size=32, channels=4, latent=True),  # SD's VAE: f = 8
-    "pixel_digits": network_of("pixel_digits"),
-    "latent_demo": network_of("latent_demo", image_size=16, channels=4, latent=True),  # the demo autoencoder: f = 4
-}
 ON = dict(cudnn_benchmark=True, tf32=True)
 VARIANTS = {
     "fp32": dict(precision="32-true"),
@@ -88,13 +70,6 @@ CPU_PLAN = [
 
 def device_name() -> str:
     return torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
-
-
-def build_model(config: str):
-    from dff.module import DiffusionModule
-
-    kw = {k: v for k, v in CONFIGS[config].items() if k != "latent"}
-    return DiffusionModule(timesteps=1000, lr=1e-4, **kw)
 
 
 def flops_per_image(config: str) -> float:
@@ -138,7 +113,7 @@ def run_one(config: str, variant: str, batch: int, steps: int, warmup: int, samp
     dev = torch.device("cuda" if cuda else "cpu")
     opts = dict(VARIANTS[variant])
     precision = opts.pop("precision")
-    c = CONFIGS[config]
+    c = speed_networks()[config]
     model = build_model(config)
     key = "latent" if c.get("latent") else "image"
     shape = (batch, c["channels"], c["image_size"], c["image_size"])
@@ -250,7 +225,7 @@ def main() -> None:
     for c, f in flops.items():
         print(f"{c}: {f / 1e9:.2f} GFLOP per training image (forward + backward)", flush=True)
     slug = "".join(ch if ch.isalnum() else "-" for ch in device_name()).strip("-")
-    out = Path(args.out or ROOT / "benchmarks" / "results" / f"speed-{slug}.json")
+    out = Path(args.out or RESULTS_DIR / f"speed-{slug}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}

@@ -4,7 +4,7 @@ and scored by what predicts the latent demo: the texture judge on its reconstruc
 (the share it recognises and the histogram; grass is the texture an autoencoder loses first), and the held-out
 PSNR / SSIM.
 
-    python benchmarks/autoencoder_candidates.py [--steps 600] [--size 64] [--time-rounds 6]
+    python benchmarks/studies/autoencoder_candidates.py [--steps 600] [--size 64] [--time-rounds 6]
         [--candidates 32,64,64 p2:64,64 ...] [--out runs/autoencoder_candidates.json]
 
 A candidate is `[pP:]W1,W2,...[/cC]`: patch size P (default 1), block widths W (f = P 2^(levels - 1)) and C latent

@@ -1,6 +1,6 @@
 """ConvNeXt U-Net against the ADM residual U-Net at equal parameters and equal training time.
 
-    python benchmarks/backbones.py [--minutes 4] [--num 1000] [--out runs/backbones]
+    python benchmarks/studies/backbones.py [--minutes 4] [--num 1000] [--out runs/backbones]
 
 Trains configs/pixel_digits.yaml (the demo recipe: v-prediction + min-SNR-5, cosine, batch 32)
 once per backbone for the same wall-clock minutes (trainer.max_time), with widths chosen so the
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -21,7 +22,9 @@ from dff import fit
 from dff.data import load_digits_tensor
 from dff.evaluation import compute_features, fid_from_features, get_extractor, kid_from_features
 
-ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root, for benchmarks.common
+from benchmarks.common import DIGITS_CONFIG  # noqa: E402
+
 BACKBONES = {"convnext": 24, "adm": 26}  # base widths with matched parameter counts
 
 
@@ -38,7 +41,7 @@ def main() -> None:
     res: dict = {}
     for name in args.backbones.split(","):
         t0 = time.time()
-        cli = fit(["--config", str(ROOT / "configs/pixel_digits.yaml"), "--model.backbone", name,
+        cli = fit(["--config", str(DIGITS_CONFIG), "--model.backbone", name,
                    "--model.dim", str(BACKBONES[name]), "--trainer.max_steps", "-1", "--model.lr_decay", "none",
                    "--trainer.max_time", f"00:00:{seconds // 60:02d}:{seconds % 60:02d}",
                    "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(Path(args.out) / name),

@@ -2,7 +2,7 @@
 machine, its EMA weights saved after 0.5, 1, 2, 4 and 8 minutes of training, each scored with FID/KID (digits
 features, 1,000 samples against the 1,797 digits) at DPM-Solver++(2M) 10 and 20 steps.
 
-    python benchmarks/convergence.py [--minutes 0.5 1 2 4 8] [--seeds 0] [--out runs/convergence] [overrides]
+    python benchmarks/studies/convergence.py [--minutes 0.5 1 2 4 8] [--seeds 0] [--out runs/convergence] [overrides]
 
 By the clock (--minutes): one run per seed at a constant learning rate after the warm-up (`--model.lr_decay
 none` is set, since the recipe's linear decay is tied to the run's length) and a fixed EMA decay, so its state
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -25,14 +26,12 @@ import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
 
 from dff import fit  # noqa: E402
-from dff.data import load_digits_tensor  # noqa: E402
-from dff.evaluation import evaluate_generation  # noqa: E402
-from dff.pretrained import load_pretrained, save_pretrained  # noqa: E402
+from dff.pretrained import save_pretrained  # noqa: E402
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "pixel_digits.yaml"
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root, for benchmarks.common
+from benchmarks.common import recipe_args, score_digits  # noqa: E402
 
 
 class Snapshots(L.Callback):
@@ -54,22 +53,6 @@ class Snapshots(L.Callback):
             print(f"{m:g} min: step {trainer.global_step}", flush=True)
             trainer.should_stop = len(self.taken) == len(self.marks)
         self.last = time.perf_counter()
-
-
-def recipe_args(steps: int, root: Path, seed: int) -> list[str]:
-    """`dff fit` arguments of one benchmark run of the digits recipe: no grids, no periodic checkpoints, quiet."""
-    return ["--config", str(CONFIG), "--trainer.max_steps", str(steps), "--trainer.default_root_dir", str(root),
-            "--samples.every_n_steps", "0", "--checkpoint.every_n_train_steps", "1000000",
-            "--trainer.enable_progress_bar", "false", "--seed_everything", str(seed)]
-
-
-def score(export: Path, steps: int, num: int = 1000) -> dict:
-    model = load_pretrained(export)
-    g = torch.Generator().manual_seed(0)
-    x = torch.cat([model.sample(min(250, num - i), "dpmpp_2m", steps=steps, generator=g, progress=False)
-                   for i in range(0, num, 250)])
-    r = evaluate_generation(x, load_digits_tensor(16, 1)[0], "digits")
-    return {"fid": r["fid"], "kid": r["kid_mean"], "kid_std": r["kid_std"]}
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -117,7 +100,7 @@ def main() -> None:
             taken += cb.taken
         for snap in taken:
             for steps in (10, 20):
-                rows.append({"seed": seed, **snap, "sampler_steps": steps, **score(snaps / f"{snap['minutes']:g}min", steps)})
+                rows.append({"seed": seed, **snap, "sampler_steps": steps, **score_digits(snaps / f"{snap['minutes']:g}min", steps)})
                 print(json.dumps(rows[-1]), flush=True)
     out.mkdir(parents=True, exist_ok=True)
     (out / "convergence.json").write_text(json.dumps({"overrides": overrides, "rows": rows}, indent=1) + "\n")

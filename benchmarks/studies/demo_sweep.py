@@ -1,10 +1,10 @@
 """Sweep variants of the demo recipe at the demo's step budget and judge each one's samples.
 
-    python benchmarks/demo_sweep.py --out runs/sweep [--parallel 4] [--seeds 0 1] [--extra '...'] [NAME ...]
+    python benchmarks/studies/demo_sweep.py --out runs/sweep [--parallel 4] [--seeds 0 1] [--extra '...'] [NAME ...]
 
 Each variant is configs/pixel_digits.yaml plus command-line overrides (VARIANTS below), trained
 in its own process (several at once with --parallel, e.g. on a GPU), then 256 samples (DDIM 50,
-seed 0) are labelled by the digit classifier of benchmarks/digit_classifier.py. Prints one JSON
+seed 0) are labelled by the digit classifier of benchmarks/common.py. Prints one JSON
 line per run and a table sorted by the confident share; writes <out>/sweep.json.
 """
 from __future__ import annotations
@@ -17,7 +17,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root, for benchmarks.common
+from benchmarks.common import DIGITS_CONFIG, ROOT  # noqa: E402
+
 VARIANTS: dict[str, list[str]] = {
     "baseline": [],
     "min_snr": ["--model.loss_weighting", "min_snr"],
@@ -35,12 +37,12 @@ VARIANTS: dict[str, list[str]] = {
 
 CHILD = r"""
 import json, sys, time, torch
-sys.path.insert(0, {bench!r})
-from digit_classifier import train_classifier, judge
+sys.path.insert(0, {root!r})
+from benchmarks.common import train_classifier, judge
 from dff import fit
 t0 = time.time()
 cli = fit(["--config", {config!r}, "--trainer.enable_progress_bar", "false", "--samples.every_n_steps", "0",
-           "--trainer.default_root_dir", {root!r}, "--seed_everything", str({seed}), *{overrides!r}])
+           "--trainer.default_root_dir", {run!r}, "--seed_everything", str({seed}), *{overrides!r}])
 train_s = time.time() - t0
 m = cli.model.eval()
 t0 = time.time()
@@ -52,8 +54,8 @@ print("RESULT " + json.dumps(dict(judge(clf, s), train_s=train_s, sample_s=sampl
 
 
 def run(name: str, seed: int, out: Path, extra: list[str]) -> dict:
-    code = CHILD.format(bench=str(ROOT / "benchmarks"), config=str(ROOT / "configs/pixel_digits.yaml"),
-                        root=str(out / f"{name}_s{seed}"), seed=seed, overrides=VARIANTS[name] + extra)
+    code = CHILD.format(root=str(ROOT), config=str(DIGITS_CONFIG), run=str(out / f"{name}_s{seed}"), seed=seed,
+                        overrides=VARIANTS[name] + extra)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     res = {"name": name, "seed": seed, "overrides": " ".join(VARIANTS[name])}

@@ -1,14 +1,14 @@
 """Class-conditional digits with classifier-free guidance: does a requested class come out, and at what cost
 in diversity?
 
-    python benchmarks/guidance_bench.py [--label-dropouts 0.1 0.2] [--runs RUN_DIR ...] [--out runs/guidance]
+    python benchmarks/studies/guidance.py [--label-dropouts 0.1 0.2] [--runs RUN_DIR ...] [--out runs/guidance]
         [--per-class 50] [--scales 0 0.5 1 1.5 2 3 4] [--intervals 0.28,5.42] [--sampler dpmpp_2m --steps 20]
 
 Trains configs/pixel_digits.yaml with model.num_classes=10, once per label dropout (unless --runs names
 finished runs), then for each guidance scale, guided at every step and only inside each noise interval
 lo < sigma <= hi (Kynkaanniemi et al. 2024), generates --per-class samples of every class (seed 0) and
 measures: the share labelled as the requested class by two judges trained on the real digits (the shipped
-DigitsFeatures CNN and the MLP of benchmarks/digit_classifier.py), and FID/KID of the class-balanced
+DigitsFeatures CNN and the MLP of benchmarks/common.py), and FID/KID of the class-balanced
 samples against the real digits (digits features): fidelity to the class against diversity. Writes
 <out>/guidance.json and <out>/guidance_chart.png (share against FID).
 """
@@ -22,16 +22,14 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from digit_classifier import train_classifier  # noqa: E402
+from dff import fit
+from dff.data import load_digits_tensor
+from dff.evaluation import DigitsFeatures, evaluate_generation
+from dff.pretrained import load_pretrained
+from dff.viz import save_grid
 
-from dff import fit  # noqa: E402
-from dff.data import load_digits_tensor  # noqa: E402
-from dff.evaluation import DigitsFeatures, evaluate_generation  # noqa: E402
-from dff.pretrained import load_pretrained  # noqa: E402
-from dff.viz import save_grid  # noqa: E402
-
-ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root, for benchmarks.common
+from benchmarks.common import DIGITS_CONFIG, train_classifier  # noqa: E402
 
 
 def measure(model, y, scale: float, interval, args, cnn, mlp, reference) -> dict:
@@ -63,7 +61,7 @@ def main() -> None:
     if args.runs is None:
         for p in args.label_dropouts:
             t0 = time.time()
-            cli = fit(["--config", str(ROOT / "configs/pixel_digits.yaml"), "--model.num_classes", "10",
+            cli = fit(["--config", str(DIGITS_CONFIG), "--model.num_classes", "10",
                        "--model.label_dropout", str(p), "--trainer.default_root_dir", str(out / f"dropout_{p:g}"),
                        "--trainer.enable_progress_bar", "false", "--samples.every_n_steps", "0"])
             runs[p] = Path(cli.trainer.log_dir)

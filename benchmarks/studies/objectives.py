@@ -1,6 +1,6 @@
 """FID against training steps for the training objectives, on the digits demo recipe.
 
-    python benchmarks/objectives.py [--out runs/objectives] [--num 500]
+    python benchmarks/studies/objectives.py [--out runs/objectives] [--num 500]
 
 Trains configs/pixel_digits.yaml three times, changing only the objective (eps; v; v + min-SNR-5),
 keeps a checkpoint every 350 steps, and scores each checkpoint's EMA weights: --num samples with
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -20,7 +21,9 @@ from dff.data import load_digits_tensor
 from dff.evaluation import compute_features, fid_from_features, get_extractor
 from dff.pretrained import load_pretrained
 
-ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root, for benchmarks.common
+from benchmarks.common import DIGITS_CONFIG  # noqa: E402
+
 OBJECTIVES = {
     "eps": ["--model.prediction", "eps", "--model.loss_weighting", "none"],
     "v": ["--model.prediction", "v", "--model.loss_weighting", "none"],
@@ -37,7 +40,7 @@ def main() -> None:
     ref = compute_features(extractor, load_digits_tensor(16, 1)[0])
     res: dict = {}
     for name, overrides in OBJECTIVES.items():
-        cli = fit(["--config", str(ROOT / "configs/pixel_digits.yaml"), *overrides, "--trainer.enable_progress_bar",
+        cli = fit(["--config", str(DIGITS_CONFIG), *overrides, "--trainer.enable_progress_bar",
                    "false", "--trainer.default_root_dir", str(Path(args.out) / name.replace(" ", "")),
                    "--checkpoint.every_n_train_steps", "350", "--samples.every_n_steps", "0"])
         res[name] = {}

@@ -1,6 +1,6 @@
 """Our default digits recipe beside a well-known implementation at the same CPU budget.
 
-    python benchmarks/peer.py [--budget SECONDS] [--num 1000] [--variants diffusers ...] [--out runs/peer]
+    python benchmarks/studies/peer.py [--budget SECONDS] [--num 1000] [--variants diffusers ...] [--out runs/peer]
 
 Ours: configs/pixel_digits.yaml trained as shipped (Lightning, 1400 steps; periodic sample grids off).
 Peer: diffusers' UNet2DModel + DDPMScheduler trained by a plain PyTorch loop in the manner of diffusers'
@@ -19,7 +19,7 @@ Samplers: ours DDIM 50 and DPM-Solver++ (2M) 20 (model.sample, EMA weights); the
 DDPMScheduler (all 1000 steps) and DDIMScheduler (50 steps) on its EMA weights; extra peer variants
 DDIM 50 only. --num samples each, every row from the same seeds (the same x_T for the deterministic
 samplers), FID and KID against the real digits on the shipped digits CNN's features (as
-benchmarks/quality.py). Prints a markdown table and writes <out>/peer.json.
+benchmarks/studies/samplers.py). Prints a markdown table and writes <out>/peer.json.
 """
 from __future__ import annotations
 
@@ -32,6 +32,7 @@ import argparse  # noqa: E402
 import copy  # noqa: E402
 import json  # noqa: E402
 import subprocess  # noqa: E402
+import sys  # noqa: E402
 import time  # noqa: E402
 import warnings  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -44,8 +45,9 @@ from dff import fit  # noqa: E402
 from dff.data import load_digits_tensor  # noqa: E402
 from dff.evaluation import compute_features, fid_from_features, get_extractor, kid_from_features  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
-CONFIG = ROOT / "configs/pixel_digits.yaml"
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root, for benchmarks.common
+from benchmarks.common import DIGITS_CONFIG  # noqa: E402
+
 
 # The peer's network: diffusers' UNet2DModel with its standard ResNet blocks (and its default
 # attention in the middle block), three levels as ours, sized to ours' parameter count.
@@ -81,7 +83,7 @@ class LoopTimer(L.Callback):
 
 
 def train_ours(out: Path, budget: float | None, seed: int):
-    argv = ["--config", str(CONFIG), "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir",
+    argv = ["--config", str(DIGITS_CONFIG), "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir",
             str(out / "ours"), "--samples.every_n_steps", "0", "--seed_everything", str(seed)]
     if budget is not None:  # train for the budget instead of the config's max_steps
         s = int(round(budget))

@@ -3,8 +3,8 @@ length and seed with snapshots of two power-function EMAs (sigma_rel 0.05 and 0.
 sigma_rel reconstructed from them, each scored with FID/KID (digits features, 1,000 samples against the 1,797
 digits; DPM-Solver++(2M) 20 steps), next to the run's own export (dff.ema's warm-up average, gamma ~8 early on).
 
-    python benchmarks/posthoc_ema.py [--steps 800 1600] [--seeds 0 1] [--sigma-rels 0.03 0.05 ...]
-                                     [--out runs/posthoc_ema] [dff fit overrides]
+    python benchmarks/studies/posthoc_ema.py [--steps 800 1600] [--seeds 0 1] [--sigma-rels 0.03 0.05 ...]
+                                             [--out runs/posthoc_ema] [dff fit overrides]
 
 Writes <out>/posthoc_ema.json and <out>/posthoc_ema.png (FID against sigma_rel, one line per run).
 """
@@ -21,11 +21,11 @@ import matplotlib.ticker
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from convergence import recipe_args, score  # noqa: E402
-
 from dff import fit  # noqa: E402
 from dff.posthoc_ema import export_posthoc  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root, for benchmarks.common
+from benchmarks.common import recipe_args, score_digits  # noqa: E402
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -63,7 +63,7 @@ def main() -> None:
             run = Path(cli.trainer.log_dir)
             exports = [(None, run / "export")] + list(zip(args.sigma_rels, export_posthoc(run, args.sigma_rels)))
             for s, export in exports:
-                rows.append({"steps": steps, "seed": seed, "sigma_rel": s, **score(export, 20)})
+                rows.append({"steps": steps, "seed": seed, "sigma_rel": s, **score_digits(export, 20)})
                 print(json.dumps(rows[-1]), flush=True)
     out.mkdir(parents=True, exist_ok=True)
     (out / "posthoc_ema.json").write_text(json.dumps({"overrides": overrides, "rows": rows}, indent=1) + "\n")

@@ -1,0 +1,1 @@
+"""Reliability: training that survives kills, bad files and more than one process. See benchmarks/README.md."""
