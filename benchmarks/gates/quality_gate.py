@@ -108,13 +108,15 @@ def main() -> None:
         spread = abs(a[k] - b[k])
         verdict[f"{k}_within_seed_spread"] = abs(fast[k] - (a[k] + b[k]) / 2) <= spread
         verdict[f"{k}_seed_spread"] = spread
-    verdict["pass"] = verdict["loss_within_2pct"] and verdict["fid_within_seed_spread"] and verdict["kid_within_seed_spread"]
+    verdict["pass"] = (verdict["loss_within_2pct"] and verdict["fid_within_seed_spread"]
+                       and verdict["kid_within_seed_spread"])
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
     res = {"device": device, "steps": args.steps, "num_samples": args.num, "runs": rows, "verdict": verdict}
     out.mkdir(parents=True, exist_ok=True)
     (out / "quality_gate.json").write_text(json.dumps(res, indent=1) + "\n")
     print(f"loss: fast vs fp32 (seed 0) {100 * loss_rel:.2f}% (target <= 2%); "
-          f"FID spread of fp32 seeds {verdict['fid_seed_spread']:.3f}, fast within: {verdict['fid_within_seed_spread']}; "
+          f"FID spread of fp32 seeds {verdict['fid_seed_spread']:.3f}, "
+          f"fast within: {verdict['fid_within_seed_spread']}; "
           f"KID within: {verdict['kid_within_seed_spread']}  -> {'PASS' if verdict['pass'] else 'FAIL'}")
 
 

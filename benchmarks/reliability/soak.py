@@ -6,8 +6,8 @@ run of the same number of steps.
 
 Reports the steps completed, kills survived, files skipped, checkpoints that failed to load after a
 kill (target: none), whether the resumed run's final weights and logged losses equal the uninterrupted
-run's (they should, bit for bit, on a CPU), and the final loss and digits FID/KID of both runs. Absolute times are for the
-machine it runs on.
+run's (they should, bit for bit, on a CPU), and the final loss and digits FID/KID of both runs. Absolute times
+are for the machine it runs on.
 """
 from __future__ import annotations
 
@@ -124,7 +124,8 @@ def compare(killed: Path, whole: Path) -> dict:
 def quality(run: Path, num: int = 1000) -> dict:
     model = load_pretrained(run / "export")
     g = torch.Generator().manual_seed(0)
-    x = torch.cat([model.sample(min(250, num - i), "dpmpp_2m", generator=g, progress=False) for i in range(0, num, 250)])
+    x = torch.cat([model.sample(min(250, num - i), "dpmpp_2m", generator=g, progress=False)
+                   for i in range(0, num, 250)])
     res = evaluate_generation(x, load_digits_tensor(16, 1)[0], "digits")
     return {k: res[k] for k in ("fid", "kid_mean", "kid_std")}
 

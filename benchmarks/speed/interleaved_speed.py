@@ -32,7 +32,8 @@ VARIANTS = {"fp32": (False, False), "cl": (True, False), "bf16": (False, True), 
 
 
 def build(config: str, batch: int | None) -> tuple[torch.nn.Module, tuple[int, ...], bool]:
-    """(network, input shape, is_autoencoder) with the seed fixed, so that every variant starts from the same weights."""
+    """(network, input shape, is_autoencoder) with the seed fixed, so that every variant starts from the same
+    weights."""
     torch.manual_seed(0)
     if config == "autoencoder_demo":
         import inspect
@@ -42,7 +43,8 @@ def build(config: str, batch: int | None) -> tuple[torch.nn.Module, tuple[int, .
         from dff.autoencoders import build_autoencoder_kl
 
         cfg = yaml.safe_load((CONFIG_DIR / "autoencoder_demo.yaml").read_text())
-        args = {k: v for k, v in cfg["model"]["init_args"].items() if k in inspect.signature(build_autoencoder_kl).parameters}
+        known = inspect.signature(build_autoencoder_kl).parameters
+        args = {k: v for k, v in cfg["model"]["init_args"].items() if k in known}
         c, size = cfg["data"]["channels"], cfg["data"]["image_size"]
         return build_autoencoder_kl(c, **args), (batch or cfg["data"]["batch_size"], c, size, size), True
     c = speed_networks()[config]
@@ -54,7 +56,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--configs", nargs="+", default=["pixel_digits", "latent_demo", "autoencoder_demo"])
     ap.add_argument("--variants", nargs="+", default=["fp32", "cl"], choices=list(VARIANTS))
     ap.add_argument("--rounds", type=int, default=60, help="timed rounds (after 3 untimed ones)")
-    ap.add_argument("--batch", type=int, default=None, help="batch (default: 32 for the U-Nets, 16 for the autoencoder)")
+    ap.add_argument("--batch", type=int, default=None,
+                    help="batch (default: 32 for the U-Nets, 16 for the autoencoder)")
     args = ap.parse_args(argv)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {args.rounds} rounds of interleaved steps")
     for config in args.configs:
@@ -86,8 +89,8 @@ def main(argv: list[str] | None = None) -> None:
         for v, ts in times.items():
             m = statistics.median(ts)
             q = statistics.quantiles(ts, n=4)
-            print(f"{config:17s} {v:8s} b{shape[0]:<3d} {m * 1e3:7.1f} ms/step (quartiles {q[0] * 1e3:.0f}-{q[2] * 1e3:.0f})"
-                  f"  x{base / m:.2f} vs {args.variants[0]}", flush=True)
+            print(f"{config:17s} {v:8s} b{shape[0]:<3d} {m * 1e3:7.1f} ms/step "
+                  f"(quartiles {q[0] * 1e3:.0f}-{q[2] * 1e3:.0f})  x{base / m:.2f} vs {args.variants[0]}", flush=True)
 
 
 if __name__ == "__main__":

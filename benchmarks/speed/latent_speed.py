@@ -104,15 +104,18 @@ def main() -> None:
         KLAutoencoder(vae).save_pretrained(Path(tmp) / "vae")
         rows = []
         for v in args.variants.split(","):
-            out = subprocess.run([sys.executable, __file__, "--one", v, "--setting", args.setting, "--batch", str(args.batch), "--steps",
-                                  str(args.steps), "--device", args.device, "--vae-dir", str(Path(tmp) / "vae")],
+            out = subprocess.run([sys.executable, __file__, "--one", v, "--setting", args.setting,
+                                  "--batch", str(args.batch), "--steps", str(args.steps), "--device", args.device,
+                                  "--vae-dir", str(Path(tmp) / "vae")],
                                  capture_output=True, text=True)
             if out.returncode:
                 sys.exit(out.stderr[-3000:])
             rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
             print(f"{v:7s} {rows[-1]['images_per_s']:.3f} images/s  peak {rows[-1]['peak_mib']:.0f} MiB", flush=True)
-    name = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU ({torch.get_num_threads()} threads)"
-    print(f"\nsetting {args.setting}: {cfg['size']}x{cfg['size']}x{cfg['channels']}, batch {args.batch}, {args.steps} timed steps, {name}, torch {torch.__version__}\n")
+    cuda = args.device.startswith("cuda")
+    name = torch.cuda.get_device_name() if cuda else f"CPU ({torch.get_num_threads()} threads)"
+    print(f"\nsetting {args.setting}: {cfg['size']}x{cfg['size']}x{cfg['channels']}, batch {args.batch}, "
+          f"{args.steps} timed steps, {name}, torch {torch.__version__}\n")
     print("| variant | U-Net params | images/s | s/step | peak memory (MiB) |\n|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['variant']} | {r['unet_params'] / 1e6:.1f} M | {r['images_per_s']:.3f} | {r['s_per_step']:.2f} | "

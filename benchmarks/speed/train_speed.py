@@ -5,7 +5,8 @@
 Synthetic data of each config's shapes, made on the device (no download, no data loading: the step alone):
 pixel_64 is the original's 64x64 U-Net (ConvNeXt, dim 64, mults 1,2,4,8) on 3x64x64 images; latent_maps_256 the
 same U-Net on its cached latents, 4x32x32 (the VAE is not in the step when training from the latent cache);
-pixel_digits the CPU demo (ADM, 1x16x16); latent_demo the latent demo's U-Net on its 4x16x16 latents. Each variant runs in a fresh process through Lightning's Trainer, as
+pixel_digits the CPU demo (ADM, 1x16x16); latent_demo the latent demo's U-Net on its 4x16x16 latents (the
+networks: benchmarks/common.py, speed_networks). Each variant runs in a fresh process through Lightning's Trainer, as
 `dff fit` would, and reports training images/s and ms per step (median of the timed steps' windows), peak memory
 (max_memory_allocated on a GPU, max RSS on the CPU), the time to the end of the first step (compile included),
 FLOPs per image (forward + backward, counted by torch's FlopCounterMode at batch 1), the achieved FLOP/s and
@@ -55,14 +56,16 @@ VARIANTS = {
 # compile (first step 102-124 s), so the default 330 s budget of gpu_check.sh reaches the first three rows; the
 # rest need a larger SPEED_BUDGET_S or --variants (e.g. --configs pixel_64 --variants bf16_cl bf16_cl_ckpt --batch 16)
 GPU_PLAN = [
-    ("pixel_64", "fp32", 256), ("pixel_64", "fast", 256), ("pixel_64", "bf16_cl", 256), ("latent_maps_256", "fast", 512),
+    ("pixel_64", "fp32", 256), ("pixel_64", "fast", 256), ("pixel_64", "bf16_cl", 256),
+    ("latent_maps_256", "fast", 512),
     ("pixel_64", "bf16_cl", 16), ("pixel_64", "bf16_cl_ckpt", 16), ("latent_maps_256", "bf16_cl", 8),
     ("pixel_64", "fast", 16), ("latent_maps_256", "bf16_cl", 512), ("pixel_64", "fast_ckpt", 256),
     ("pixel_64", "cudnn", 256), ("latent_maps_256", "fp32", 512), ("pixel_64", "bf16", 256), ("pixel_64", "tf32", 256),
     ("pixel_64", "fp32", 16), ("latent_maps_256", "fp32", 8), ("pixel_64", "fast_no_cl", 256),
 ]
 CPU_PLAN = [
-    ("pixel_digits", "fp32", 32), ("pixel_digits", "bf16", 32), ("pixel_digits", "cl", 32), ("pixel_digits", "bf16_cl", 32),
+    ("pixel_digits", "fp32", 32), ("pixel_digits", "bf16", 32), ("pixel_digits", "cl", 32),
+    ("pixel_digits", "bf16_cl", 32),
     ("pixel_64", "fp32", 16), ("pixel_64", "bf16", 16), ("pixel_64", "cl", 16), ("pixel_64", "ckpt", 16),
     ("latent_demo", "fp32", 32), ("latent_demo", "cl", 32), ("latent_demo", "bf16", 32), ("latent_demo", "bf16_cl", 32),
 ]
@@ -192,12 +195,15 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=None, help="one batch size for every run (default: the plan's)")
     ap.add_argument("--steps", type=int, default=None, help="timed steps (default 20 on a GPU, 5 on the CPU)")
     ap.add_argument("--warmup", type=int, default=None, help="steps before timing (default 5 on a GPU, 2 on the CPU)")
-    ap.add_argument("--sample-batch", type=int, default=None, help="sampling batch (default 256 on a GPU, 0 = off on the CPU)")
-    ap.add_argument("--compile-backend", default=None, help="torch.compile backend (default inductor; aot_eager on the CPU)")
+    ap.add_argument("--sample-batch", type=int, default=None,
+                    help="sampling batch (default 256 on a GPU, 0 = off on the CPU)")
+    ap.add_argument("--compile-backend", default=None,
+                    help="torch.compile backend (default inductor; aot_eager on the CPU)")
     ap.add_argument("--budget-s", type=float, default=600.0, help="stop starting variants after this many seconds")
     ap.add_argument("--timeout-s", type=float, default=150.0, help="limit for one variant's process")
     ap.add_argument("--compile-timeout-s", type=float, default=300.0, help="limit for a compiled variant's process")
-    ap.add_argument("--out", default=None, help="JSON file of the rows (default benchmarks/results/speed-<device>.json)")
+    ap.add_argument("--out", default=None,
+                    help="JSON file of the rows (default benchmarks/results/speed-<device>.json)")
     ap.add_argument("--plan", choices=["gpu", "cpu"], default=None, help="the variants to run (default: the device's)")
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)  # a child process: config,variant,batch
     args = ap.parse_args()
@@ -221,7 +227,8 @@ def main() -> None:
     if cuda:
         torch.cuda.empty_cache()
     flops = {c: flops_per_image(c) for c in dict.fromkeys(p[0] for p in plan)}
-    print(f"device: {device_name()}; peak {peak / 1e12:.2f} TFLOP/s ({peak_how}); torch {torch.__version__}", flush=True)
+    print(f"device: {device_name()}; peak {peak / 1e12:.2f} TFLOP/s ({peak_how}); torch {torch.__version__}",
+          flush=True)
     for c, f in flops.items():
         print(f"{c}: {f / 1e9:.2f} GFLOP per training image (forward + backward)", flush=True)
     slug = "".join(ch if ch.isalnum() else "-" for ch in device_name()).strip("-")
@@ -287,7 +294,8 @@ def line(r: dict) -> str:
 
 def table(rows: list[dict]) -> str:
     """Rows with their speed-up over the fp32 row of the same config and batch."""
-    base = {(r["config"], r["batch"]): r["images_per_s"] for r in rows if r.get("variant") == "fp32" and "images_per_s" in r}
+    base = {(r["config"], r["batch"]): r["images_per_s"] for r in rows
+            if r.get("variant") == "fp32" and "images_per_s" in r}
     out = []
     for r in rows:
         s = line(r)

@@ -108,7 +108,8 @@ def main() -> None:
     judge = TextureFeatures.pretrained(args.judge)
     if judge.input_size[0] != args.size:
         raise SystemExit(f"the texture judge takes {judge.input_size[0]}-pixel crops, --size is {args.size}: "
-                         "train one with `python scripts/train_texture_features.py --size SIZE --out FILE` (--judge FILE)")
+                         "train one with `python scripts/train_texture_features.py --size SIZE --out FILE` "
+                         "(--judge FILE)")
     real, held = real_crops(args.size), reconstruction_images("textures", 1, args.size)
     res: dict = {"machine": f"{cpu_model()}, {torch.get_num_threads()} torch threads", "steps": args.steps,
                  "size": args.size, "seed": args.seed,

@@ -100,7 +100,8 @@ def main() -> None:
             taken += cb.taken
         for snap in taken:
             for steps in (10, 20):
-                rows.append({"seed": seed, **snap, "sampler_steps": steps, **score_digits(snaps / f"{snap['minutes']:g}min", steps)})
+                scores = score_digits(snaps / f"{snap['minutes']:g}min", steps)
+                rows.append({"seed": seed, **snap, "sampler_steps": steps, **scores})
                 print(json.dumps(rows[-1]), flush=True)
     out.mkdir(parents=True, exist_ok=True)
     (out / "convergence.json").write_text(json.dumps({"overrides": overrides, "rows": rows}, indent=1) + "\n")

@@ -42,7 +42,8 @@ def measure(model, y, scale: float, interval, args, cnn, mlp, reference) -> dict
     r = evaluate_generation(x, reference, "digits")
     first8 = (torch.arange(10).view(1, -1) * args.per_class + torch.arange(8).view(-1, 1)).reshape(-1)
     return {"cnn_agrees": (by_cnn == y).float().mean().item(), "mlp_agrees": (by_mlp == y).float().mean().item(),
-            "cnn_worst_class": min(per_class), "fid": r["fid"], "kid": r["kid_mean"], "kid_std": r["kid_std"]}, x[first8]
+            "cnn_worst_class": min(per_class), "fid": r["fid"], "kid": r["kid_mean"],
+            "kid_std": r["kid_std"]}, x[first8]
 
 
 def main() -> None:
@@ -89,8 +90,8 @@ def main() -> None:
                 tag = "all" if iv is None else f"{iv[0]:g}-{iv[1]:g}"
                 save_grid(grid, out / f"classes_dropout{p:g}_{tag}_guidance_{s:g}.png", nrow=10)  # a column per class
     out.mkdir(parents=True, exist_ok=True)
-    (out / "guidance.json").write_text(json.dumps({"runs": {str(k): str(v) for k, v in runs.items()},
-                                                   "sampler": f"{args.sampler} {args.steps}", "rows": rows}, indent=1) + "\n")
+    res = {"runs": {str(k): str(v) for k, v in runs.items()}, "sampler": f"{args.sampler} {args.steps}", "rows": rows}
+    (out / "guidance.json").write_text(json.dumps(res, indent=1) + "\n")
     chart(rows, out / "guidance_chart.png")
 
 

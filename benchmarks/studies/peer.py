@@ -87,7 +87,8 @@ def train_ours(out: Path, budget: float | None, seed: int):
             str(out / "ours"), "--samples.every_n_steps", "0", "--seed_everything", str(seed)]
     if budget is not None:  # train for the budget instead of the config's max_steps
         s = int(round(budget))
-        argv += ["--trainer.max_steps", "-1", "--model.lr_decay", "none", "--trainer.max_time",  # no length to decay over
+        # --model.lr_decay none: a run by the clock has no length to decay over
+        argv += ["--trainer.max_steps", "-1", "--model.lr_decay", "none", "--trainer.max_time",
                  f"00:{s // 3600:02d}:{s % 3600 // 60:02d}:{s % 60:02d}"]
     cli = fit(argv, run=False)
     timer = LoopTimer()
@@ -164,7 +165,8 @@ def sample_peer(unet, train_scheduler, sampler: str, steps: int, num: int, batch
         x = torch.randn((min(batch, num - i), 1, 16, 16), generator=g)
         for t in sched.timesteps:
             eps = unet(x, t).sample
-            x = sched.step(eps, t, x, generator=g).prev_sample if sampler == "ddpm" else sched.step(eps, t, x).prev_sample
+            step = sched.step(eps, t, x, generator=g) if sampler == "ddpm" else sched.step(eps, t, x)
+            x = step.prev_sample
         out.append((x / 2 + 0.5).clamp(0, 1))
     return torch.cat(out)
 
@@ -239,8 +241,9 @@ def main() -> None:
     # report
     table = ["| recipe | params | steps | train s | sampler | FID | KID (mean ± std) | sampling s |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-    table += [f"| {r['recipe']} | {r['params'] / 1e6:.3f} M | {r['steps']} | {r['train_seconds']:.0f} | {r['sampler']} | "
-              f"{r['fid']:.3f} | {r['kid']:.4f} ± {r['kid_std']:.4f} | {r['sample_seconds']:.0f} |" for r in rows]
+    table += [f"| {r['recipe']} | {r['params'] / 1e6:.3f} M | {r['steps']} | {r['train_seconds']:.0f} | "
+              f"{r['sampler']} | {r['fid']:.3f} | {r['kid']:.4f} ± {r['kid_std']:.4f} | {r['sample_seconds']:.0f} |"
+              for r in rows]
     print("\n" + "\n".join(table))
     ours = [r for r in rows if r["recipe"] == "dff (ours)"]
     main_peer = [r for r in rows if r["recipe"] == args.variants[0]]

@@ -1,7 +1,8 @@
 """Sample quality against sampling cost: FID and KID (offline digits features) of each sampler at
 several step counts, on one trained digits model.
 
-    python benchmarks/studies/samplers.py RUN_OR_WEIGHTS [--num 1000] [--out runs/quality] [--plot docs/img/fid_vs_steps.png]
+    python benchmarks/studies/samplers.py RUN_OR_WEIGHTS [--num 1000] [--out runs/quality]
+        [--plot docs/img/fid_vs_steps.png]
 
 The reference set is the 1,797 real digits at the model's resolution; features come from the small
 CNN shipped in dff.evaluation (DigitsFeatures, trained on the digits). FID is biased upwards at
