@@ -7,7 +7,8 @@ import torch
 from dff.diffusion import GaussianDiffusion, make_betas
 from dff.diffusion.schedules import SCHEDULES
 
-DIFFUSERS_NAMES = {"linear": "linear", "quadratic": "scaled_linear", "sigmoid": "sigmoid", "cosine": "squaredcos_cap_v2"}
+DIFFUSERS_NAMES = {"linear": "linear", "quadratic": "scaled_linear", "sigmoid": "sigmoid",
+                   "cosine": "squaredcos_cap_v2"}
 
 
 @pytest.mark.parametrize("schedule", SCHEDULES)
@@ -27,7 +28,10 @@ def test_linear_alpha_bar_T_known_value():
 def test_cosine_alpha_bar_closed_form():
     T, s = 1000, 0.008
     ab = GaussianDiffusion(T, "cosine").alpha_bar
-    f = lambda t: math.cos((t / T + s) / (1 + s) * math.pi / 2) ** 2
+
+    def f(t):
+        return math.cos((t / T + s) / (1 + s) * math.pi / 2) ** 2
+
     # all steps before the beta clip at 0.999 (the last few) follow Eq. 17 exactly
     for t in [1, 10, 100, 500, 900, 990]:
         assert ab[t - 1].item() == pytest.approx(f(t) / f(0), rel=1e-9, abs=1e-12)
@@ -103,7 +107,8 @@ def test_prediction_conversions_round_trip(prediction):
 
 def test_v_definition():
     d = GaussianDiffusion(1000, "linear", "v")
-    x0, eps, t = torch.randn(3, 5, dtype=torch.float64), torch.randn(3, 5, dtype=torch.float64), torch.tensor([3, 300, 900])
+    x0, eps = torch.randn(3, 5, dtype=torch.float64), torch.randn(3, 5, dtype=torch.float64)
+    t = torch.tensor([3, 300, 900])
     ab = d.alpha_bar[t][:, None]
     assert torch.allclose(d.target(x0, t, eps), ab.sqrt() * eps - (1 - ab).sqrt() * x0)
 
@@ -140,7 +145,9 @@ def test_loss_is_zero_for_the_exact_target_and_positive_otherwise(prediction):
     d = GaussianDiffusion(100, "linear", prediction)
     x0 = torch.randn(4, 1, 4, 4)
     eps, t = torch.randn_like(x0), torch.randint(0, 100, (4,))
-    oracle = lambda xt, tt: d.target(x0, tt, eps)
+
+    def oracle(xt, tt):
+        return d.target(x0, tt, eps)
     assert d.loss(oracle, x0, t=t, eps=eps).item() == pytest.approx(0.0, abs=1e-10)
     assert d.loss(lambda xt, tt: torch.zeros_like(xt), x0, t=t, eps=eps).item() > 0.01
 

@@ -82,8 +82,9 @@ def test_two_process_ddp_finishes_with_grids_checkpoint_and_export(tmp_path):
         assert (run / f).exists(), f
     assert not (tmp_path / "ddp" / "version_1").exists()  # both ranks wrote into one run folder
     # a 2-process run resumes from its own checkpoint, in its own folder
-    proc = subprocess.run([*cmd[:cmd.index("--trainer.max_steps") + 1], "6", *cmd[cmd.index("--trainer.max_steps") + 2:],
-                           "--ckpt_path", "last"], capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    proc = subprocess.run([*cmd[:cmd.index("--trainer.max_steps") + 1], "6",
+                           *cmd[cmd.index("--trainer.max_steps") + 2:], "--ckpt_path", "last"],
+                          capture_output=True, text=True, timeout=240, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (run / "samples" / "step_000006.png").exists() and (run / "config_resume_1.yaml").exists()
     assert not (tmp_path / "ddp" / "version_1").exists()

@@ -24,7 +24,8 @@ def backward_saving(model: PixelDiffusion, x0: torch.Tensor) -> tuple[torch.Tens
     """fixed_loss and its backward: the loss, the network's gradients (then cleared) and the bytes that autograd
     saved for backward."""
     saved = []
-    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel() * t.element_size()) or t, lambda t: t):
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel() * t.element_size()) or t,
+                                                  lambda t: t):
         loss = fixed_loss(model, x0)
     loss.backward()
     grads = [p.grad.clone() for p in model.net.parameters()]
@@ -100,10 +101,12 @@ def test_options_default_per_device(monkeypatch, capsys):
                                            "channels_last": False, "tf32": False, "cudnn_benchmark": False,
                                            "checkpointing": False}
     monkeypatch.setattr(dff.speed, "cpu_has_amx_bf16", lambda: True)
-    assert Speed().resolve(cuda=False)["channels_last"] and not Speed(channels_last=False).resolve(cuda=False)["channels_last"]
+    assert Speed().resolve(cuda=False)["channels_last"]
+    assert not Speed(channels_last=False).resolve(cuda=False)["channels_last"]
     on = Speed().resolve(cuda=True)
     assert on["channels_last"] and on["tf32"] and on["cudnn_benchmark"]
-    assert not on["compile"]  # off unless asked for (the _fast configs): ~2 min of compiling on an H200 (docs/benchmarks.md)
+    # compile is off unless asked for (the _fast configs): ~2 min of compiling on an H200 (docs/benchmarks.md)
+    assert not on["compile"]
     assert not on["checkpointing"] and Speed(checkpointing=True).resolve(cuda=False)["checkpointing"]  # memory for time
     assert Speed(compile=True).resolve(cuda=True)["compile"]
     assert Speed(compile=True).resolve(cuda=False)["compile"] is False  # inductor on the CPU: falls back, says so
@@ -219,7 +222,8 @@ def test_every_option_trains_two_steps_to_a_finite_loss_and_compile_does_not_rec
         with torch._dynamo.config.patch(error_on_recompile=True):
             losses = fit(model, tmp_path, max_steps=steps, precision=precision, speed=speed)
         assert len(losses) == steps and torch.isfinite(losses).all()
-        assert torch.allclose(losses[:2], plain, rtol=3e-2), (precision, speed.chosen, losses, plain)  # same data, same seed
+        # same data, same seed
+        assert torch.allclose(losses[:2], plain, rtol=3e-2), (precision, speed.chosen, losses, plain)
 
 
 def test_fit_command_applies_the_options(tmp_path, capsys):

@@ -55,8 +55,9 @@ def test_training_step_and_ema_never_read_the_device(tmp_path, options):
     model.training_step = guarded(model.training_step)
     model.ema.update = guarded(model.ema.update)
     dm = ImageDataModule(dataset="digits", image_size=16, channels=1, batch_size=8, num_workers=0)
-    trainer = L.Trainer(max_steps=12, log_every_n_steps=5, accelerator="cpu", logger=L.pytorch.loggers.CSVLogger(tmp_path),
-                        enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=True)
+    trainer = L.Trainer(max_steps=12, log_every_n_steps=5, accelerator="cpu",
+                        logger=L.pytorch.loggers.CSVLogger(tmp_path), enable_checkpointing=False,
+                        enable_model_summary=False, enable_progress_bar=True)
     trainer.fit(model, datamodule=dm)
     assert trainer.global_step == 12 and model.ema.n == 12 == int(model.ema.num_updates)
     assert torch.isfinite(trainer.callback_metrics["train/loss"])  # the interval mean was logged

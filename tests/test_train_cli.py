@@ -43,7 +43,8 @@ def test_fit_resume_sample_export_reload(tmp_path, image_folder):
     b = reloaded.sample(3, "ddim", steps=5, seed=123, progress=False)
     assert a.shape == (3, 3, 8, 8) and torch.equal(a, b)
     # the checkpoint loads with weights_only=True and gives the same samples too
-    c = load_pretrained(Path(cli2.trainer.log_dir) / "checkpoints" / "last.ckpt").sample(3, "ddim", steps=5, seed=123, progress=False)
+    c = load_pretrained(Path(cli2.trainer.log_dir) / "checkpoints" / "last.ckpt").sample(
+        3, "ddim", steps=5, seed=123, progress=False)
     assert torch.equal(a, c)
 
 
@@ -71,13 +72,15 @@ def test_cli_fit_and_sample(tmp_path, image_folder, capsys):
     main(["fit", "--data.dataset", "folder", "--data.root", str(image_folder), "--trainer.default_root_dir",
           str(tmp_path / "r"), "--trainer.max_steps", "2", *TINY])
     run = tmp_path / "r"
-    main(["sample", str(run), "--num", "5", "--steps", "4", "--batch-size", "2", "--out", str(tmp_path / "s"), "--no-progress"])
+    main(["sample", str(run), "--num", "5", "--steps", "4", "--batch-size", "2", "--out", str(tmp_path / "s"),
+          "--no-progress"])
     files = sorted(p.name for p in (tmp_path / "s").iterdir())
     assert files == ["grid.png"] + [f"sample_{i:04d}.png" for i in range(5)]
     # nothing is overwritten silently
     with pytest.raises(SystemExit, match="already holds files"):
         main(["sample", str(run), "--num", "1", "--out", str(tmp_path / "s")])
-    main(["sample", str(run), "--num", "1", "--steps", "2", "--out", str(tmp_path / "s"), "--overwrite", "--no-progress"])
+    main(["sample", str(run), "--num", "1", "--steps", "2", "--out", str(tmp_path / "s"), "--overwrite",
+          "--no-progress"])
 
 
 def test_cli_sample_errors(tmp_path, image_folder):
@@ -170,7 +173,8 @@ def test_console_command_errors_are_one_line_with_exit_code_2(tmp_path):
 
     proc = subprocess.run([sys.executable, "-c", "from dff.cli import run; run()", "sample", str(tmp_path / "none"),
                            "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and proc.stderr.strip().startswith("dff: ") and len(proc.stderr.strip().splitlines()) == 1
+    assert proc.returncode == 2 and proc.stderr.strip().startswith("dff: ")
+    assert len(proc.stderr.strip().splitlines()) == 1
 
 
 def test_fit_prints_nothing_a_user_cannot_act_on(tmp_path, capfd):
@@ -217,7 +221,8 @@ def test_sampling_settings_the_model_cannot_use_stop_before_training(tmp_path, i
     before the first step, not a crash at the first grid after hours of training."""
     base = ["fit", "--data.root", str(image_folder), "--trainer.default_root_dir", str(tmp_path), *TINY,
             "--trainer.max_steps", "4", "--model.timesteps", "30"]
-    with pytest.raises(SystemExit, match=r"^dff: samples.steps \(ddim, default 50\) steps must be between 1 and .*T=30, got 50"):
+    with pytest.raises(SystemExit,
+                       match=r"^dff: samples.steps \(ddim, default 50\) steps must be between 1 and .*T=30, got 50"):
         main([*base, "--samples.steps", "50"])
     with pytest.raises(SystemExit, match=r"^dff: unknown sampler 'dpm'"):
         main([*base, "--samples.sampler", "dpm"])
