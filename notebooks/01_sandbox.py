@@ -36,7 +36,6 @@ learn.require()  # says what to install if the notebooks' extra is missing
 import math
 
 import matplotlib.pyplot as plt
-import numpy as np
 import torch
 
 from dff.diffusion import GaussianDiffusion, ddim, ddpm, dpmpp_2m, output_from_x0_eps, x0_eps_from_output
@@ -110,7 +109,8 @@ print(f"with beta_t instead of sqrt(beta_t): a = {a_wrong:.3f}, s = {float((x - 
 # $\mathrm{SNR}(t) = \bar\alpha_t / (1-\bar\alpha_t)$; its logarithm is the clearest way to compare
 # schedules. The linear schedule of DDPM destroys the image early (45% of its steps are spent at
 # log-SNR below -3, nearly pure noise); the cosine schedule (Nichol & Dhariwal 2021) spreads the
-# noise levels more evenly (14% of its steps below -3). The bottom rows use the same noise, so only the schedule differs.
+# noise levels more evenly (14% of its steps below -3). The bottom rows use the same noise, so only the
+# schedule differs.
 
 # %%
 schedules_figure(x0, names=["linear", "quadratic", "sigmoid", "cosine"], generator=g)
@@ -128,7 +128,8 @@ for name in ("linear", "quadratic", "sigmoid", "cosine"):
 # Given x_t, knowing any one of ε, x₀ or $v = \alpha_t\varepsilon - \sigma_t x_0$ (Salimans & Ho 2022)
 # gives the other two, with $\alpha_t = \sqrt{\bar\alpha_t}$, $\sigma_t = \sqrt{1-\bar\alpha_t}$:
 #
-# $$x_0 = (x_t - \sigma_t\varepsilon)/\alpha_t, \qquad x_0 = \alpha_t x_t - \sigma_t v, \qquad \varepsilon = \sigma_t x_t + \alpha_t v$$
+# $$x_0 = (x_t - \sigma_t\varepsilon)/\alpha_t, \qquad x_0 = \alpha_t x_t - \sigma_t v, \qquad
+# \varepsilon = \sigma_t x_t + \alpha_t v$$
 #
 # dff converts in one place, `dff.diffusion.x0_eps_from_output` and `output_from_x0_eps`. Below, every
 # prediction type goes out and comes back.
@@ -160,7 +161,9 @@ x0_prediction_figure(x0, diffusion, generator=g)
 #
 # Going back one step is easy *if x₀ is known*: q(x_{t-1} | x_t, x_0) is Gaussian (Eqs. 6-7) with
 #
-# $$\tilde\mu_t = \frac{\sqrt{\bar\alpha_{t-1}}\,\beta_t}{1-\bar\alpha_t}\,x_0 + \frac{\sqrt{\alpha_t}\,(1-\bar\alpha_{t-1})}{1-\bar\alpha_t}\,x_t, \qquad \tilde\beta_t = \frac{1-\bar\alpha_{t-1}}{1-\bar\alpha_t}\,\beta_t$$
+# $$\tilde\mu_t = \frac{\sqrt{\bar\alpha_{t-1}}\,\beta_t}{1-\bar\alpha_t}\,x_0 +
+# \frac{\sqrt{\alpha_t}\,(1-\bar\alpha_{t-1})}{1-\bar\alpha_t}\,x_t, \qquad
+# \tilde\beta_t = \frac{1-\bar\alpha_{t-1}}{1-\bar\alpha_t}\,\beta_t$$
 #
 # and $\bar\alpha_0 = 1$. DDPM's sampler replaces x₀ by the network's estimate and draws from this
 # Gaussian, step after step.
