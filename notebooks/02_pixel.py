@@ -248,7 +248,8 @@ def scores(x):
 
 
 floor_fid, floor_kid = scores(images[torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[:N]])
-print(f"{N} real digits: FID {floor_fid:.2f}, KID {floor_kid:.4f} (the floor at this N; KID is unbiased, so it can be < 0)")
+print(f"{N} real digits: FID {floor_fid:.2f}, KID {floor_kid:.4f}"
+      " (the floor at this N; KID is unbiased, so it can be < 0)")
 
 # %%
 settings = learn.budget([("ddim", 10), ("ddim", 50), ("dpmpp_2m", 10), ("dpmpp_2m", 20),
