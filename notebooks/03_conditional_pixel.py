@@ -123,7 +123,8 @@ plt.show()
 
 # %%
 def train(name, steps, *overrides):
-    """fit on the photo patches with translate_demo.yaml; returns the model (EMA used for sampling) and its run folder."""
+    """fit on the photo patches with translate_demo.yaml; returns the model (EMA used for sampling) and its run
+    folder."""
     t0 = time.time()
     cli = fit(["--config", str(CONFIG_DIR / "translate_demo.yaml"), "--model.backbone", "adm", "--model.dim", "26",
                "--model.prediction", "v", "--model.loss_weighting", "min_snr",
@@ -135,7 +136,8 @@ def train(name, steps, *overrides):
 
 
 sr_model, sr_run = train("sr4", learn.budget(500, 20))
-color_model, color_run = train("colorize", learn.budget(250, 20), "--data.pairs", "colorize", "--model.residual", "false")
+color_model, color_run = train("colorize", learn.budget(250, 20), "--data.pairs", "colorize",
+                               "--model.residual", "false")
 
 # %%
 fig, ax = plt.subplots(figsize=(6, 3.5))
@@ -162,7 +164,8 @@ n_eval = learn.budget(32, 8)
 target = targets[torch.linspace(0, len(targets) - 1, n_eval).long()]  # (n, 3, 32, 32)
 cond = make_condition("sr4", target)
 t0 = time.time()
-samples = sr_model.sample(cond=cond, num_samples=K, sampler="ddim", steps=20, seed=0, progress=False)  # (n K, 3, 32, 32)
+samples = sr_model.sample(cond=cond, num_samples=K, sampler="ddim", steps=20, seed=0,
+                          progress=False)  # (n K, 3, 32, 32)
 print(f"{len(samples)} samples (DDIM 20) in {time.time() - t0:.1f} s")
 first = samples.reshape(n_eval, K, *samples.shape[1:])[:, 0]  # one sample per condition
 mean = average_samples(samples, K)  # (n, 3, 32, 32)
