@@ -64,7 +64,8 @@ print("quick mode (DFF_QUICK=1): tiny budgets, noisy figures" if learn.quick() e
 # %%
 train_patches = PhotoPatches("train", image_size=64, channels=1, repeat=16, seed=0, source="textures")
 real = torch.stack([train_patches[i]["image"] for i in range(12)])  # (12, 1, 64, 64), cycling through the textures
-held_out = reconstruction_images("textures", channels=1, size=64)  # (48, 1, 64, 64): the held-out tiles, texture by texture
+# (48, 1, 64, 64): the held-out tiles, texture by texture
+held_out = reconstruction_images("textures", channels=1, size=64)
 n = len(held_out) // len(TEXTURES)  # tiles per texture
 print(f"textures {TEXTURES}; held-out patches {tuple(held_out.shape)}")
 fig, axes = plt.subplots(1, 2, figsize=(10, 4))
@@ -163,7 +164,8 @@ plt.show()
 fig, axes = plt.subplots(1, 2, figsize=(10, 2.8), gridspec_kw={"width_ratios": [1, 4]})
 learn.show(axes[0], held_out[:1], title="x (64x64)")
 z1 = z_held[0][:, None]  # (4, 1, 16, 16)
-learn.show(axes[1], (z1 - z1.min()) / (z1.max() - z1.min()), nrow=len(z1), title=f"its latent: {len(z1)} channels of 16x16")
+learn.show(axes[1], (z1 - z1.min()) / (z1.max() - z1.min()), nrow=len(z1),
+           title=f"its latent: {len(z1)} channels of 16x16")
 fig.tight_layout()
 plt.show()
 
