@@ -108,8 +108,8 @@ plt.show()
 # %% [markdown]
 # `encode` gives the network the condition in the very language of z: 4 channels that the decoder
 # understands, so for an image-like condition it is the richer code. `resize` keeps a 32×32
-# thumbnail (here as many pixels as the 32×32 input had), and needs nothing from the autoencoder. In both cases the code is concatenated
-# to z_t along the channels.
+# thumbnail (here as many pixels as the 32×32 input had), and needs nothing from the autoencoder. In both
+# cases the code is concatenated to z_t along the channels.
 #
 # ## Train both
 #
