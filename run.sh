@@ -2,7 +2,7 @@
 # One entry point for a fresh machine: sets up .venv on first use, then runs a job.
 #   bash run.sh demo    train the digits demo and write runs/demo/ (the main job)
 #   bash run.sh test    run the test suite
-#   bash run.sh bench   run the demo benchmark (benchmarks/demo_bench.py)
+#   bash run.sh bench   run the demo benchmark (benchmarks/gates/digits_demo.py)
 #   bash run.sh dff ... run any dff command inside the environment
 # Live training curves: .venv/bin/pip install -e ".[tensorboard]", then .venv/bin/tensorboard --logdir runs
 set -euo pipefail
@@ -32,7 +32,7 @@ setup
 case "$job" in
   demo)  exec "$VENV/bin/dff" demo "$@" ;;
   test)  exec "$VENV/bin/python" -m pytest -q -n auto "$@" ;;  # one worker per core (pytest-xdist)
-  bench) exec "$VENV/bin/python" benchmarks/demo_bench.py "$@" ;;
+  bench) exec "$VENV/bin/python" benchmarks/gates/digits_demo.py "$@" ;;
   dff)   exec "$VENV/bin/dff" "$@" ;;
   *) echo "run.sh: unknown job '$job' (expected demo, test, bench or dff)" >&2; exit 2 ;;
 esac

@@ -27,18 +27,26 @@ def config_sections() -> dict[str, type]:
     from lightning import Trainer
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from dff.callbacks import SampleGrid
     from dff.data import ImageDataModule
-    from dff.module import DiffusionModule
-    from dff.posthoc_ema import PostHocEMA
-    from dff.speed import Speed
+    from dff.training.callbacks import SampleGrid
+    from dff.training.module import DiffusionModule
+    from dff.training.posthoc_ema import PostHocEMA
+    from dff.training.speed import Speed
 
     return {"model": DiffusionModule, "data": ImageDataModule, "trainer": Trainer, "checkpoint": ModelCheckpoint,
             "samples": SampleGrid, "posthoc_ema": PostHocEMA, "speed": Speed}
 
 
 def parameters(cls: type) -> dict[str, inspect.Parameter]:
-    return dict(inspect.signature(cls.__init__).parameters)
+    """The keys of cls's config section: its constructor's arguments; the training shell's `**model` are
+    DiffusionModel's (jsonargparse follows them there)."""
+    from dff.models import DiffusionModel
+
+    params = dict(inspect.signature(cls.__init__).parameters)
+    if params.get("model") and params["model"].kind is inspect.Parameter.VAR_KEYWORD:
+        del params["model"]
+        params.update(inspect.signature(DiffusionModel.__init__).parameters)
+    return params
 
 
 # ---------------------------------------------------------------------- config keys and defaults

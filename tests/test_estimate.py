@@ -20,8 +20,8 @@ def test_flops_of_a_single_convolution_match_the_closed_form():
     weight's gradient (x_t needs none)."""
     model = PixelDiffusion(image_size=8, channels=2, dim=8, dim_mults=[1], timesteps=100)
     conv = nn.Conv2d(2, 2, 3, padding=1, bias=False)
-    model.net = type("Net", (nn.Module,), {"forward": lambda self, x, t, c=None: self.conv(x)})()
-    model.net.conv = conv
+    model.model.net = type("Net", (nn.Module,), {"forward": lambda self, x, t, c=None: self.conv(x)})()
+    model.model.net.conv = conv
     forward = 2 * 2 * 2 * 9 * 8 * 8
     assert count_flops(model, from_cache=False) == 2 * forward
 

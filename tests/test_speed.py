@@ -198,7 +198,7 @@ def test_checkpointing_gives_the_same_gradients_and_keeps_fewer_activations(back
         model.net(x0, torch.zeros(4, dtype=torch.long))
     assert len(calls) == 4
     # dff estimate counts the same saved tensors, so it reports the smaller activations of a checkpointed run
-    model.plain()
+    model.model.plain()
     assert not model.net.checkpointing
     plain = estimate(model, 4, steps=1, speed=Speed(channels_last=False, verbose=False))
     ckpt = estimate(model, 4, steps=1, speed=Speed(channels_last=False, checkpointing=True, verbose=False))
@@ -236,7 +236,7 @@ def test_fit_command_applies_the_options(tmp_path, capsys):
     assert "float16 needs a CUDA GPU; training in 32-true" in out and "speed: precision 32-true; channels_last" in out
     assert str(cli.trainer.precision) == "32-true"
     # plain again after fit: contiguous weights, so sampling in memory matches the export bit for bit
-    assert cli.model.memory_format == torch.contiguous_format and all(p.is_contiguous() for p in cli.model.parameters())
+    assert cli.model.model.memory_format == torch.contiguous_format and all(p.is_contiguous() for p in cli.model.parameters())
     weights = load_file(tmp_path / "version_0" / "export" / "model.safetensors")
     assert set(weights) == set(cli.model.ema.model.state_dict())
 

@@ -62,7 +62,8 @@ def test_export_format(tmp_path):
     m = PixelDiffusion(image_size=8, channels=1, dim=8, dim_mults=(1, 2), timesteps=50)
     save_pretrained(m, tmp_path / "w")
     cfg = json.loads((tmp_path / "w" / "config.json").read_text())
-    assert cfg["model_class"] == "PixelDiffusion" and cfg["hparams"]["dim_mults"] == [1, 2]
+    assert cfg["model_class"] == "DiffusionModel" and cfg["hparams"]["dim_mults"] == [1, 2]
+    assert "lr" not in cfg["hparams"]  # the model's settings only: the optimiser's belong to training
     from safetensors.torch import load_file
     state = load_file(tmp_path / "w" / "model.safetensors")
     assert set(state) == set(m.ema.model.state_dict())

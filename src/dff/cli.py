@@ -22,10 +22,10 @@ from typing import Optional, Sequence
 
 import torch
 
-from . import __version__, runs
+from . import __version__, files
 from .diffusion import SAMPLERS, default_steps
 from .diffusion.guidance import DEFAULT_INTERVAL
-from .train import fit
+from .training.fit import fit
 
 __all__ = ["main", "fit", "build_parser"]
 SAMPLER_NAMES = ", ".join(SAMPLERS)
@@ -40,15 +40,15 @@ def pick_device(name: str) -> torch.device:
 
 
 def check_out_dir(out: Path, overwrite: bool) -> None:
-    """runs.check_out_dir, as a one-line command-line error."""
+    """files.check_out_dir, as a one-line command-line error."""
     try:
-        runs.check_out_dir(out, overwrite)
+        files.check_out_dir(out, overwrite)
     except ValueError as e:
         raise SystemExit(f"dff: {e}") from None
 
 
 def load_model(weights: str, device: str):
-    from .pretrained import load_pretrained
+    from .models.pretrained import load_pretrained
 
     try:
         return load_pretrained(weights, pick_device(device))
@@ -90,7 +90,7 @@ def sample_command(args: argparse.Namespace) -> list[Path]:
 
 # ====================================================================== translate / eval / data
 def translate_command(args: argparse.Namespace) -> list[Path]:
-    from .translate import translate_files
+    from .tools.translate import translate_files
 
     check_positive(num_samples=args.num_samples, steps=args.steps)
     out = Path(args.out)
@@ -129,8 +129,8 @@ def generation_scores(model, args: argparse.Namespace) -> dict:
 def is_autoencoder_only(path: str) -> bool:
     """A folder that holds an AutoencoderKL (diffusers' format, or a dff autoencoder run) and no
     diffusion weights."""
-    from .autoencoders import find_autoencoder_dir
-    from .pretrained import WEIGHTS
+    from .models.autoencoders import find_autoencoder_dir
+    from .models.pretrained import WEIGHTS
 
     p = Path(path)
     return p.is_dir() and find_autoencoder_dir(p) is not None and not any(p.glob(f"**/{WEIGHTS}"))
@@ -140,7 +140,7 @@ def autoencoder_scores(args: argparse.Namespace, alone: bool) -> dict:
     """Reconstruction PSNR/SSIM on --data of an autoencoder folder/run (alone) or of a latent model's."""
     import json
 
-    from .autoencoders import find_autoencoder_dir, image_channels, load_autoencoder
+    from .models.autoencoders import find_autoencoder_dir, image_channels, load_autoencoder
     from .evaluation.reconstruction import evaluate_autoencoder, reconstruction_images
 
     if alone:
@@ -162,7 +162,7 @@ def autoencoder_scores(args: argparse.Namespace, alone: bool) -> dict:
 
 
 def eval_command(args: argparse.Namespace) -> dict:
-    from .translate import evaluate, write_json
+    from .tools.translate import evaluate, write_json
 
     check_positive(num=args.num, batch_size=args.batch_size, steps=args.steps, average=args.average)
     try:
@@ -220,7 +220,7 @@ def check_command(args: argparse.Namespace) -> Path:
 
 def doctor_command(args: argparse.Namespace) -> list:
     """dff doctor RUN: print each finding; exit code 1 when one is bad."""
-    from .doctor import diagnose
+    from .tools.doctor import diagnose
 
     check_positive(num=args.num)
     try:
@@ -238,7 +238,7 @@ def doctor_command(args: argparse.Namespace) -> list:
 
 # ====================================================================== demo
 def demo_command(args: argparse.Namespace) -> Path:
-    from .demo import digits_demo, latent_demo
+    from .tools.demo import digits_demo, latent_demo
 
     if args.which == "latent":
         return latent_demo(out=args.out, max_steps=args.max_steps, autoencoder_steps=args.autoencoder_steps)
@@ -247,7 +247,7 @@ def demo_command(args: argparse.Namespace) -> Path:
 
 # ====================================================================== explore
 def explore_command(args: argparse.Namespace) -> list[Path]:
-    from .explore import explore
+    from .tools.explore import explore
 
     try:
         written = explore(args.out, image=args.image, schedule=args.schedule, timesteps=args.timesteps,
@@ -261,7 +261,7 @@ def explore_command(args: argparse.Namespace) -> list[Path]:
 
 # ====================================================================== posthoc-ema
 def posthoc_ema_command(args: argparse.Namespace) -> list[Path]:
-    from .posthoc_ema import export_posthoc
+    from .training.posthoc_ema import export_posthoc
 
     try:
         return export_posthoc(Path(args.run), args.sigma_rel, step=args.step, out=args.out)
@@ -400,9 +400,9 @@ def build_parser() -> argparse.ArgumentParser:
 def estimate_command(argv: Sequence[str], steps: int = 3):
     """`dff estimate --config FILE [overrides]`: the config parsed as `dff fit` parses it (nothing is trained and no
     run folder is made); `--steps N` timed steps (default 3); prints the estimate."""
-    from .estimate import estimate
-    from .module import DiffusionModule
-    from .speed import Speed
+    from .training.estimate import estimate
+    from .training.module import DiffusionModule
+    from .training.speed import Speed
 
     argv = list(argv)
     if "--steps" in argv:  # ours, not a key of the config
@@ -436,10 +436,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         return
     if argv and argv[0] == "estimate":  # the same arguments as fit
         if len(argv) == 1 or argv[1] in ("-h", "--help"):
-            import dff.estimate
+            import dff.training.estimate
 
             print("usage: dff estimate --config FILE [--steps N] [--key value ...]  (the arguments of dff fit)\n"
-                  + dff.estimate.__doc__)
+                  + dff.training.estimate.__doc__)
             return
         estimate_command(argv[1:])
         return

@@ -113,7 +113,7 @@ class ImageDataModule(L.LightningDataModule):
         (images in [0, 1] -> unscaled latents) and `condition_code` (conditions -> their code), rank 0
         writing data.latent_cache, the other ranks reading it; `meta` describes the model the latents
         belong to (the cache is reused only when it matches). Called by latent models at the start of fit."""
-        from .latents import LatentDataset, load_or_make_cache
+        from .latent_cache import LatentDataset, load_or_make_cache
 
         h = self.hparams
         plain = self.make("train", flips=False)

@@ -58,6 +58,18 @@ def check_steps(T: int, steps: int, name: str) -> None:
         raise ValueError(f"{name} steps must be between 1 and the training timesteps T={T}, got {steps}")
 
 
+def step_options(name: str, T: int, steps: Optional[int], what: str = "steps") -> dict:
+    """The step count to pass to sampler `name` for a model of T timesteps: {} for the sampler's own default,
+    {"steps": steps} checked against 1..T; DDPM's ancestral chain always runs all T steps, so any other count is
+    an error."""
+    if name == "ddpm":
+        if steps not in (None, T):
+            raise ValueError(f"{what}={steps}: the ddpm sampler always takes all T={T} steps; use ddim for fewer")
+        return {}
+    check_steps(T, steps if steps is not None else default_steps(name), f"{what} ({name}, default {default_steps(name)})")
+    return {} if steps is None else {"steps": steps}
+
+
 def check_spacing(spacing: str, name: str, allowed: tuple[str, ...] = SPACINGS) -> None:
     if spacing not in allowed:
         raise ValueError(f"unknown {name} spacing {spacing!r}: expected one of {', '.join(allowed)}")
@@ -139,12 +151,15 @@ def ddim(
     callback: Callback = None,
     steps: int = 50,  # S, number of model evaluations (<= T)
     eta: float = 0.0,  # 0: deterministic DDIM, 1: DDPM-like ancestral noise
-    spacing: str = "leading",  # leading | trailing
+    spacing: Optional[str] = None,  # leading | trailing; None: trailing when alpha_bar_T = 0 (zero terminal SNR:
+                                    # the first step must be at t = T, Lin et al. 2024, Sec. 3.3), else leading
     device=None,
 ) -> torch.Tensor:
     """DDIM sampling (Song et al. 2021, Eq. 12, with sigma_t(eta) of Eq. 16)."""
     if not 0.0 <= eta <= 1.0:
         raise ValueError(f"DDIM eta must be in [0, 1], got {eta}")
+    if spacing is None:
+        spacing = "trailing" if float(diffusion.alpha_bar[-1]) == 0.0 else "leading"
     x = initial_noise(x_T, generator, device)  # (B, C, H, W)
     ts = ddim_timesteps(diffusion.T, steps, spacing)
     for i, t in enumerate(tqdm(ts, desc="DDIM", disable=not progress, leave=False)):

@@ -7,8 +7,8 @@ from typing import Optional
 
 import torch
 
-from ..autoencoders import to_image_space, to_model_space
-from ..metrics import psnr, ssim
+from ..models.autoencoders import to_image_space, to_model_space
+from .psnr_ssim import psnr, ssim
 
 
 def reconstruction_images(data: str, channels: int, size: int) -> torch.Tensor:

@@ -9,7 +9,7 @@ notebook) and writes a file only when given `path=`; nothing here switches matpl
 from .images import (make_grid, save_gif, save_grid, save_images, show_condition, to_pil, translation_grid,
                      viewing_scale)
 from .plots import plot_loss, plot_trajectory, read_metric, save_figure, show_image
-from .process import (forward_process_figure, oracle_chain, reverse_chain_figure, schedules_figure, steps_vs_jump,
+from .sandbox import (forward_process_figure, oracle_chain, reverse_chain_figure, schedules_figure, steps_vs_jump,
                       steps_vs_jump_figure, x0_prediction_figure)
 
 __all__ = [

@@ -18,7 +18,7 @@ from typing import Optional
 
 import torch
 
-from .viz import plot_loss
+from ..viz import plot_loss
 
 REPORT = "report.html"
 MAX_GRIDS = 12  # sample grids shown, evenly spaced over the run, the last one always among them

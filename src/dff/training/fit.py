@@ -18,16 +18,16 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
 from .callbacks import ExportWeights, RunReport, SampleGrid
-from .data import ImageDataModule
-from .data.datamodule import condition_channels, condition_kind
+from ..data import ImageDataModule
+from ..data.datamodule import condition_channels, condition_kind
 from .estimate import estimate
 from .module import DiffusionModule
 from .posthoc_ema import PostHocEMA
 from .runs import AtomicCheckpointIO, RunLogger, newest_last_checkpoint, resume_config_name, run_version
-from .safe_load import refusal
+from ..safe_load import refusal
 from .speed import Speed, choose_precision
 
-CONFIG_DIR = Path(__file__).parent / "configs"
+CONFIG_DIR = Path(__file__).parents[1] / "configs"
 
 
 class DffCLI(LightningCLI):

@@ -4,8 +4,9 @@
     EMA copy, activations), a few steps measured on this machine with the run's precision and speed options,
     and the projected wall-clock of the configured max_steps.
 
-The steps run on synthetic data of the configured shapes (the data folder is not read), through the module's own
-training_step and optimiser, so they cost what the run's steps will (without data loading and sample grids).
+The steps run on synthetic data of the configured shapes (the data folder is not read), through the model's own
+loss, the run's optimiser and EMA update, so they cost what the run's steps will (without data loading, logging and
+sample grids).
 `dff fit` prints the counted lines (no measured steps) before it trains; the command is in cli.py.
 """
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Optional
 
 import torch
 
+from .optim import adamw
 from .speed import Speed, apply
 
 
@@ -63,7 +65,9 @@ def human(seconds: float) -> str:
 
 
 def synthetic_batch(model, batch: int, device: torch.device, from_cache: bool) -> dict:
-    """A batch of the shapes the model's data gives: images in [0, 1] (or cached latents), condition, labels."""
+    """A batch of the shapes the model's data gives: images in [0, 1] (or cached latents), condition, labels.
+    `model`: a DiffusionModel, or the training shell that holds one (so for count_flops and state_bytes)."""
+    model = getattr(model, "model", model)
     h = model.hparams
     if from_cache:
         f = model.latent.factor
@@ -81,33 +85,27 @@ def count_flops(model, from_cache: bool) -> float:
     """FLOPs of one training image's step (forward + backward), by torch's FlopCounterMode on the CPU."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    model = getattr(model, "model", model)
     with torch.random.fork_rng(devices=[]):  # the run's random stream is left as it was (CUDA is not touched)
         batch = synthetic_batch(model, 1, torch.device("cpu"), from_cache)
         with FlopCounterMode(display=False) as counter:
-            step_loss(model, batch).backward()
+            model.loss(batch).backward()
     model.zero_grad(set_to_none=True)
     return float(counter.get_total_flops())
 
 
-def step_loss(model, batch: dict) -> torch.Tensor:
-    """The module's training_step without logging."""
-    log_loss = model.log_loss
-    model.log_loss = lambda *a, **k: None
-    try:
-        return model.training_step(batch, 0)
-    finally:
-        model.log_loss = log_loss
-
-
 def state_bytes(model) -> int:
     """Weights, gradients, two AdamW moments (float32) and the EMA copy of the network."""
+    model = getattr(model, "model", model)
     n = sum(p.numel() for p in model.net.parameters() if p.requires_grad)
     return 4 * n * 5
 
 
-def estimate(model, batch: int, *, precision: str = "32-true", device: str = "cpu", speed: Optional[Speed] = None,
+def estimate(module, batch: int, *, precision: str = "32-true", device: str = "cpu", speed: Optional[Speed] = None,
              steps: int = 3, max_steps: Optional[int] = None, from_cache: bool = False) -> Estimate:
-    """Count and measure: `steps` timed optimiser steps after two warm-up steps (0: count only, the model untouched)."""
+    """Count and measure a training shell's run (DiffusionModule): `steps` timed optimiser steps of its
+    DiffusionModel after two warm-up steps (0: count only, the model untouched)."""
+    model, h = module.model, module.hparams
     est = Estimate(parameters=sum(p.numel() for p in model.net.parameters() if p.requires_grad),
                    flops_per_image=count_flops(model, from_cache), batch=batch, state_gb=state_bytes(model) / 2**30,
                    device=device, precision=precision, max_steps=max_steps)
@@ -122,8 +120,7 @@ def estimate(model, batch: int, *, precision: str = "32-true", device: str = "cp
         est.uncompiled = o["compile"]
         o["compile"] = False  # compiling would take longer than the estimate; see docs/benchmarks.md
         apply(model, **o)
-    # the run's optimiser (its learning rate does not change the cost)
-    opt = torch.optim.AdamW(model.net.parameters(), lr=model.hparams.lr, fused=True if model.hparams.nonfinite_patience else None)
+    opt = adamw(model.net.parameters(), h.lr, h.weight_decay, h.nonfinite_patience)  # the run's optimiser
     data = synthetic_batch(model, batch, dev, from_cache)
     dtype = {"bf16": torch.bfloat16, "16": torch.float16}.get(precision.split("-")[0])
     saved: dict[int, int] = {}
@@ -146,9 +143,9 @@ def estimate(model, batch: int, *, precision: str = "32-true", device: str = "cp
         with torch.autocast(dev.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             if i == 0:
                 with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-                    loss = step_loss(model, data)
+                    loss = model.loss(data)
             else:
-                loss = step_loss(model, data)
+                loss = model.loss(data)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

@@ -68,12 +68,17 @@ class LatentSpace(nn.Module):
         """c, the channels of z (the image channels in pixel space)."""
         return self.autoencoder.latent_channels
 
+    def code_channels(self, cond_channels: int) -> int:
+        """Channels of the condition code for condition images of cond_channels channels (0: none)."""
+        encoded = self.is_latent and cond_channels and self.condition == "encode"
+        return self.channels if encoded else cond_channels
+
     def s(self, check: bool = True) -> torch.Tensor:
         """The latent scale; an error while it has not been estimated. check=False skips the test, which
         reads the value back from the device: the training step, checked once at the start of fit, uses it."""
         if check and torch.isnan(self.scale):
             raise RuntimeError("the latent scale is not set: it is estimated at the start of `fit` "
-                               "(or give model.latent_scale, or call estimate_latent_scale)")
+                               "(or give model.latent_scale)")
         return self.scale
 
     def encode_unscaled(self, x: torch.Tensor) -> torch.Tensor:
@@ -106,7 +111,6 @@ class LatentSpace(nn.Module):
 
     @torch.no_grad()
     def estimate_scale(self, latents: torch.Tensor) -> float:
-        """s = 1 / std of the given unscaled latents (Rombach et al. 2022, Sec. 4.3.2 / App. G); stored and returned."""
-        s = 1.0 / latents.float().std().item()
-        self.scale.fill_(s)
-        return s
+        """s = 1 / std of the given unscaled latents (Rombach et al. 2022, Sec. 4.3.2 / App. G), returned, not stored
+        (the training shell stores the estimate of rank 0 on every rank)."""
+        return 1.0 / latents.float().std().item()

@@ -21,12 +21,12 @@ import numpy as np
 import torch
 import yaml
 
-from .data import ImageDataModule
-from .ema import gamma_from_sigma_rel
-from .evaluation.reconstruction import evaluate_autoencoder
-from .pretrained import load_pretrained, model_from_checkpoint
-from .safe_load import load_tensors
-from .viz import read_metric
+from ..data import ImageDataModule
+from ..models.ema import gamma_from_sigma_rel
+from ..evaluation.reconstruction import evaluate_autoencoder
+from ..models.pretrained import load_pretrained, model_from_checkpoint
+from ..safe_load import load_tensors
+from ..viz import read_metric
 
 
 @dataclass

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
-from .data.tasks import downsample, sr_factor
+from ..data.tasks import downsample, sr_factor
 
 
 def psnr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

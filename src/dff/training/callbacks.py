@@ -10,13 +10,13 @@ import lightning as L
 import torch
 
 from .autoencoder_module import AutoencoderModule
-from .diffusion import default_steps, get_sampler
-from .diffusion.samplers import check_steps
+from ..diffusion import get_sampler
+from ..diffusion.samplers import step_options
 from .module import DiffusionModule
-from .pretrained import EXPORT_DIR, save_pretrained
+from ..models.pretrained import EXPORT_DIR, save_pretrained
 from .report import hardware, write_report
 from .runs import run_dir
-from .viz import save_grid, translation_grid
+from ..viz import save_grid, translation_grid
 
 
 class SampleGrid(L.Callback):
@@ -40,13 +40,7 @@ class SampleGrid(L.Callback):
     def on_fit_start(self, trainer, pl_module) -> None:
         """Settings the model cannot sample with stop the run before its first step, not at its first grid."""
         if self.every_n_steps and isinstance(pl_module, DiffusionModule):
-            T = pl_module.hparams.timesteps
-            steps = self.steps if self.steps is not None else default_steps(self.sampler)
-            if steps is None or self.sampler == "ddpm":
-                if steps not in (None, T):
-                    raise ValueError(f"samples.steps={steps}: the ddpm sampler always takes all T={T} steps")
-            else:
-                check_steps(T, steps, f"samples.steps ({self.sampler}, default {default_steps(self.sampler)})")
+            step_options(self.sampler, pl_module.hparams.timesteps, self.steps, "samples.steps")
 
     def write(self, trainer: L.Trainer, pl_module) -> Optional[Path]:
         """Called on every rank; rank 0 samples and writes (run_dir is a collective: every rank asks for it)."""

@@ -10,7 +10,7 @@ relative to the run, is its standard deviation over t:
 
     sigma_rel = sqrt(gamma + 1) / ((gamma + 2) sqrt(gamma + 3))                                      (EDM2 eq. 3)
 
-Unlike a fixed decay, the average keeps the same relative length at any point of the run (dff.ema's warm-up
+Unlike a fixed decay, the average keeps the same relative length at any point of the run (dff.models.ema's warm-up
 min(decay, (1 + n) / (10 + n)) is this profile with gamma = 8, sigma_rel = 0.09, until it reaches `decay`).
 
 Post hoc: during training, two power EMAs (sigma_rel 0.05 and 0.10 by default) are written as snapshots every N
@@ -31,8 +31,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from .ema import SIGMA_REL_MAX, beta, gamma_from_sigma_rel, posthoc_weights, profile_dot, sigma_rel_from_gamma  # noqa: F401 (the math, re-exported)
-from .pretrained import load_pretrained, save_pretrained
+from ..models.ema import SIGMA_REL_MAX, beta, gamma_from_sigma_rel, posthoc_weights, profile_dot, sigma_rel_from_gamma  # noqa: F401 (the math, re-exported)
+from ..models.pretrained import load_pretrained, save_pretrained
 from .runs import run_dir
 
 SNAPSHOT_DIR = "posthoc_ema"

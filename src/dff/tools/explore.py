@@ -17,12 +17,12 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from .autoencoders import to_model_space
-from .data.builtin import source_arrays
-from .data.folder import load_image, to_tensor
-from .diffusion import SCHEDULES, GaussianDiffusion, ddim
-from .runs import check_out_dir
-from .viz import (forward_process_figure, plot_trajectory, reverse_chain_figure, save_gif, schedules_figure,
+from ..models.autoencoders import to_model_space
+from ..data.builtin import source_arrays
+from ..data.folder import load_image, to_tensor
+from ..diffusion import SCHEDULES, GaussianDiffusion
+from ..files import check_out_dir
+from ..viz import (forward_process_figure, plot_trajectory, reverse_chain_figure, save_gif, schedules_figure,
                   steps_vs_jump_figure, x0_prediction_figure)
 
 FIGURES = ("forward.png", "steps_vs_jump.png", "schedules.png", "x0_from_xt.png", "reverse_chain.png")
@@ -82,9 +82,7 @@ def model_trajectory(model, *, num: int = 6, steps: int = 50, keep: Optional[Seq
             if in_gif:
                 gif.append(image)
 
-    with torch.no_grad():
-        ddim(model.ema, model.diffusion, x_T, steps=steps, generator=g, clip_x0=h.clip_x0 and not model.is_latent,
-             progress=False, callback=record)
+    model.sample(num, "ddim", steps=steps, generator=g, x_T=x_T, progress=False, callback=record)
     return strip, gif
 
 
@@ -101,7 +99,7 @@ def explore(out: str | Path, *, image: Optional[str | Path] = None, schedule: st
     check_out_dir(out, overwrite)
     model = None
     if run is not None:  # load first: a bad run folder fails before anything is written
-        from .pretrained import load_pretrained
+        from ..models.pretrained import load_pretrained
 
         model = load_pretrained(run)
     x0 = explore_image(image, size)  # (C, size, size)

@@ -2,11 +2,12 @@
 
     weights_dir/
         model.safetensors   the EMA weights of the network (no pickle: tensors only)
-        config.json         {"format": "dff", "version": 1, "model_class": "PixelDiffusion", "hparams": {...}}
+        config.json         {"format": "dff", "version": 1, "model_class": "DiffusionModel", "hparams": {...}}
         autoencoder/        latent models: their autoencoder in diffusers' format (hparams say "autoencoder")
 
 `load_pretrained` takes such a folder, the .safetensors file, a run folder (its export, else its
-newest checkpoint) or a Lightning .ckpt (read with torch.load(weights_only=True): no code runs).
+newest checkpoint) or a Lightning .ckpt (read with torch.load(weights_only=True): no code runs), and
+returns a DiffusionModel: sampling from it imports no Lightning.
 """
 from __future__ import annotations
 
@@ -18,36 +19,42 @@ from typing import Union
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..files import atomic_folder
+from ..safe_load import load_tensors
 from .autoencoders import EXPORT_SUBDIR
-from .runs import atomic_folder
-from .safe_load import load_tensors
-from .module import MODELS, DiffusionModule
+from .diffusion_model import DiffusionModel
 
 WEIGHTS, CONFIG = "model.safetensors", "config.json"
 EXPORT_DIR = "export"
+# what exports and checkpoints of dff <= 0.2 name the model class (the Lightning shell and its presets)
+MODEL_CLASSES = ("DiffusionModel", "DiffusionModule", "PixelDiffusion", "PixelDiffusionConditional",
+                 "LatentDiffusion", "LatentDiffusionConditional")
 
 
-def constructor_names(cls: type) -> set[str]:
-    """Keyword arguments cls's constructor takes; a preset that forwards **kwargs takes DiffusionModule's."""
-    params = inspect.signature(cls.__init__).parameters
-    names = {k for k, p in params.items() if p.kind is not inspect.Parameter.VAR_KEYWORD and k != "self"}
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        names |= constructor_names(DiffusionModule)
-    return names
+def model_settings(hparams: dict) -> dict:
+    """The DiffusionModel settings among a checkpoint's or export's hyper-parameters (the training shell's own,
+    lr and the like, are left out)."""
+    names = set(inspect.signature(DiffusionModel).parameters)
+    return {k: v for k, v in hparams.items() if k in names}
 
 
-def constructor_hparams(model: DiffusionModule) -> dict:
-    """The hyper-parameters that model's own constructor takes, as JSON-friendly values."""
-    names = constructor_names(type(model))
-    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in model.hparams.items() if k in names}
+def model_state_dict(state: dict) -> dict:
+    """A DiffusionModel's state dict from a checkpoint's: the training shell's `model.` prefix removed; dff 0.1
+    kept the latent scale at `scale` (it is `latent.scale`)."""
+    state = {(k[len("model."):] if k.startswith("model.") else k): v for k, v in state.items()}
+    if "scale" in state:
+        state["latent.scale"] = state.pop("scale")
+    return state
 
 
-def save_pretrained(model: DiffusionModule, out_dir: Union[str, Path]) -> Path:
-    """Write model.safetensors (EMA network weights) and config.json into out_dir, atomically: an
-    existing export is replaced whole, or left as it was if writing fails."""
+def save_pretrained(model, out_dir: Union[str, Path]) -> Path:
+    """Write model.safetensors (EMA network weights) and config.json into out_dir, atomically: an existing
+    export is replaced whole, or left as it was if writing fails. `model`: a DiffusionModel, or the training
+    shell that holds one."""
+    model: DiffusionModel = getattr(model, "model", model)
     out_dir = Path(out_dir)
     state = {k: v.detach().cpu().contiguous() for k, v in model.ema.model.state_dict().items()}
-    hparams = constructor_hparams(model)
+    hparams = {k: (list(v) if isinstance(v, tuple) else v) for k, v in model.hparams.items()}
     with atomic_folder(out_dir) as tmp:
         save_file(state, tmp / WEIGHTS)
         if model.is_latent:
@@ -55,18 +62,18 @@ def save_pretrained(model: DiffusionModule, out_dir: Union[str, Path]) -> Path:
             model.latent.autoencoder.save_pretrained(tmp / EXPORT_SUBDIR)
             hparams["autoencoder"] = EXPORT_SUBDIR  # relative to this folder
             hparams["latent_scale"] = float(model.latent.s())
-        cfg = {"format": "dff", "version": 1, "model_class": type(model).__name__, "hparams": hparams}
+        cfg = {"format": "dff", "version": 1, "model_class": "DiffusionModel", "hparams": hparams}
         (tmp / CONFIG).write_text(json.dumps(cfg, indent=2) + "\n")
     return out_dir
 
 
-def _build(model_class: str, hparams: dict, source: Path) -> DiffusionModule:
-    if model_class not in MODELS:
-        raise ValueError(f"{source}: unknown model_class {model_class!r}; expected one of {', '.join(MODELS)}")
-    return MODELS[model_class](**hparams)
+def _build(model_class: str, hparams: dict, source: Path) -> DiffusionModel:
+    if model_class not in MODEL_CLASSES:
+        raise ValueError(f"{source}: unknown model_class {model_class!r}; expected one of {', '.join(MODEL_CLASSES)}")
+    return DiffusionModel(**model_settings(hparams))
 
 
-def _load_weights_dir(weights: Path) -> DiffusionModule:
+def _load_weights_dir(weights: Path) -> DiffusionModel:
     cfg_path = weights.parent / CONFIG
     if not cfg_path.exists():
         raise FileNotFoundError(f"{weights}: no {CONFIG} beside it; exported weights need their config to rebuild the model")
@@ -88,19 +95,16 @@ def _load_weights_dir(weights: Path) -> DiffusionModule:
     return model
 
 
-def _load_checkpoint(ckpt: Path) -> DiffusionModule:
+def _load_checkpoint(ckpt: Path) -> DiffusionModel:
     return model_from_checkpoint(load_tensors(ckpt), ckpt)  # weights only: a crafted pickle is refused
 
 
-def model_from_checkpoint(data: dict, ckpt: Path) -> DiffusionModule:
+def model_from_checkpoint(data: dict, ckpt: Path) -> DiffusionModel:
     """The model of a Lightning checkpoint already read with load_tensors (`ckpt` names it in errors)."""
     if not isinstance(data, dict) or "state_dict" not in data:
         raise ValueError(f"{ckpt}: not a Lightning checkpoint (no state_dict)")
-    hparams = dict(data.get("hyper_parameters", {}))
-    model_class = data.get("dff_model_class", "PixelDiffusion")
-    names = constructor_names(MODELS.get(model_class, DiffusionModule))
-    model = _build(model_class, {k: v for k, v in hparams.items() if k in names}, ckpt)
-    model.load_state_dict(data["state_dict"])
+    model = _build(data.get("dff_model_class", "PixelDiffusion"), dict(data.get("hyper_parameters", {})), ckpt)
+    model.load_state_dict(model_state_dict(data["state_dict"]))
     return model
 
 
@@ -126,8 +130,8 @@ def find_weights(path: Union[str, Path]) -> Path:
     raise FileNotFoundError(f"{p}: no {WEIGHTS} and no .ckpt checkpoint found in this folder or below it")
 
 
-def load_pretrained(path: Union[str, Path], device: Union[str, torch.device] = "cpu") -> DiffusionModule:
-    """Rebuild a model from exported weights, a run folder or a checkpoint; in eval mode on `device`."""
+def load_pretrained(path: Union[str, Path], device: Union[str, torch.device] = "cpu") -> DiffusionModel:
+    """Rebuild a DiffusionModel from exported weights, a run folder or a checkpoint; in eval mode on `device`."""
     f = find_weights(path)
     model = _load_weights_dir(f) if f.suffix == ".safetensors" else _load_checkpoint(f)
     return model.eval().to(device)

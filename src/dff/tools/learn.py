@@ -18,10 +18,10 @@ from typing import Callable, Sequence, TypeVar
 
 import torch
 
-from .diffusion import GaussianDiffusion, output_from_x0_eps
-from .latent import LatentSpace
-from .metrics import psnr
-from .viz import make_grid
+from ..diffusion import GaussianDiffusion, output_from_x0_eps
+from ..models.latent_space import LatentSpace
+from ..evaluation.psnr_ssim import psnr
+from ..viz import make_grid
 
 QUICK_ENV = "DFF_QUICK"  # DFF_QUICK=1 shrinks every training budget of the notebooks (CI)
 LEARN_INSTALL = 'pip install "diffusion-fast-forward[learn]"'
@@ -155,7 +155,7 @@ def check_v_target(fn: Callable) -> None:
 
 def check_psnr(fn: Callable) -> None:
     """fn(x, y) -> the mean over the batch of each image's PSNR in dB, images (B, C, H, W) in [0, 1]
-    (data range 1); checked against dff.metrics.psnr."""
+    (data range 1); checked against dff.evaluation.psnr_ssim.psnr."""
     g = torch.Generator().manual_seed(2)
     y = torch.rand(3, 3, 8, 8, generator=g)
     noise = torch.randn(3, 3, 8, 8, generator=g)

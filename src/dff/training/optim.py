@@ -53,3 +53,9 @@ def scheduled(opt: torch.optim.Optimizer, warmup: int, total: int, decay: str):
         return opt
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, warmup, total, decay))
     return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def adamw(params, lr: float, weight_decay: float, nonfinite_patience: int) -> torch.optim.AdamW:
+    """The optimiser of every diffusion run (Loshchilov & Hutter 2019): fused when the non-finite guard is on,
+    since fused AdamW can skip a step on the device (DiffusionModule.on_before_optimizer_step); plain otherwise."""
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True if nonfinite_patience else None)

@@ -8,7 +8,7 @@
     speed.cudnn_benchmark null -> on CUDA: cuDNN times its convolution algorithms once per shape
     speed.checkpointing null -> off: activation checkpointing of the U-Net's blocks (less memory, ~1 more forward)
 
-None of them changes what is learned beyond rounding (benchmarks/train_speed.py measures speed and a
+None of them changes what is learned beyond rounding (benchmarks/speed/train_speed.py measures speed and a
 quality gate). An option the hardware cannot honour falls back with one line, never a crash mid-run.
 """
 from __future__ import annotations
@@ -17,6 +17,8 @@ from typing import Optional
 
 import lightning as L
 import torch
+
+from ..models.diffusion_model import DiffusionModel
 
 HALF = ("16", "16-mixed", "16-true", 16)
 BF16 = ("bf16", "bf16-mixed", "bf16-true")
@@ -40,7 +42,7 @@ def choose_precision(precision, accelerator: Optional[str]) -> str:
     """The precision a run gets: `precision` if the device can honour it, else a fallback (with one line);
     None picks per device: bf16-mixed on a CUDA GPU with bf16, 16-mixed on an older one, bf16-mixed on a CPU
     with AMX-bf16 (measured there: the digits demo's quality gate, the latent demo and its autoencoder), 32-true
-    on other CPUs (benchmarks/train_speed.py, quality_gate.py, latent_demo_bench.py)."""
+    on other CPUs (benchmarks/speed/train_speed.py, gates/quality_gate.py, gates/latent_demo.py)."""
     cuda = on_cuda(accelerator)
     if precision is None:
         if not cuda:
@@ -100,7 +102,7 @@ class Speed(L.Callback):
             return
         cuda = trainer.strategy.root_device.type == "cuda"
         o = self.chosen = self.resolve(cuda)
-        if not hasattr(pl_module, "use_channels_last"):  # an AutoencoderModule: its diffusers network is left alone
+        if not isinstance(getattr(pl_module, "model", None), DiffusionModel):  # an AutoencoderModule: left alone
             if (self.compile or self.channels_last or self.checkpointing) and trainer.is_global_zero:
                 print(f"dff: speed.compile, speed.channels_last and speed.checkpointing apply to diffusion models; "
                       f"{type(pl_module).__name__} trains without them")
@@ -114,8 +116,8 @@ class Speed(L.Callback):
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         """After fit the module is plain again (contiguous weights, uncompiled network), so that sampling from it
         in memory gives bit for bit what its export gives."""
-        if stage == "fit" and hasattr(pl_module, "use_channels_last"):
-            pl_module.plain()
+        if stage == "fit" and isinstance(getattr(pl_module, "model", None), DiffusionModel):
+            pl_module.model.plain()
 
 
 def check_compile_options(backend: Optional[str], mode: Optional[str]) -> None:
@@ -138,13 +140,12 @@ def check_compile_options(backend: Optional[str], mode: Optional[str]) -> None:
 def apply(module, *, compile: bool = False, compile_backend: str = "inductor", compile_mode: Optional[str] = None,
           channels_last: bool = False, tf32: bool = False, cudnn_benchmark: bool = False,
           checkpointing: bool = False) -> None:
-    """Set the options on `module` (its `net`, and `ema` when it has one) and on torch's backends."""
+    """Set the options on torch's backends and on the DiffusionModel `module` is or holds (DiffusionModel.speed_up:
+    the one place where a model changes for speed)."""
     if tf32:
         torch.set_float32_matmul_precision("high")  # cuDNN's convolutions use TF32 by default already
     torch.backends.cudnn.benchmark = bool(cudnn_benchmark) or torch.backends.cudnn.benchmark
-    if channels_last:
-        module.use_channels_last()
-    if checkpointing:
-        module.net.checkpointing = True  # before compiling: the traced forward reads it
-    if compile:
-        module.compile_net(backend=compile_backend, mode=compile_mode)
+    model = getattr(module, "model", module)  # the DiffusionModel (of a training shell)
+    if isinstance(model, DiffusionModel):
+        model.speed_up(channels_last=channels_last, checkpointing=checkpointing, compile=compile,
+                       compile_backend=compile_backend, compile_mode=compile_mode)

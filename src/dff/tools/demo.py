@@ -8,13 +8,13 @@ from typing import Optional
 
 import torch
 
-from .callbacks import RunReport, run_dir
-from .data.builtin import TEXTURES, PhotoPatches
-from .evaluation.features import TextureFeatures
-from .evaluation.reconstruction import evaluate_autoencoder, reconstruction_images
+from ..training.callbacks import RunReport, run_dir
+from ..data.builtin import TEXTURES, PhotoPatches
+from ..evaluation.features import TextureFeatures
+from ..evaluation.reconstruction import evaluate_autoencoder, reconstruction_images
 from .explore import model_trajectory
-from .train import CONFIG_DIR, fit
-from .viz import plot_loss, plot_trajectory, save_grid
+from ..training.fit import CONFIG_DIR, fit
+from ..viz import plot_loss, plot_trajectory, save_grid
 
 
 def digits_demo(out: Optional[str] = None, max_steps: Optional[int] = None) -> Path:
@@ -95,7 +95,7 @@ def latent_demo(out: Optional[str] = None, max_steps: Optional[int] = None,
         labels = judge.recognise(samples.clamp(0, 1))
         counts = ", ".join(f"{name} {int((labels == k).sum())}" for k, name in enumerate(TEXTURES))
         print(f"texture judge: {int((labels >= 0).sum())} of {len(samples)} samples recognised ({counts}); "
-              "benchmarks/latent_demo_bench.py scores 256")
+              "benchmarks/gates/latent_demo.py scores 256")
     refresh_report(cli.trainer)
     print(f"latent demo finished in {time.time() - t0:.0f} s; results:")
     for p in (ae_run / "reconstructions.png", run / "samples.png", run / "real.png", run / "report.html", run / "export"):

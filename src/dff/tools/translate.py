@@ -17,11 +17,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .data.folder import MODES, find_images, load_image, to_tensor
-from .data.tasks import TASKS, condition_from_input, sr_factor
-from .diffusion import default_steps
-from .metrics import translation_scores
-from .module import DiffusionModule
+from ..data.folder import MODES, find_images, load_image, to_tensor
+from ..data.tasks import TASKS, condition_from_input, sr_factor
+from ..diffusion import default_steps
+from ..evaluation.psnr_ssim import translation_scores
+from ..models.diffusion_model import DiffusionModel
 
 
 def input_files(path: Union[str, Path]) -> tuple[Path, list[Path]]:
@@ -34,7 +34,7 @@ def input_files(path: Union[str, Path]) -> tuple[Path, list[Path]]:
     return p, find_images(p)
 
 
-def condition_of(model: DiffusionModule, path: Path, *, mask: Optional[torch.Tensor] = None,
+def condition_of(model: DiffusionModel, path: Path, *, mask: Optional[torch.Tensor] = None,
                  resize: bool = False) -> torch.Tensor:
     """The (1, C_cond, H, W) condition the model takes for one input file."""
     h = model.hparams
@@ -68,7 +68,7 @@ def pad_to(x: torch.Tensor, factor: int) -> tuple[torch.Tensor, tuple[int, int]]
     return x, (H, W)
 
 
-def translate(model: DiffusionModule, cond: torch.Tensor, *, num_samples: int = 1, sampler: str = "ddim",
+def translate(model: DiffusionModel, cond: torch.Tensor, *, num_samples: int = 1, sampler: str = "ddim",
               steps: Optional[int] = None, eta: float = 0.0, generator: Optional[torch.Generator] = None,
               progress: bool = True) -> torch.Tensor:
     """Outputs (B * num_samples, C, H, W) in [0, 1] for conditions (B, C_cond, H, W) of any size."""
@@ -85,7 +85,7 @@ def average_samples(y: torch.Tensor, k: int) -> torch.Tensor:
     return y.reshape(-1, k, *y.shape[1:]).mean(1)
 
 
-def translate_files(model: DiffusionModule, inputs: Union[str, Path], out: Union[str, Path], *, num_samples: int = 1,
+def translate_files(model: DiffusionModel, inputs: Union[str, Path], out: Union[str, Path], *, num_samples: int = 1,
                     sampler: str = "ddim", steps: Optional[int] = None, eta: float = 0.0, seed: int = 0,
                     mask: Optional[Union[str, Path]] = None, resize: bool = False, progress: bool = True,
                     average: bool = False) -> list[Path]:
@@ -114,12 +114,12 @@ def translate_files(model: DiffusionModule, inputs: Union[str, Path], out: Union
     return written
 
 
-def evaluation_set(model: DiffusionModule, data: str, *, layout: str = "side_by_side", direction: str = "AtoB"):
+def evaluation_set(model: DiffusionModel, data: str, *, layout: str = "side_by_side", direction: str = "AtoB"):
     """The paired data a model is scored on: 'photos' (the held-out photo patches), a folder of
     single images for task models, or a side_by_side / folders pair folder for image models."""
-    from .data.builtin import PhotoPatches
-    from .data.folder import ImageFolder
-    from .data.paired import PairFolder, TaskDataset
+    from ..data.builtin import PhotoPatches
+    from ..data.folder import ImageFolder
+    from ..data.paired import PairFolder, TaskDataset
 
     h = model.hparams
     if h.condition == "none":
@@ -135,7 +135,7 @@ def evaluation_set(model: DiffusionModule, data: str, *, layout: str = "side_by_
 
 
 @torch.no_grad()
-def evaluate(model: DiffusionModule, data: str, *, layout: str = "side_by_side", direction: str = "AtoB",
+def evaluate(model: DiffusionModel, data: str, *, layout: str = "side_by_side", direction: str = "AtoB",
              num: Optional[int] = None, steps: Optional[int] = None, batch_size: int = 32, seed: int = 0,
              progress: bool = False, average: int = 1) -> dict:
     """Mean PSNR/SSIM (and, for super-resolution, bicubic and consistency) over a paired set;

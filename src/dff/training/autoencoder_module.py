@@ -25,11 +25,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .autoencoders import (EXPORT_SUBDIR, KLAutoencoder, build_autoencoder_kl, config_factor, patchify,
+from ..models.autoencoders import (EXPORT_SUBDIR, KLAutoencoder, build_autoencoder_kl, config_factor, patchify,
                            to_image_space, to_model_space, unpatchify)
-from .metrics import psnr, ssim
+from ..evaluation.psnr_ssim import psnr, ssim
 from .optim import check_decay, decay_length, scheduled
-from .runs import atomic_folder
+from ..files import atomic_folder
 
 
 class PatchDiscriminator(nn.Module):
@@ -73,7 +73,7 @@ class AutoencoderModule(L.LightningModule):
         disc_dim: int = 64,  # discriminator base width
         disc_layers: int = 3,  # discriminator depth
         lr: float = 1e-4,  # Adam learning rate (generator and discriminator)
-        lr_decay: str = "none",  # none | linear | cosine: decay to 0 at trainer.max_steps (dff.optim.lr_factor)
+        lr_decay: str = "none",  # none | linear | cosine: decay to 0 at trainer.max_steps (dff.training.optim.lr_factor)
     ):
         super().__init__()
         check_decay(lr_decay)
@@ -164,7 +164,7 @@ class AutoencoderModule(L.LightningModule):
 
     def export_reconstructions(self, images: torch.Tensor, path: Path) -> Optional[Path]:
         """A grid: originals in the top rows, reconstructions below."""
-        from .viz import save_grid
+        from ..viz import save_grid
 
         x = images[:8]
         was = self.training

@@ -12,10 +12,8 @@ from __future__ import annotations
 import csv
 import os
 import re
-import shutil
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Optional, Union
+from typing import Optional, Union
 
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
@@ -88,34 +86,3 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         partial = Path(str(path) + ".partial")
         super().save_checkpoint(checkpoint, partial, storage_options)
         os.replace(partial, path)
-
-
-@contextmanager
-def atomic_folder(folder: Union[str, Path]) -> Iterator[Path]:
-    """Write a folder's files into FOLDER.partial, then swap it in for FOLDER: readers see the old
-    folder or the new one, never half of one; an error while writing leaves the old folder as it was."""
-    folder = Path(folder)
-    partial, old = folder.with_name(folder.name + ".partial"), folder.with_name(folder.name + ".old")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    try:
-        yield partial
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
-    if folder.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        folder.rename(old)
-        partial.rename(folder)
-        shutil.rmtree(old)
-    else:
-        partial.rename(folder)
-
-
-def check_out_dir(out: Path, overwrite: bool) -> None:
-    """Refuse a file as an output folder, or a folder that already holds files unless overwrite: nothing the
-    user had is overwritten silently (`dff sample`, `translate`, `explore`)."""
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file; expected a folder")
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise ValueError(f"output folder {out} already holds files; choose another --out or pass --overwrite")
