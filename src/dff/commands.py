@@ -1,0 +1,284 @@
+"""What each `dff` sub-command does, once cli.py has parsed its arguments: one function per command, each
+calling the library (models, tools, training, evaluation); user errors leave as SystemExit("dff: ...")."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+
+from . import files
+from .diffusion import default_steps
+from .training.fit import fit
+
+
+# ====================================================================== sample
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def check_out_dir(out: Path, overwrite: bool) -> None:
+    """files.check_out_dir, as a one-line command-line error."""
+    try:
+        files.check_out_dir(out, overwrite)
+    except ValueError as e:
+        raise SystemExit(f"dff: {e}") from None
+
+
+def load_model(weights: str, device: str):
+    from .models.pretrained import load_pretrained
+
+    try:
+        return load_pretrained(weights, pick_device(device))
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"dff: {e}")
+
+
+def check_positive(**values: Optional[int]) -> None:
+    """Counts given on the command line are at least 1 (None: not given)."""
+    for name, v in values.items():
+        if v is not None and v < 1:
+            raise SystemExit(f"dff: --{name.replace('_', '-')} must be at least 1, got {v}")
+
+
+def sample_command(args: argparse.Namespace) -> list[Path]:
+    from .viz import save_grid, save_images
+
+    check_positive(num=args.num, batch_size=args.batch_size, steps=args.steps)
+    out = Path(args.out)
+    check_out_dir(out, args.overwrite)
+    model = load_model(args.weights, args.device)
+    g = torch.Generator().manual_seed(args.seed)
+    images = []
+    for start in range(0, args.num, args.batch_size):
+        n = min(args.batch_size, args.num - start)
+        try:
+            images.append(model.sample(n, args.sampler, steps=args.steps, eta=args.eta, spacing=args.spacing,
+                                       generator=g, labels=args.class_, guidance=args.guidance,
+                                       guidance_interval=args.guidance_interval,
+                                       progress=not args.no_progress).cpu())
+        except ValueError as e:
+            raise SystemExit(f"dff: {e}")
+    x = torch.cat(images)  # (num, C, H, W)
+    paths = save_images(x, out, [f"sample_{i:04d}" for i in range(len(x))])
+    grid = save_grid(x, out / "grid.png")
+    print(f"wrote {len(paths)} samples and {grid}")
+    return paths
+
+
+# ====================================================================== translate / eval / data
+def translate_command(args: argparse.Namespace) -> list[Path]:
+    from .tools.translate import translate_files
+
+    check_positive(num_samples=args.num_samples, steps=args.steps)
+    out = Path(args.out)
+    check_out_dir(out, args.overwrite)
+    model = load_model(args.weights, args.device)
+    try:
+        paths = translate_files(model, args.input, out, num_samples=args.num_samples, sampler=args.sampler,
+                                steps=args.steps, eta=args.eta, seed=args.seed, mask=args.mask, resize=args.resize,
+                                progress=not args.no_progress, average=args.average)
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"dff: {e}")
+    print(f"wrote {len(paths)} output(s) to {out}")
+    return paths
+
+
+def generation_scores(model, args: argparse.Namespace) -> dict:
+    """FID/KID of `args.num` generated images against a reference set (digits or a folder)."""
+    from .data import load_digits_tensor
+    from .evaluation import evaluate_generation, load_image_folder
+
+    h = model.hparams
+    if args.data == "digits":
+        reference = load_digits_tensor(h.image_size, h.channels)[0]
+    else:
+        reference = load_image_folder(args.data, h.channels, h.image_size)
+    num = args.num or 1000
+    g = torch.Generator().manual_seed(args.seed)
+    samples = torch.cat([model.sample(min(args.batch_size, num - i), args.sampler, steps=args.steps, generator=g,
+                                      progress=False).cpu() for i in range(0, num, args.batch_size)])
+    res = evaluate_generation(samples, reference, args.extractor, weights=args.extractor_weights)
+    steps = default_steps(args.sampler) if args.steps is None else args.steps
+    res.update(sampler=args.sampler, steps=steps or model.hparams.timesteps, data=args.data, extractor=args.extractor)
+    return res
+
+
+def is_autoencoder_only(path: str) -> bool:
+    """A folder that holds an AutoencoderKL (diffusers' format, or a dff autoencoder run) and no
+    diffusion weights."""
+    from .models.autoencoders import find_autoencoder_dir
+    from .models.pretrained import WEIGHTS
+
+    p = Path(path)
+    return p.is_dir() and find_autoencoder_dir(p) is not None and not any(p.glob(f"**/{WEIGHTS}"))
+
+
+def autoencoder_scores(args: argparse.Namespace, alone: bool) -> dict:
+    """Reconstruction PSNR/SSIM on --data of an autoencoder folder/run (alone) or of a latent model's."""
+    import json
+
+    from .models.autoencoders import find_autoencoder_dir, image_channels, load_autoencoder
+    from .evaluation.reconstruction import evaluate_autoencoder, reconstruction_images
+
+    if alone:
+        folder = find_autoencoder_dir(Path(args.weights))
+        channels = image_channels(json.loads((folder / "config.json").read_text()))
+        ae, size = load_autoencoder(str(folder), channels), args.image_size or 256
+    else:
+        model = load_model(args.weights, args.device)
+        if not model.is_latent:
+            raise ValueError("--autoencoder: this is a pixel-space model, it has no autoencoder")
+        ae, channels = model.latent.autoencoder, model.hparams.channels
+        size = args.image_size or model.hparams.image_size
+    ae = ae.to(pick_device(args.device))
+    images = reconstruction_images(args.data, channels, size)
+    if args.num:
+        images = images[:args.num]
+    res = evaluate_autoencoder(ae, images, args.batch_size)
+    res.update(data=args.data, image_size=size, autoencoder=getattr(ae, "source", ""))
+    return res
+
+
+def eval_command(args: argparse.Namespace) -> dict:
+    from .tools.translate import evaluate, write_json
+
+    check_positive(num=args.num, batch_size=args.batch_size, steps=args.steps, average=args.average)
+    try:
+        alone = is_autoencoder_only(args.weights)
+        if args.autoencoder or alone:
+            res = autoencoder_scores(args, alone)
+        else:
+            model = load_model(args.weights, args.device)
+            if model.hparams.condition == "none":
+                res = generation_scores(model, args)
+            else:
+                res = evaluate(model, args.data, layout=args.layout, direction=args.direction, num=args.num,
+                               steps=args.steps, batch_size=args.batch_size, seed=args.seed, average=args.average or 1)
+    except (FileNotFoundError, ValueError, ModuleNotFoundError) as e:
+        raise SystemExit(f"dff: {e}")
+    for k, v in res.items():
+        print(f"{k:18s} {v:.4f}" if isinstance(v, float) else f"{k:18s} {v}")
+    if args.json:
+        write_json(res, args.json)
+    return res
+
+
+def data_command(args: argparse.Namespace) -> Path:
+    from .data.download import PIX2PIX, download
+
+    if args.action == "check":
+        return check_command(args)
+    if args.action == "list" or args.name is None:
+        for name, desc in PIX2PIX.items():
+            print(f"{name:16s} {desc}")
+        return Path(args.dir)
+    try:
+        path = download(args.name, args.dir, base_url=args.base_url, sha256=args.sha256, progress=not args.no_progress)
+    except (ValueError, FileExistsError, ConnectionError) as e:
+        raise SystemExit(f"dff: {e}")
+    print(f"extracted {args.name} to {path}")
+    return path
+
+
+def check_command(args: argparse.Namespace) -> Path:
+    """dff data check PATH: print the report; exit code 1 when a file would stop training."""
+    from .data.check import check_folder, report
+
+    if args.name is None:
+        raise SystemExit("dff: dff data check needs the folder to check: dff data check PATH")
+    try:
+        text, stops = report(check_folder(args.name, args.image_size, args.crop, args.pairs))
+    except (FileNotFoundError, NotADirectoryError, ValueError) as e:
+        raise SystemExit(f"dff: {e}")
+    print(text)
+    if stops:
+        raise SystemExit(1)
+    return Path(args.name)
+
+
+def doctor_command(args: argparse.Namespace) -> list:
+    """dff doctor RUN: print each finding; exit code 1 when one is bad."""
+    from .tools.doctor import diagnose
+
+    check_positive(num=args.num)
+    try:
+        findings = diagnose(args.run, num=args.num)
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"dff: {e}")
+    for f in findings:
+        print(f)
+    bad = sum(not f.ok for f in findings)
+    print(f"{bad} problem(s) found" if bad else "no problem found")
+    if bad:
+        raise SystemExit(1)
+    return findings
+
+
+# ====================================================================== demo
+def demo_command(args: argparse.Namespace) -> Path:
+    from .tools.demo import digits_demo, latent_demo
+
+    if args.which == "latent":
+        return latent_demo(out=args.out, max_steps=args.max_steps, autoencoder_steps=args.autoencoder_steps)
+    return digits_demo(out=args.out, max_steps=args.max_steps)
+
+
+# ====================================================================== explore
+def explore_command(args: argparse.Namespace) -> list[Path]:
+    from .tools.explore import explore
+
+    try:
+        written = explore(args.out, image=args.image, schedule=args.schedule, timesteps=args.timesteps,
+                          size=args.size, run=args.run, seed=args.seed, overwrite=args.overwrite)
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"dff explore: {e}")
+    for path in written:
+        print(path)
+    return written
+
+
+# ====================================================================== posthoc-ema
+def posthoc_ema_command(args: argparse.Namespace) -> list[Path]:
+    from .training.posthoc_ema import export_posthoc
+
+    try:
+        return export_posthoc(Path(args.run), args.sigma_rel, step=args.step, out=args.out)
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"dff posthoc-ema: {e}")
+
+
+# ====================================================================== estimate
+def estimate_command(argv: Sequence[str], steps: int = 3):
+    """`dff estimate --config FILE [overrides]`: the config parsed as `dff fit` parses it (nothing is trained and no
+    run folder is made); `--steps N` timed steps (default 3); prints the estimate."""
+    from .training.estimate import estimate
+    from .training.module import DiffusionModule
+    from .training.speed import Speed
+
+    argv = list(argv)
+    if "--steps" in argv:  # ours, not a key of the config
+        i = argv.index("--steps")
+        steps = int(argv[i + 1])
+        del argv[i:i + 2]
+    if not any(a.startswith("--data.root") for a in argv):
+        argv += ["--data.root", "."]  # the data are not read: a config without data.root is estimated too
+    cli = fit([*argv, "--trainer.logger", "false"], run=False, clean_errors=True)
+    model = cli.model
+    if not isinstance(model, DiffusionModule):
+        raise SystemExit(f"dff: estimate is for diffusion models; this config trains a {type(model).__name__}")
+    trainer = cli.trainer
+    speed = next((c for c in trainer.callbacks if isinstance(c, Speed)), None)
+    device = trainer.strategy.root_device
+    h = cli.datamodule.hparams
+    est = estimate(model, int(h.batch_size), precision=str(trainer.precision), device=str(device), speed=speed,
+                   steps=steps, max_steps=trainer.max_steps, from_cache=bool(h.latent_cache))
+    configs = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--config"]
+    print(f"dff estimate: {', '.join(configs) or 'defaults'}"
+          + (" (latent cache)" if h.latent_cache else " (the VAE encodes every batch)" if model.is_latent else ""))
+    for line in est.lines():
+        print("  " + line)
+    return est
