@@ -29,7 +29,7 @@
 # runs in about a minute on a laptop CPU (`DFF_QUICK=1` shrinks the sample counts further, for CI).
 
 # %%
-from dff import learn
+from dff.tools import learn
 
 learn.require()  # says what to install if the notebooks' extra is missing
 
@@ -40,7 +40,7 @@ import torch
 
 from dff.diffusion import GaussianDiffusion, ddim, ddpm, dpmpp_2m, output_from_x0_eps, x0_eps_from_output
 from dff.diffusion.analytic import GaussianMixture
-from dff.explore import explore_image
+from dff.tools.explore import explore_image
 from dff.viz import (forward_process_figure, reverse_chain_figure, schedules_figure, steps_vs_jump,
                      steps_vs_jump_figure, x0_prediction_figure)
 

@@ -31,7 +31,7 @@
 # the same, but the samples are then noise.
 
 # %%
-from dff import learn
+from dff.tools import learn
 
 learn.require()  # says what to install if the notebooks' extra is missing
 
@@ -45,7 +45,7 @@ import yaml
 
 from dff import PixelDiffusion, fit
 from dff.data import load_digits_tensor
-from dff.train import CONFIG_DIR
+from dff.training.fit import CONFIG_DIR
 from dff.viz import read_metric
 
 RUN = Path("runs/notebooks/02_pixel")  # every file this notebook writes goes below this folder
@@ -212,10 +212,10 @@ plt.show()
 # ## Sampling: the denoising trajectory
 #
 # DDIM, 50 steps from pure noise: the digit's shape appears in the second half of the steps, its
-# details last. (`dff.demo.trajectory` records x_t along the way; `dff demo` draws the same figure.)
+# details last. (`dff.tools.demo.trajectory` records x_t along the way; `dff demo` draws the same figure.)
 
 # %%
-from dff.demo import trajectory
+from dff.tools.demo import trajectory
 
 states = trajectory(model, num=4, steps=50)  # [(t, x_t in [0, 1]) ...]
 fig, axes = plt.subplots(1, len(states), figsize=(1.1 * len(states), 4.6))

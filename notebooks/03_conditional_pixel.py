@@ -30,7 +30,7 @@
 # About 4 minutes on a laptop CPU; `DFF_QUICK=1` shrinks the training to seconds (noisy outputs).
 
 # %%
-from dff import learn
+from dff.tools import learn
 
 learn.require()  # says what to install if the notebooks' extra is missing
 
@@ -45,9 +45,9 @@ import torch
 from dff import fit
 from dff.data.builtin import PhotoPatches
 from dff.data.tasks import cond_channels, downsample, make_condition, random_box_mask
-from dff.metrics import psnr, ssim, translation_scores
-from dff.train import CONFIG_DIR
-from dff.translate import average_samples
+from dff.evaluation.psnr_ssim import psnr, ssim, translation_scores
+from dff.training.fit import CONFIG_DIR
+from dff.tools.translate import average_samples
 from dff.viz import read_metric
 
 RUN = Path("runs/notebooks/03_conditional_pixel")  # every file this notebook writes goes below this folder
@@ -183,7 +183,7 @@ fig.tight_layout()
 plt.show()
 
 # %% [markdown]
-# **Exercise.** PSNR = 10 log₁₀(1 / MSE) for images in [0, 1]. `dff.metrics.psnr` computes it per
+# **Exercise.** PSNR = 10 log₁₀(1 / MSE) for images in [0, 1]. `dff.evaluation.psnr_ssim.psnr` computes it per
 # image and averages over the batch (the mean of per-image PSNRs, not the PSNR of the batch's mean
 # squared error: a few perfect images would otherwise hide the bad ones). Write it.
 

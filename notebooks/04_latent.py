@@ -32,7 +32,7 @@
 # here a few minutes, and seconds with `DFF_QUICK=1` (noisy figures).
 
 # %%
-from dff import learn
+from dff.tools import learn
 
 learn.require()  # says what to install if the notebooks' extra is missing
 
@@ -44,11 +44,11 @@ import numpy as np
 import torch
 
 from dff import fit
-from dff.autoencoders import load_autoencoder, to_image_space, to_model_space
+from dff.models.autoencoders import load_autoencoder, to_image_space, to_model_space
 from dff.data.builtin import TEXTURES, PhotoPatches
 from dff.evaluation.reconstruction import evaluate_autoencoder, reconstruction_images
-from dff.metrics import psnr, ssim
-from dff.train import CONFIG_DIR
+from dff.evaluation.psnr_ssim import psnr, ssim
+from dff.training.fit import CONFIG_DIR
 from dff.viz import read_metric
 
 RUN = Path("runs/notebooks/04_latent")  # every file this notebook writes goes below this folder

@@ -33,7 +33,7 @@
 # About 8 minutes on a 2-core CPU; `DFF_QUICK=1` shrinks the training to seconds (noisy outputs).
 
 # %%
-from dff import learn
+from dff.tools import learn
 
 learn.require()  # says what to install if the notebooks' extra is missing
 
@@ -45,12 +45,12 @@ import numpy as np
 import torch
 
 from dff import fit
-from dff.autoencoders import to_image_space, to_model_space
+from dff.models.autoencoders import to_image_space, to_model_space
 from dff.data.tasks import downsample, make_condition
 from dff.evaluation.reconstruction import reconstruction_images
-from dff.latent import LatentSpace
-from dff.metrics import psnr, ssim
-from dff.train import CONFIG_DIR
+from dff.models import LatentSpace
+from dff.evaluation.psnr_ssim import psnr, ssim
+from dff.training.fit import CONFIG_DIR
 from dff.viz import read_metric
 
 RUN = Path("runs/notebooks/05_conditional_latent")  # every file this notebook writes goes below this folder

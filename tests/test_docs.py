@@ -251,4 +251,19 @@ def test_readme_python_example_runs(tmp_path, monkeypatch):
     scope: dict = {}
     exec(compile(short, "README.md", "exec"), scope)
     assert scope["images"].shape == (16, 1, 16, 16)
+    assert type(scope["model"]).__name__ == "DiffusionModel"  # load_pretrained gives the plain model
+    assert scope["digits"].shape == (8, 1, 16, 16) and int(scope["plain"].ema.num_updates) == 20
     assert float(scope["x0"].std()) == pytest.approx(0.5, abs=0.03)
+
+
+# ---------------------------------------------------------------------- the linter
+def test_the_code_is_clean_under_the_linter():
+    """ruff with the project's rules (pyproject.toml: line length 120, pycodestyle errors and warnings, pyflakes)
+    finds nothing in src, tests, benchmarks, scripts and the notebooks' sources."""
+    import subprocess
+    import sys
+
+    folders = ["src", "tests", "benchmarks", "scripts", "notebooks"]
+    proc = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", *folders], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -1,7 +1,7 @@
 """Helpers for the course notebooks (notebooks/*.py): the `learn` extra, quick mode, figures of image
 batches, and the checks of the exercises.
 
-    from dff import learn
+    from dff.tools import learn
     learn.require()                      # first cell: names what to install when the learn extra is missing
     steps = learn.budget(1200, 40)       # the full budget, or the quick one when DFF_QUICK=1 (CI)
     learn.show(ax, images, nrow=8)       # a batch (B, C, H, W) in [0, 1] as one grid on a matplotlib axis
