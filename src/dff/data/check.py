@@ -19,7 +19,8 @@ from .paired import match_stems
 
 STOPS = ("undecodable", "zero-byte", "too small", "unpaired", "odd width")
 NOTES = {
-    "high bit depth": "16-bit or float grayscale: read at full precision with data.channels 1, rounded to 8 bits otherwise",
+    "high bit depth": "16-bit or float grayscale: read at full precision with data.channels 1, "
+                      "rounded to 8 bits otherwise",
     "palette": "palette image: converted to grayscale/RGB(A) by its palette",
     "CMYK": "CMYK: converted to RGB by PIL (colours may shift)",
     "LA": "grayscale with alpha: the alpha channel is dropped unless data.channels is 4",

@@ -53,14 +53,16 @@ class ImageDataModule(L.LightningDataModule):
 
     def __init__(
         self,
-        dataset: Literal["folder", "digits", "photos", "textures"] = "folder",  # folder: files below `root`; the others are built in
+        dataset: Literal["folder", "digits", "photos", "textures"] = "folder",  # folder: files below `root`; the others
+                                                                                # are built in
         root: Optional[str] = None,  # the image folder (dataset="folder")
         *,
         image_size: int = 64,  # side of the square training images
         channels: int = 3,  # channels of the generated images; files are converted (1: L, 3: RGB, 4: RGBA)
         pairs: str = "none",  # none | side_by_side | folders | sr2 | sr4 | colorize | inpaint
         direction: Literal["AtoB", "BtoA"] = "AtoB",  # side_by_side / folders: AtoB conditions on A
-        cond_image_channels: Optional[int] = None,  # side_by_side / folders: channels of the condition images (default: channels)
+        cond_image_channels: Optional[int] = None,  # side_by_side / folders: channels of the condition images
+                                                    # (default: channels)
         val_root: Optional[str] = None,  # validation folder (paired data), same layout as root
         crop: Crop = "random",  # random | center | resize (see ImageFolder)
         crop_scale: float = 1.0,  # pairs: cut crop_scale x image_size windows, resize them to image_size
@@ -70,12 +72,16 @@ class ImageDataModule(L.LightningDataModule):
         labels: bool = False,  # folder: class labels from top-level sub-folder names (the digits always have labels)
         batch_size: int = 16,
         val_batch_size: int = 32,
-        num_workers: Optional[int] = None,  # DataLoader workers for folders (None: min(4, CPU cores); built-in sets live in memory)
+        num_workers: Optional[int] = None,  # DataLoader workers for folders (None: min(4, CPU cores); built-in sets
+                                            # live in memory)
         latent_cache: Optional[str] = None,  # latent models: encode the training set once (flips included) to this file
         half: Optional[Literal["A", "B"]] = None,  # unpaired data from pix2pix files: their left (A) or right (B) half
-        on_device: Optional[bool] = None,  # folders: decode once into a uint8 tensor on the training device, crop and flip there (None: on a GPU when it fits in device_max_gb)
+        on_device: Optional[bool] = None,  # folders: decode once into a uint8 tensor on the training device, crop and
+                                           # flip there (None: on a GPU when it fits in device_max_gb)
         device_max_gb: float = 4.0,  # the largest decoded folder on_device=None moves to the GPU
-        on_bad_file: Literal["stop", "skip"] = "stop",  # unreadable or too small files (pairs: either file, or an odd side-by-side width): stop, naming them, or skip them, listed in <run>/skipped_files.txt
+        on_bad_file: Literal["stop", "skip"] = "stop",  # unreadable or too small files (pairs: either file, or an odd
+                                                        # side-by-side width): stop, naming them, or skip them, listed
+                                                        # in <run>/skipped_files.txt
     ):
         super().__init__()
         if dataset not in DATASETS:
@@ -88,9 +94,11 @@ class ImageDataModule(L.LightningDataModule):
             raise ValueError(f"data.half={half!r} takes one half of side-by-side files for unpaired data; "
                              f"with data.pairs={pairs!r} leave it unset")
         if pairs in ("side_by_side", "folders") and dataset != "folder":
-            raise ValueError(f"data.pairs={pairs!r} reads pairs from files: it needs data.dataset='folder' and data.root")
+            raise ValueError(f"data.pairs={pairs!r} reads pairs from files: it needs data.dataset='folder' "
+                             "and data.root")
         if dataset == "digits" and pairs != "none":
-            raise ValueError("the digits are for unconditional generation: use data.dataset='photos' or a folder for pairs")
+            raise ValueError("the digits are for unconditional generation: use data.dataset='photos' or a folder "
+                             "for pairs")
         self.save_hyperparameters()
         self.train_set: Optional[torch.utils.data.Dataset] = None
         self.val_set: Optional[torch.utils.data.Dataset] = None
@@ -171,9 +179,11 @@ class ImageDataModule(L.LightningDataModule):
         training device); anything else keeps the PIL path, with one line when on_device was asked for."""
         h = self.hparams
         on_gpu = self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"
-        if h.on_device is False or (h.on_device is None and not on_gpu) or h.latent_cache or not isinstance(data, ImageFolder):
+        if (h.on_device is False or (h.on_device is None and not on_gpu) or h.latent_cache
+                or not isinstance(data, ImageFolder)):
             if h.on_device and not isinstance(data, ImageFolder):
-                print(f"data.on_device: {type(data).__name__} data keep their own path (on_device is for unpaired folders)")
+                print(f"data.on_device: {type(data).__name__} data keep their own path "
+                      "(on_device is for unpaired folders)")
             return data
         from PIL import Image
 
@@ -197,7 +207,8 @@ class ImageDataModule(L.LightningDataModule):
             print(f"data.on_device: the folder decodes to {gb:.1f} GB > data.device_max_gb={h.device_max_gb}; "
                   "decoding per item on the host instead")
             return data
-        print(f"data.on_device: {len(images.files)} images decoded once ({gb:.2f} GB uint8); crops and flips on the device")
+        print(f"data.on_device: {len(images.files)} images decoded once ({gb:.2f} GB uint8); "
+              "crops and flips on the device")
         return images
 
     def on_before_batch_transfer(self, batch, dataloader_idx: int):
@@ -237,14 +248,16 @@ class ImageDataModule(L.LightningDataModule):
         if self.trainer is None or self.trainer.is_global_zero:
             run.mkdir(parents=True, exist_ok=True)
             path.write_text("".join(f"{p}\t{why}\n" for p, why in self.skipped))
-            print(f"data.on_bad_file=skip: left out {len(self.skipped)} unreadable or too small file(s), listed in {path}")
+            print(f"data.on_bad_file=skip: left out {len(self.skipped)} unreadable or too small file(s), "
+                  f"listed in {path}")
         return path
 
     def train_dataloader(self) -> torch.utils.data.DataLoader:
         """Batches in the order of a `Stream`: each epoch a function of (seed, epoch), each item's crop and flips
         of its own seed, whatever the number of workers, and resumable mid-epoch."""
         h = self.hparams
-        on_device = hasattr(self.train_set, "indices")  # DeviceImages, cached latents: load indices, gather on the device
+        # DeviceImages, cached latents: load indices, gather on the device
+        on_device = hasattr(self.train_set, "indices")
         # data on the device: epochs of at least EPOCH_STEPS steps (fresh permutations back to back), so that a
         # small set makes no 4-step epochs, each with its loader restart and epoch-end hooks
         data = self.train_set.indices() if on_device else self.train_set
@@ -267,4 +280,5 @@ class ImageDataModule(L.LightningDataModule):
             return []
         h = self.hparams
         workers = 0 if h.dataset != "folder" else self.workers
-        return torch.utils.data.DataLoader(self.val_set, batch_size=h.val_batch_size, shuffle=False, num_workers=workers)
+        return torch.utils.data.DataLoader(self.val_set, batch_size=h.val_batch_size, shuffle=False,
+                                           num_workers=workers)

@@ -44,8 +44,8 @@ def decode(folder: ImageFolder, workers: Optional[int] = None) -> torch.Tensor:
         arrays = list(pool.map(one, folder.files))
     sizes = {a.shape for a in arrays}
     if len(sizes) != 1:
-        raise Unsuitable(f"the images have {len(sizes)} different sizes (e.g. {sorted(sizes)[:2]}): one tensor needs one "
-                         "size; data.crop=resize makes them equal")
+        raise Unsuitable(f"the images have {len(sizes)} different sizes (e.g. {sorted(sizes)[:2]}): "
+                         "one tensor needs one size; data.crop=resize makes them equal")
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()  # (N, C, H, W)
 
 
@@ -63,7 +63,8 @@ def crop_flip(images: torch.Tensor, index: torch.Tensor, top: torch.Tensor, left
 
 
 class Indices(torch.utils.data.Dataset):
-    """What the DataLoader of DeviceImages loads: {"index": i} (and the seed of a Stream's Key), a few bytes per item."""
+    """What the DataLoader of DeviceImages loads: {"index": i} (and the seed of a Stream's Key), a few bytes
+    per item."""
 
     def __init__(self, n: int, repeat: int):
         self.n, self.repeat = n, repeat

@@ -173,14 +173,16 @@ class ImageFolder(torch.utils.data.Dataset):
         image_size: int,  # side of the square training images
         channels: int = 3,  # 1 (grayscale), 3 (RGB) or 4 (RGBA); files are converted
         *,
-        crop: Crop = "random",  # random | center: a window at native resolution; resize: shorter side to size, centre crop
+        crop: Crop = "random",  # random | center: a window at native resolution; resize: shorter side to size,
+                                # centre crop
         hflip: bool = True,  # random horizontal flips
         vflip: bool = False,  # random vertical flips (aerial, microscopy data)
         seed: Optional[int] = None,  # fixed crops/flips (tests); None: per-worker streams
         repeat: int = 1,  # visits of each file per epoch (small folders: fewer, longer epochs)
         labels: bool = False,  # also return "label": the index of the file's top-level sub-folder (sorted names)
         half: Optional[str] = None,  # "A" or "B": only the left or right half of pix2pix side-by-side files
-        on_bad_file: Literal["stop", "skip"] = "stop",  # unreadable or too small files: stop (naming them) or leave them out
+        on_bad_file: Literal["stop", "skip"] = "stop",  # unreadable or too small files: stop (naming them) or leave
+                                                        # them out
     ):
         if half not in (None, "A", "B"):
             raise ValueError(f"unknown half {half!r}: expected 'A' (left), 'B' (right) or None (whole files)")

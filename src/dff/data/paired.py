@@ -34,15 +34,16 @@ def match_stems(root: Path) -> list[tuple[Path, Path]]:
     """(A file, B file) pairs of root/A and root/B matched by file stem; errors name every orphan."""
     for side in ("A", "B"):
         if not (root / side).is_dir():
-            raise FileNotFoundError(f"paired folder {str(root)!r} has no {side}/ subfolder: expected {root}/A and {root}/B "
-                                    "holding files with matching names")
+            raise FileNotFoundError(f"paired folder {str(root)!r} has no {side}/ subfolder: expected {root}/A and "
+                                    f"{root}/B holding files with matching names")
     a = {p.relative_to(root / "A").with_suffix(""): p for p in find_images(root / "A")}
     b = {p.relative_to(root / "B").with_suffix(""): p for p in find_images(root / "B")}
     only_a, only_b = sorted(set(a) - set(b)), sorted(set(b) - set(a))
     if only_a or only_b:
         lines = [f"  {a[k]} has no partner in {root / 'B'}" for k in only_a[:10]]
         lines += [f"  {b[k]} has no partner in {root / 'A'}" for k in only_b[:10]]
-        raise ValueError(f"{len(only_a) + len(only_b)} file(s) in {root} have no partner with the same name:\n" + "\n".join(lines))
+        raise ValueError(f"{len(only_a) + len(only_b)} file(s) in {root} have no partner with the same name:\n"
+                         + "\n".join(lines))
     return [(a[k], b[k]) for k in sorted(a)]
 
 
@@ -108,7 +109,8 @@ class PairFolder(torch.utils.data.Dataset):
         repeat: int = 1,
         seed: Optional[int] = None,
         crop_scale: float = 1.0,  # cut crop_scale x image_size windows and resize them to image_size
-        on_bad_file: Literal["stop", "skip"] = "stop",  # a pair with an unreadable, odd or too small file: stop or leave it out
+        on_bad_file: Literal["stop", "skip"] = "stop",  # a pair with an unreadable, odd or too small file: stop or
+                                                        # leave it out
     ):
         if layout not in ("side_by_side", "folders"):
             raise ValueError(f"unknown pair layout {layout!r}: expected 'side_by_side' or 'folders'")

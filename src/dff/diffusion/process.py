@@ -152,11 +152,13 @@ class GaussianDiffusion:
 
     # ---------------------------------------------------------------- prediction conversions
     def alpha_sigma(self, t: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(alpha_t, sigma_t) = (sqrt(alpha_bar_t), sqrt(1 - alpha_bar_t)) at timesteps t (B,), shaped (B, 1, ...) like x."""
+        """(alpha_t, sigma_t) = (sqrt(alpha_bar_t), sqrt(1 - alpha_bar_t)) at timesteps t (B,), shaped (B, 1, ...)
+        like x."""
         ab = self.gather(self.alpha_bar, t, x)
         return ab.sqrt(), (1 - ab).sqrt()
 
-    def x0_eps(self, out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, *, clip_x0: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    def x0_eps(self, out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, *,
+               clip_x0: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """(x0_hat, eps_hat) from a network output of type self.prediction at timesteps t (see x0_eps_from_output)."""
         return x0_eps_from_output(self.prediction, out, x_t, *self.alpha_sigma(t, x_t), clip_x0=clip_x0)
 
@@ -188,7 +190,8 @@ class GaussianDiffusion:
         ("offset noise", Guttenberg 2023) so that the model can shift an image's mean brightness."""
         eps = torch.randn_like(x0)
         if self.offset_noise > 0:
-            eps = eps + self.offset_noise * torch.randn(*x0.shape[:2], *([1] * (x0.dim() - 2)), device=x0.device, dtype=x0.dtype)
+            eps = eps + self.offset_noise * torch.randn(*x0.shape[:2], *([1] * (x0.dim() - 2)), device=x0.device,
+                                                        dtype=x0.dtype)
         return eps
 
     def loss(

@@ -66,7 +66,8 @@ def step_options(name: str, T: int, steps: Optional[int], what: str = "steps") -
         if steps not in (None, T):
             raise ValueError(f"{what}={steps}: the ddpm sampler always takes all T={T} steps; use ddim for fewer")
         return {}
-    check_steps(T, steps if steps is not None else default_steps(name), f"{what} ({name}, default {default_steps(name)})")
+    check_steps(T, steps if steps is not None else default_steps(name),
+                f"{what} ({name}, default {default_steps(name)})")
     return {} if steps is None else {"steps": steps}
 
 

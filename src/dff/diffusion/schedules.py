@@ -45,8 +45,12 @@ def sigmoid_betas(T: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> t
 
 
 def cosine_alpha_bar(t: torch.Tensor, s: float = 0.008) -> torch.Tensor:
-    """alpha_bar(t) = f(t) / f(0), f(t) = cos^2(((t + s) / (1 + s)) pi / 2), t in [0, 1] (Nichol & Dhariwal 2021, Eq. 17)."""
-    f = lambda u: torch.cos((u + s) / (1 + s) * math.pi / 2) ** 2
+    """alpha_bar(t) = f(t) / f(0), f(t) = cos^2(((t + s) / (1 + s)) pi / 2), t in [0, 1]
+    (Nichol & Dhariwal 2021, Eq. 17)."""
+
+    def f(u: torch.Tensor) -> torch.Tensor:
+        return torch.cos((u + s) / (1 + s) * math.pi / 2) ** 2
+
     return f(t) / f(torch.zeros_like(t))
 
 
@@ -58,7 +62,8 @@ def cosine_betas(T: int, max_beta: float = 0.999) -> torch.Tensor:
 
 
 def rescale_zero_terminal_snr(betas: torch.Tensor) -> torch.Tensor:
-    """Shift and scale sqrt(alpha_bar) so that alpha_bar_T = 0 and alpha_bar_1 is kept (Lin et al. 2024, Algorithm 1)."""
+    """Shift and scale sqrt(alpha_bar) so that alpha_bar_T = 0 and alpha_bar_1 is kept
+    (Lin et al. 2024, Algorithm 1)."""
     sqrt_ab = torch.cumprod(1 - betas, 0).sqrt()
     first, last = sqrt_ab[0].clone(), sqrt_ab[-1].clone()
     sqrt_ab = (sqrt_ab - last) * first / (first - last)

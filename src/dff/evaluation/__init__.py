@@ -2,5 +2,5 @@
 from .features import DigitsFeatures, InceptionFeatures, TextureFeatures, get_extractor
 from .fid import compute_features, evaluate_generation, fid_from_features, kid_from_features, load_image_folder
 
-__all__ = ["DigitsFeatures", "InceptionFeatures", "TextureFeatures", "get_extractor", "compute_features", "evaluate_generation",
-           "fid_from_features", "kid_from_features", "load_image_folder"]
+__all__ = ["DigitsFeatures", "InceptionFeatures", "TextureFeatures", "get_extractor", "compute_features",
+           "evaluate_generation", "fid_from_features", "kid_from_features", "load_image_folder"]

@@ -206,9 +206,9 @@ class DigitsFeatures(ShippedClassifier):
 
 class TextureFeatures(ShippedClassifier):
     """A small CNN for scikit-image's three textures (brick, grass, gravel; 1 x size x size patches in
-    [0, 1], size that of the demo) and its 64-d features: the judge of the latent demo (scripts/train_texture_features.py
-    trains it on the training three quarters of each texture and reports its accuracy on the held-out
-    bottom quarter).
+    [0, 1], size that of the demo) and its 64-d features: the judge of the latent demo
+    (scripts/train_texture_features.py trains it on the training three quarters of each texture and
+    reports its accuracy on the held-out bottom quarter).
 
     Its fourth class, "none", is trained on what is not one of the textures: noise, flat grey, real
     crops blurred beyond recognition or with their pixels shuffled. Without it a three-way classifier

@@ -91,7 +91,8 @@ def compute_features(extractor: nn.Module, images: Images, *, batch_size: int = 
                 mismatch.append(f"{b.shape[-2]}x{b.shape[-1]} resized to {size[0]}x{size[1]} (bilinear)")
             if mismatch and not warned:
                 warnings.warn(f"{what}: {type(extractor).__name__} expects "
-                              f"{channels or 'any number of'}-channel {'x'.join(map(str, size)) if size else 'any-size'} "
+                              f"{channels or 'any number of'}-channel "
+                              f"{'x'.join(map(str, size)) if size else 'any-size'} "
                               f"images; {' and '.join(mismatch)}", stacklevel=2)
                 warned = True
             b = match_input(b.to(device), channels, size)

@@ -24,7 +24,8 @@ def ssim(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return structural_similarity_index_measure(x.float(), y.float(), data_range=1.0, kernel_size=k)
 
 
-def translation_scores(out: torch.Tensor, target: torch.Tensor, cond: torch.Tensor, *, condition: str) -> dict[str, torch.Tensor]:
+def translation_scores(out: torch.Tensor, target: torch.Tensor, cond: torch.Tensor, *,
+                       condition: str) -> dict[str, torch.Tensor]:
     """psnr and ssim of the outputs against the targets; for sr2/sr4 also the bicubic baseline
     (the condition itself) and the consistency of the downscaled outputs with the input."""
     out, target = out.to(target.device), target

@@ -223,7 +223,8 @@ def load_autoencoder(spec: Optional[str], channels: int, local_files_only: bool 
         try:  # diffusers reads safetensors, or .bin files with torch.load(weights_only=True)
             vae = AutoencoderKL.from_pretrained(str(folder), low_cpu_mem_usage=False)
         except OSError as e:
-            raise ValueError(f"autoencoder {folder}: its weights could not be loaded ({str(e).splitlines()[0].strip()}); "
+            raise ValueError(f"autoencoder {folder}: its weights could not be loaded "
+                             f"({str(e).splitlines()[0].strip()}); "
                              "dff reads diffusion_pytorch_model.safetensors, or a .bin file holding tensors only "
                              "(a .bin that names other Python objects is refused: it could run code)") from None
         ae = KLAutoencoder(vae, str(folder))

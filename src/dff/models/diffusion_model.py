@@ -290,7 +290,8 @@ class DiffusionModel(nn.Module):
         if labels is not None:
             # guidance 0 asks for the unconditional model: at every step, whatever the interval
             every_step = guidance_interval is None or guidance == 0
-            active = None if every_step else interval_table(self.diffusion.alpha_bar, *guidance_interval).to(self.device)
+            active = (None if every_step
+                      else interval_table(self.diffusion.alpha_bar, *guidance_interval).to(self.device))
             model = ClassifierFreeGuidance(net, self.class_labels(labels, num), scale=guidance, null=h.num_classes,
                                            active=active)
         x0 = fn(model, self.diffusion, x_T.to(self.device).contiguous(memory_format=self.memory_format), cond=cond,

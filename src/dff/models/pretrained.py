@@ -76,7 +76,8 @@ def _build(model_class: str, hparams: dict, source: Path) -> DiffusionModel:
 def _load_weights_dir(weights: Path) -> DiffusionModel:
     cfg_path = weights.parent / CONFIG
     if not cfg_path.exists():
-        raise FileNotFoundError(f"{weights}: no {CONFIG} beside it; exported weights need their config to rebuild the model")
+        raise FileNotFoundError(f"{weights}: no {CONFIG} beside it; exported weights need their config to rebuild "
+                                "the model")
     try:
         cfg = json.loads(cfg_path.read_text())
         model_class, hparams = cfg["model_class"], cfg["hparams"]

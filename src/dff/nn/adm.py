@@ -96,7 +96,8 @@ class ADMUNet(UNetBase):
                 self.ups.append(nn.ModuleList([ResBlock(c + skip_chs.pop(), dim * m, emb_dim), attn(i, dim * m)]))
                 c = dim * m
             if i > 0:
-                self.ups.append(nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c, c, 3, padding=1)))
+                self.ups.append(nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"),
+                                              nn.Conv2d(c, c, 3, padding=1)))
 
         self.final = nn.Sequential(norm(c), nn.SiLU(), zero(nn.Conv2d(c, self.out_channels, 3, padding=1)))
 
@@ -125,5 +126,6 @@ class ADMUNet(UNetBase):
 
 
 def block(res: ResBlock, attn: nn.Module, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-    """A ResBlock and the attention after it (an identity at every level but the lowest): (B, c_in, h, w) -> (B, c_out, h, w)."""
+    """A ResBlock and the attention after it (an identity at every level but the lowest): (B, c_in, h, w) ->
+    (B, c_out, h, w)."""
     return attn(res(h, emb))

@@ -55,7 +55,8 @@ class UNetBase(nn.Module):
                 f"image size {H}x{W} cannot be divided down by the U-Net: with dim_mults={self.dim_mults} "
                 f"height and width must be multiples of {f}"
             )
-        if self.cond_channels and (cond is None or cond.shape[1] != self.cond_channels or cond.shape[-2:] != x.shape[-2:]):
+        if self.cond_channels and (cond is None or cond.shape[1] != self.cond_channels
+                                   or cond.shape[-2:] != x.shape[-2:]):
             got = None if cond is None else tuple(cond.shape)
             raise ValueError(f"UNet expects a condition of shape (B, {self.cond_channels}, {H}, {W}), got {got}")
         if not self.cond_channels and cond is not None:

@@ -43,7 +43,8 @@ class UNet(UNetBase):
         L = len(self.dim_mults)
         attn = (lambda c: LinearAttention(c)) if attention else (lambda c: nn.Identity())
 
-        self.time_mlp = nn.Sequential(SinusoidalEmbedding(dim), nn.Linear(dim, time_dim), nn.GELU(), nn.Linear(time_dim, time_dim))
+        self.time_mlp = nn.Sequential(SinusoidalEmbedding(dim), nn.Linear(dim, time_dim), nn.GELU(),
+                                      nn.Linear(time_dim, time_dim))
         self.init_conv = nn.Conv2d(in_channels + cond_channels, dim, 7, padding=3)
         # one extra row, index num_classes, is the "no label" class of classifier-free guidance
         self.class_emb = nn.Embedding(num_classes + 1, time_dim) if num_classes else None

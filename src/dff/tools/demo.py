@@ -66,7 +66,8 @@ def latent_demo(out: Optional[str] = None, max_steps: Optional[int] = None,
     reconstruction scores."""
     t0 = time.time()
     root = Path(out or "runs/latent_demo")
-    ae_args = ["--config", str(CONFIG_DIR / "autoencoder_demo.yaml"), "--trainer.default_root_dir", str(root / "autoencoder")]
+    ae_args = ["--config", str(CONFIG_DIR / "autoencoder_demo.yaml"),
+               "--trainer.default_root_dir", str(root / "autoencoder")]
     if autoencoder_steps is not None:
         ae_args += ["--trainer.max_steps", str(autoencoder_steps)]
     ae_run = run_dir(fit(ae_args).trainer)
@@ -98,6 +99,7 @@ def latent_demo(out: Optional[str] = None, max_steps: Optional[int] = None,
               "benchmarks/gates/latent_demo.py scores 256")
     refresh_report(cli.trainer)
     print(f"latent demo finished in {time.time() - t0:.0f} s; results:")
-    for p in (ae_run / "reconstructions.png", run / "samples.png", run / "real.png", run / "report.html", run / "export"):
+    for p in (ae_run / "reconstructions.png", run / "samples.png", run / "real.png", run / "report.html",
+              run / "export"):
         print(f"  {p}")
     return run

@@ -75,11 +75,13 @@ def ema_weights(decay: float, warmup: bool, n: int, gamma: Optional[float] = Non
     return (1 - d) * np.exp(log_tail[1:]), float(np.exp(log_tail[0]))
 
 
-def check_ema(num_updates: int, steps: int, decay: float, warmup: bool, sigma_rel: Optional[float] = None) -> list[Finding]:
+def check_ema(num_updates: int, steps: int, decay: float, warmup: bool,
+              sigma_rel: Optional[float] = None) -> list[Finding]:
     if steps > 0 and num_updates == 0:
         return [Finding(False, f"the EMA was never updated in {steps} optimiser steps: samples come from the "
                                "random initial weights", "update the EMA after each optimiser step "
-                               "(DiffusionModule.on_before_zero_grad does; a custom training loop must call ema.update)")]
+                               "(DiffusionModule.on_before_zero_grad does; a custom training loop must call "
+                               "ema.update)")]
     if num_updates == 0:
         return [Finding(False, "no training step was taken", "train (dff fit)")]
     gamma = gamma_from_sigma_rel(sigma_rel) if sigma_rel is not None else None
@@ -145,7 +147,8 @@ def check_autoencoder(model, x: torch.Tensor) -> list[Finding]:
     p = evaluate_autoencoder(model.latent.autoencoder, x)["psnr"]
     if p < 20:
         return [Finding(False, f"the autoencoder reconstructs the data at {p:.1f} dB PSNR: the latent model cannot "
-                               "do better", "train the autoencoder longer or on this data (configs/autoencoder_demo.yaml)")]
+                               "do better", "train the autoencoder longer or on this data "
+                               "(configs/autoencoder_demo.yaml)")]
     return [Finding(True, f"autoencoder reconstruction PSNR {p:.1f} dB")]
 
 

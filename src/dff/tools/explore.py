@@ -51,7 +51,8 @@ def explore_image(path: Optional[str | Path], size: int) -> torch.Tensor:
                 channels = 1 if probe.mode in ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F") else 3
             im = load_image(path, channels)
         except (UnidentifiedImageError, OSError, SyntaxError) as e:
-            raise ValueError(f"--image {path} is not an image PIL can read ({e}); give a PNG, JPEG or TIFF file") from None
+            raise ValueError(f"--image {path} is not an image PIL can read ({e}); "
+                             "give a PNG, JPEG or TIFF file") from None
     return to_model_space(to_tensor(center_square(im, size)))
 
 
@@ -118,7 +119,8 @@ def explore(out: str | Path, *, image: Optional[str | Path] = None, schedule: st
         written.append(out / name)
     if model is not None:
         strip, frames = model_trajectory(model, seed=seed)
-        plot_trajectory(strip, out / RUN_FIGURES[0], title=f"{Path(run).name}: DDIM trajectory, x_t from noise to samples")
+        plot_trajectory(strip, out / RUN_FIGURES[0],
+                        title=f"{Path(run).name}: DDIM trajectory, x_t from noise to samples")
         save_gif(frames, out / RUN_FIGURES[1], nrow=len(frames[0]))
         written += [out / n for n in RUN_FIGURES]
     return written

@@ -103,7 +103,8 @@ def _check(fn: Callable, name: str, cases: Sequence[tuple[str, tuple]], referenc
             raise AssertionError(f"{name}: not written yet; replace the `raise NotImplementedError` in its cell "
                                  "with your code") from None
         if not isinstance(got, torch.Tensor):
-            raise AssertionError(f"{name}, case '{case}': expected a tensor ({_describe(expected)}), got {_describe(got)}")
+            raise AssertionError(f"{name}, case '{case}': expected a tensor ({_describe(expected)}), "
+                                 f"got {_describe(got)}")
         if got.shape != expected.shape:
             raise AssertionError(f"{name}, case '{case}': expected shape {tuple(expected.shape)}, got shape "
                                  f"{tuple(got.shape)} (check how the per-sample numbers broadcast against the images)")
@@ -112,7 +113,8 @@ def _check(fn: Callable, name: str, cases: Sequence[tuple[str, tuple]], referenc
             diff = (got.detach().double().cpu() - expected.double()).abs()
             where = tuple(int(i) for i in torch.nonzero(~close)[0]) if diff.dim() else ()
             raise AssertionError(f"{name}, case '{case}': expected {_describe(expected)}, got {_describe(got)}; "
-                                 f"largest difference {diff.max().item():.4g}" + (f", first at index {where}" if where else ""))
+                                 f"largest difference {diff.max().item():.4g}"
+                                 + (f", first at index {where}" if where else ""))
     print(f"{name}: correct on all {len(cases)} cases")
 
 
@@ -149,7 +151,8 @@ def check_v_target(fn: Callable) -> None:
     ]:
         ab = torch.tensor(alpha_bar).view(-1, 1, 1, 1)
         shape = (len(alpha_bar), 1, 4, 4)
-        cases.append((case, (torch.randn(shape, generator=g), torch.randn(shape, generator=g), ab.sqrt(), (1 - ab).sqrt())))
+        cases.append((case, (torch.randn(shape, generator=g), torch.randn(shape, generator=g), ab.sqrt(),
+                             (1 - ab).sqrt())))
     _check(fn, "v_target", cases, lambda x0, eps, alpha, sigma: output_from_x0_eps("v", x0, eps, alpha, sigma))
 
 
@@ -173,7 +176,8 @@ def check_latent_scale(fn: Callable) -> None:
     g = torch.Generator().manual_seed(3)
     cases = [
         ("centred latents of std 4", (4 * torch.randn(64, 4, 8, 8, generator=g),)),
-        ("latents with a mean of 3 (the std is about the spread around the mean)", (3 + torch.randn(64, 4, 8, 8, generator=g),)),
+        ("latents with a mean of 3 (the std is about the spread around the mean)",
+         (3 + torch.randn(64, 4, 8, 8, generator=g),)),
         ("channels of different spreads (one scale for all of them)",
          (torch.randn(64, 4, 8, 8, generator=g) * torch.tensor([0.5, 1.0, 2.0, 8.0]).view(1, 4, 1, 1),)),
     ]

@@ -153,7 +153,8 @@ def evaluate(model: DiffusionModel, data: str, *, layout: str = "side_by_side", 
         for k, v in translation_scores(out, target, cond, condition=model.hparams.condition).items():
             totals[k] = totals.get(k, 0.0) + float(v) * len(items)
     res = {k: v / n for k, v in totals.items()}
-    res.update(n=n, steps=default_steps("ddim") if steps is None else steps, data=str(data), condition=model.hparams.condition, average=average)
+    res.update(n=n, steps=default_steps("ddim") if steps is None else steps, data=str(data),
+               condition=model.hparams.condition, average=average)
     return res
 
 

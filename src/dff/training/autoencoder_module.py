@@ -60,11 +60,13 @@ class AutoencoderModule(L.LightningModule):
         image_size: int = 128,  # side of the training images (set from the data in `dff fit`)
         channels: int = 3,  # image channels: any number (set from the data in `dff fit`)
         latent_channels: int = 4,  # c, channels of the latent
-        block_out_channels: Sequence[int] = (64, 128, 256),  # widths; down-sampling factor f = patch_size 2^(levels - 1)
+        block_out_channels: Sequence[int] = (64, 128, 256),  # widths; down-sampling factor
+                                                             # f = patch_size 2^(levels - 1)
         layers_per_block: int = 1,  # ResNet blocks per level
         norm_num_groups: int = 32,  # GroupNorm groups (must divide every width)
         mid_attention: bool = True,  # self-attention in the middle blocks (SD's VAE has it; costly on CPU)
-        patch_size: int = 1,  # p: fold p x p pixels into channels first, so no layer runs at full size; f = p 2^(levels - 1)
+        patch_size: int = 1,  # p: fold p x p pixels into channels first, so no layer runs at full size;
+                              # f = p 2^(levels - 1)
         reconstruction: Literal["l1", "l2"] = "l1",  # pixel loss
         kl_weight: float = 1e-6,  # weight of the KL term (latent-diffusion's KL-f8: 1e-6)
         discriminator: bool = False,  # add the PatchGAN loss after disc_start steps
@@ -73,7 +75,8 @@ class AutoencoderModule(L.LightningModule):
         disc_dim: int = 64,  # discriminator base width
         disc_layers: int = 3,  # discriminator depth
         lr: float = 1e-4,  # Adam learning rate (generator and discriminator)
-        lr_decay: str = "none",  # none | linear | cosine: decay to 0 at trainer.max_steps (dff.training.optim.lr_factor)
+        lr_decay: str = "none",  # none | linear | cosine: decay to 0 at trainer.max_steps
+                                 # (dff.training.optim.lr_factor)
     ):
         super().__init__()
         check_decay(lr_decay)

@@ -50,7 +50,8 @@ class SampleGrid(L.Callback):
         if not pl_module.hparams.cond_channels:
             nc = pl_module.hparams.num_classes
             labels = torch.arange(self.num) % nc if nc else None  # class-conditional: cycle through the classes
-            x = pl_module.sample(self.num, self.sampler, steps=self.steps, seed=self.seed, labels=labels, progress=False)
+            x = pl_module.sample(self.num, self.sampler, steps=self.steps, seed=self.seed, labels=labels,
+                                 progress=False)
             return save_grid(x, path, nrow=nc if nc and self.num % nc == 0 else None)
         dm = trainer.datamodule
         ds = getattr(dm, "val_set", None) or dm.train_set
@@ -64,7 +65,8 @@ class SampleGrid(L.Callback):
         if not isinstance(pl_module, DiffusionModule):  # an autoencoder: ExportWeights writes its reconstructions
             return
         step = trainer.global_step
-        if self.every_n_steps > 0 and step > 0 and step % self.every_n_steps == 0 and step != getattr(self, "_last", -1):
+        if (self.every_n_steps > 0 and step > 0 and step % self.every_n_steps == 0
+                and step != getattr(self, "_last", -1)):
             self._last = step
             self.write(trainer, pl_module)
 
@@ -114,9 +116,11 @@ class RunReport(L.Callback):
         step, spent = trainer.global_step, self.spent()
         max_steps = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else None
         rows = {"steps": f"{step}" + (f" of {max_steps}" if max_steps else ""),
-                "time spent": f"{spent / 60:.1f} min" + (f" ({step / spent:.2f} steps/s)" if spent > 0 and step else ""),
+                "time spent": f"{spent / 60:.1f} min" + (f" ({step / spent:.2f} steps/s)"
+                                                         if spent > 0 and step else ""),
                 "model": type(pl_module).__name__,
-                "parameters": f"{sum(p.numel() for p in pl_module.parameters() if p.requires_grad) / 1e6:.2f} M trained"}
+                "parameters": f"{sum(p.numel() for p in pl_module.parameters() if p.requires_grad) / 1e6:.2f} "
+                              "M trained"}
         h = pl_module.hparams
         if isinstance(pl_module, DiffusionModule):
             rows["image"] = f"{h.image_size}x{h.image_size}, {h.channels} channel(s)" + (
@@ -151,7 +155,8 @@ class RunReport(L.Callback):
         self.write(trainer, pl_module, f"finished at step {trainer.global_step}")
 
     def on_exception(self, trainer, pl_module, exception) -> None:
-        log_dir = trainer.logger.log_dir if trainer.logger is not None else None  # not a collective, unlike trainer.log_dir
+        # not a collective, unlike trainer.log_dir
+        log_dir = trainer.logger.log_dir if trainer.logger is not None else None
         if trainer.is_global_zero and trainer.global_step > 0 and log_dir and Path(log_dir).is_dir():
             write_report(Path(log_dir), status=f"stopped at step {trainer.global_step}: {type(exception).__name__}",
                          info=self.info(trainer, pl_module))

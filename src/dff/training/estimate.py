@@ -39,7 +39,8 @@ class Estimate:
         out = [f"{self.parameters / 1e6:.2f} M trained parameters; "
                f"{self.flops_per_image / 1e9:.2f} GFLOP per training image (forward + backward)",
                f"memory at batch {self.batch}: weights, gradients, AdamW moments and EMA {self.state_gb:.2f} GB"
-               + (f" + activations {self.activations_gb:.2f} GB ({self.precision})" if self.activations_gb is not None else "")
+               + (f" + activations {self.activations_gb:.2f} GB ({self.precision})"
+                  if self.activations_gb is not None else "")
                + (f"; measured peak {self.peak_gb:.2f} GB" if self.peak_gb is not None else "")]
         if self.seconds_per_step:
             s = self.seconds_per_step

@@ -55,7 +55,8 @@ class DffCLI(LightningCLI):
         parser.add_lightning_class_args(SampleGrid, "samples")
         if not self.autoencoder_mode:
             parser.add_lightning_class_args(PostHocEMA, "posthoc_ema")  # power-function EMA snapshots (EDM2)
-        parser.add_lightning_class_args(Speed, "speed")  # compile, channels_last, tf32, cudnn_benchmark, checkpointing (speed.py)
+        # compile, channels_last, tf32, cudnn_benchmark, checkpointing (speed.py)
+        parser.add_lightning_class_args(Speed, "speed")
 
     def before_fit(self) -> None:
         """The run's cost as counted, before it trains (`dff estimate` also measures steps and projects the time)."""
@@ -161,7 +162,8 @@ def fit(argv: Sequence[str], run: bool = True, clean_errors: bool = False) -> Df
             subclass_mode_model=subclass,
             args=["fit", *argv] if run else list(argv),
             run=run,
-            trainer_defaults={"default_root_dir": "runs", "callbacks": [ExportWeights(), RunReport()], "log_every_n_steps": 10},
+            trainer_defaults={"default_root_dir": "runs", "callbacks": [ExportWeights(), RunReport()],
+                              "log_every_n_steps": 10},
             save_config_kwargs={"overwrite": False},
             seed_everything_default=0,
             parser_kwargs={"prog": "dff", "description": "Train a diffusion model (Lightning's CLI)."},

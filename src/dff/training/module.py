@@ -193,7 +193,8 @@ class DiffusionModule(L.LightningModule):
         t = self.trainer
         batch = getattr(getattr(t, "datamodule", None), "hparams", {}).get("batch_size")
         if batch is None:
-            raise ValueError("model.batch_reference needs the batch size: train with an ImageDataModule (data: in the config)")
+            raise ValueError("model.batch_reference needs the batch size: train with an ImageDataModule "
+                             "(data: in the config)")
         return int(batch) * t.world_size * t.accumulate_grad_batches
 
     def configure_optimizers(self):
@@ -210,8 +211,9 @@ class DiffusionModule(L.LightningModule):
         if total:
             resumed = self.resumed_decay_total
             if resumed and resumed != total and self.trainer.is_global_zero:  # a resume with another max_steps
-                print(f"dff: model.lr_decay={h.lr_decay}: the checkpoint's run decayed to 0 at step {resumed}, this one "
-                      f"at trainer.max_steps={total}: the learning rate from the resumed step on follows the new length")
+                print(f"dff: model.lr_decay={h.lr_decay}: the checkpoint's run decayed to 0 at step {resumed}, "
+                      f"this one at trainer.max_steps={total}: the learning rate from the resumed step on follows "
+                      "the new length")
         return scheduled(opt, warmup, total, h.lr_decay)
 
 
@@ -234,7 +236,8 @@ class PixelDiffusionConditional(DiffusionModule):
         kwargs.setdefault("cond_channels", 3)
         kwargs.setdefault("condition", "image")
         if kwargs["cond_channels"] <= 0:
-            raise ValueError("PixelDiffusionConditional needs cond_channels > 0; use PixelDiffusion without a condition")
+            raise ValueError("PixelDiffusionConditional needs cond_channels > 0; "
+                             "use PixelDiffusion without a condition")
         super().__init__(**kwargs)
 
 
@@ -263,7 +266,8 @@ class LatentDiffusionConditional(DiffusionModule):
         if is_pixel_space(kwargs.get("autoencoder")):
             raise ValueError("LatentDiffusionConditional needs model.autoencoder (see LatentDiffusion)")
         if kwargs["cond_channels"] <= 0:
-            raise ValueError("LatentDiffusionConditional needs cond_channels > 0; use LatentDiffusion without a condition")
+            raise ValueError("LatentDiffusionConditional needs cond_channels > 0; "
+                             "use LatentDiffusion without a condition")
         super().__init__(**kwargs)
 
 

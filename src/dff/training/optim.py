@@ -10,7 +10,8 @@ import torch
 LR_DECAYS = ("none", "linear", "cosine")
 
 
-def batch_scaled(lr: float, warmup_steps: int, ema_decay: float, batch: int, reference: int) -> tuple[float, int, float]:
+def batch_scaled(lr: float, warmup_steps: int, ema_decay: float, batch: int,
+                 reference: int) -> tuple[float, int, float]:
     """A recipe tuned at batch `reference`, moved to batch B = `batch` (k = B / reference) so that it learns the same
     per image seen: the AdamW learning rate by the square-root rule, lr sqrt(k) (Malladi et al. 2022, Sec. 5); the
     warm-up and the EMA kept in images: warmup_steps / k steps, and a decay d^k per step (d per reference step),

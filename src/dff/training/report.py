@@ -142,8 +142,9 @@ def write_report(run: str | Path, *, status: str, info: Optional[dict[str, str]]
         parts.append(section(f"Skipped files ({len(lines)})", f"<pre>{html.escape(chr(10).join(lines[:50]))}</pre>"))
     config = run / "config.yaml"
     if config.is_file():
-        parts.append(section("Config", f"<details><summary>config.yaml (every setting of this run, as `dff fit --config` "
-                                       f"takes it)</summary><pre>{html.escape(config.read_text())}</pre></details>"))
+        parts.append(section("Config", "<details><summary>config.yaml (every setting of this run, as "
+                                       f"`dff fit --config` takes it)</summary><pre>{html.escape(config.read_text())}"
+                                       "</pre></details>"))
     page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>dff run {html.escape(run.name)}'
             f"</title><style>{STYLE}</style></head><body>\n" + "\n".join(parts) + "\n</body></html>\n")
     out = run / REPORT

@@ -66,7 +66,8 @@ class Speed(L.Callback):
     def __init__(
         self,
         compile: Optional[bool] = None,  # torch.compile the network (None: off; the _fast configs turn it on, see docs)
-        compile_backend: Optional[str] = None,  # torch.compile backend (None: inductor); on the CPU only an explicit one compiles
+        compile_backend: Optional[str] = None,  # torch.compile backend (None: inductor); on the CPU only an explicit
+                                                # one compiles
         compile_mode: Optional[str] = None,  # torch.compile mode: None (default) | reduce-overhead | max-autotune
         channels_last: Optional[bool] = None,  # NHWC weights and activations (None: on CUDA and AMX-bf16 CPUs)
         tf32: Optional[bool] = None,  # TF32 matrix products for float32 (None: on CUDA)
@@ -76,7 +77,8 @@ class Speed(L.Callback):
     ):
         self.compile, self.compile_backend, self.compile_mode = compile, compile_backend, compile_mode
         check_compile_options(compile_backend, compile_mode)
-        self.channels_last, self.tf32, self.cudnn_benchmark, self.verbose = channels_last, tf32, cudnn_benchmark, verbose
+        self.channels_last, self.tf32, self.cudnn_benchmark = channels_last, tf32, cudnn_benchmark
+        self.verbose = verbose
         self.checkpointing = checkpointing
         self.chosen: dict[str, object] = {}
 
@@ -88,12 +90,13 @@ class Speed(L.Callback):
         compile_ = bool(self.compile)
         if compile_ and not cuda and self.compile_backend in (None, "inductor"):
             if self.compile:  # asked for explicitly
-                print("dff: speed.compile=true on the CPU: inductor compiles for minutes there and rarely pays; training "
-                      "uncompiled (set speed.compile_backend, e.g. aot_eager, to compile anyway)")
+                print("dff: speed.compile=true on the CPU: inductor compiles for minutes there and rarely pays; "
+                      "training uncompiled (set speed.compile_backend, e.g. aot_eager, to compile anyway)")
             compile_ = False
         return {"compile": compile_, "compile_backend": self.compile_backend or "inductor",
                 "compile_mode": self.compile_mode,
-                "channels_last": (cuda or cpu_has_amx_bf16()) if self.channels_last is None else bool(self.channels_last),
+                "channels_last": ((cuda or cpu_has_amx_bf16()) if self.channels_last is None
+                                  else bool(self.channels_last)),
                 "tf32": pick(self.tf32) and cuda, "cudnn_benchmark": pick(self.cudnn_benchmark) and cuda,
                 "checkpointing": bool(self.checkpointing)}
 
@@ -134,7 +137,8 @@ def check_compile_options(backend: Optional[str], mode: Optional[str]) -> None:
 
         known = list(torch._inductor.list_mode_options())
         if mode not in known:
-            raise ValueError(f"speed.compile_mode={mode!r} is not a torch.compile mode; expected one of {', '.join(known)}")
+            raise ValueError(f"speed.compile_mode={mode!r} is not a torch.compile mode; "
+                             f"expected one of {', '.join(known)}")
 
 
 def apply(module, *, compile: bool = False, compile_backend: str = "inductor", compile_mode: Optional[str] = None,

@@ -64,7 +64,8 @@ def show_condition(cond: torch.Tensor, channels: int) -> torch.Tensor:
     return grayscale(cond[:, :3]).repeat(1, channels, 1, 1)
 
 
-def translation_grid(cond: torch.Tensor, outputs: torch.Tensor, target: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, int]:
+def translation_grid(cond: torch.Tensor, outputs: torch.Tensor,
+                     target: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, int]:
     """Rows of [condition | output_1 .. output_K | target]: (B, C_cond, H, W), (B * K, C, H, W),
     optional (B, C, H, W) -> (images, nrow) for save_grid."""
     B, C = cond.shape[0], outputs.shape[1]

@@ -212,7 +212,8 @@ def oracle_chain(x0: torch.Tensor, diffusion: GaussianDiffusion, *, sampler: str
     if sampler not in ("ddpm", "ddim"):
         raise ValueError(f"unknown sampler {sampler!r} for the oracle chain: expected 'ddpm' or 'ddim'")
     keep = sorted(set(keep if keep is not None else paper_times(diffusion.T)), reverse=True)
-    grid = list(range(diffusion.T - 1, -1, -1)) if sampler == "ddpm" else [int(t) for t in ddim_timesteps(diffusion.T, steps)]
+    grid = (list(range(diffusion.T - 1, -1, -1)) if sampler == "ddpm"
+            else [int(t) for t in ddim_timesteps(diffusion.T, steps)])
     after = [t + 1 for t in grid[1:]] + [0]  # the paper time of the chain after step i
     x_T = torch.randn((draws, *x0.shape), generator=generator)  # (draws, C, H, W)
     states = [(diffusion.T, x_T)]
