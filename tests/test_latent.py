@@ -168,7 +168,8 @@ def test_given_scale_is_kept(vae_dir):
 # ---------------------------------------------------------------------- caching
 def cache_args(m) -> dict:
     """What the data layer is given to cache a model's latents: two callables and a dict."""
-    return dict(encode=m.latent.encode_unscaled, condition_code=m.latent.condition_code, meta=m.model.latent_cache_meta())
+    return dict(encode=m.latent.encode_unscaled, condition_code=m.latent.condition_code,
+                meta=m.model.latent_cache_meta())
 
 
 def test_cached_and_uncached_training_see_the_same_latents(vae_dir, tmp_path):

@@ -236,7 +236,8 @@ def test_fit_command_applies_the_options(tmp_path, capsys):
     assert "float16 needs a CUDA GPU; training in 32-true" in out and "speed: precision 32-true; channels_last" in out
     assert str(cli.trainer.precision) == "32-true"
     # plain again after fit: contiguous weights, so sampling in memory matches the export bit for bit
-    assert cli.model.model.memory_format == torch.contiguous_format and all(p.is_contiguous() for p in cli.model.parameters())
+    assert cli.model.model.memory_format == torch.contiguous_format
+    assert all(p.is_contiguous() for p in cli.model.parameters())
     weights = load_file(tmp_path / "version_0" / "export" / "model.safetensors")
     assert set(weights) == set(cli.model.ema.model.state_dict())
 

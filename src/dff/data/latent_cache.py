@@ -107,13 +107,16 @@ class LatentDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict:
         i, rng = item_rng(i, self.rng)  # a Key from the training Stream brings its own draws
-        v = rng.randrange(self.data["latent"].shape[1])
-        item = {"latent": self.data["latent"][i, v]}
+        return self.gather(i, rng.randrange(self.data["latent"].shape[1]))
+
+    def gather(self, i, v) -> dict:
+        """The cached entries of item(s) i in flip variant(s) v: ints, or index tensors (B,) on the cache's device."""
+        out = {"latent": self.data["latent"][i, v]}
         if "cond_code" in self.data:
-            item["cond_code"] = self.data["cond_code"][i, v]
+            out["cond_code"] = self.data["cond_code"][i, v]
         if "label" in self.data:
-            item["label"] = self.data["label"][i]
-        return item
+            out["label"] = self.data["label"][i]
+        return out
 
     def indices(self):
         """What training loads (data/device.py's protocol): indices; `batch` gathers their latents on the device."""
@@ -127,12 +130,7 @@ class LatentDataset(torch.utils.data.Dataset):
         if self.data["latent"].device != index.device:
             self.data = {k: v.to(index.device) for k, v in self.data.items()}
         v = torch.randint(0, self.data["latent"].shape[1], index.shape, device=index.device, generator=generator)
-        out = {"latent": self.data["latent"][index, v]}
-        if "cond_code" in self.data:
-            out["cond_code"] = self.data["cond_code"][index, v]
-        if "label" in self.data:
-            out["label"] = self.data["label"][index]
-        return out
+        return self.gather(index, v)
 
 
 @torch.no_grad()
