@@ -167,9 +167,9 @@ def test_given_scale_is_kept(vae_dir):
 
 # ---------------------------------------------------------------------- caching
 def cache_args(m) -> dict:
-    """What the data layer is given to cache a model's latents: two callables and a dict."""
+    """What the data module takes from the model's latent space to cache its latents (as use_latent_cache does)."""
     return dict(encode=m.latent.encode_unscaled, condition_code=m.latent.condition_code,
-                meta=m.model.latent_cache_meta())
+                meta=m.latent.cache_meta())
 
 
 def test_cached_and_uncached_training_see_the_same_latents(vae_dir, tmp_path):
@@ -217,7 +217,7 @@ def test_cache_made_by_other_weights_at_the_same_path_is_an_error(tmp_path):
     m = LatentDiffusion(image_size=16, channels=3, autoencoder=str(vae), latent_scale=1.0, **LATENT)
     load_or_make_cache(str(path), ds, **cache_args(m), hflip=False, vflip=False)
     again = LatentDiffusion(image_size=16, channels=3, autoencoder=str(vae), latent_scale=1.0, **LATENT)
-    assert again.model.latent_cache_meta() == m.model.latent_cache_meta()  # the same weights: the cache is reused
+    assert again.latent.cache_meta() == m.latent.cache_meta()  # the same weights: the cache is reused
     load_or_make_cache(str(path), ds, **cache_args(again), hflip=False, vflip=False)
     save_tiny_vae(vae, 3, seed=1)  # retrained in place
     before = path.read_bytes()

@@ -143,3 +143,26 @@ def test_the_module_names_of_dff_0_2_import_the_modules_at_their_new_places():
     from dff.pretrained import load_pretrained as old_load
 
     assert Old is DiffusionModule and old_load is load_pretrained
+
+
+# ---------------------------------------------------------------------- one description of the condition
+def test_the_condition_is_described_once_by_the_data_and_the_model_gives_it_back(tmp_path):
+    from dff.data.condition import Condition
+    from dff.training.fit import fit
+
+    assert Condition.of_data("none", 3) == Condition() and not Condition()
+    assert Condition.of_data("folders", 3) == Condition("image", 3)
+    assert Condition.of_data("side_by_side", 3, cond_image_channels=1) == Condition("image", 1)
+    assert Condition.of_data("sr4", 4) == Condition("sr4", 4) and Condition("sr4", 4).is_task
+    assert Condition.of_data("colorize", 3) == Condition("colorize", 1)
+    assert Condition.of_data("inpaint", 3) == Condition("inpaint", 4)  # the image and its mask
+    with pytest.raises(ValueError, match="unknown condition 'sr3'"):
+        Condition("sr3", 3)
+    with pytest.raises(ValueError, match="cond_channels=0 and condition='sr2' disagree"):
+        DiffusionModel(image_size=8, channels=3, dim=8, dim_mults=(1, 2), condition="sr2")
+    # dff fit hands the data's description to the model: the model gives back what the data module describes
+    cli = fit(["--config", "configs/translate_demo.yaml", "--data.pairs", "inpaint", "--data.channels", "1",
+               "--model.dim", "8", "--model.residual", "false", "--trainer.default_root_dir", str(tmp_path)],
+              run=False)
+    assert cli.datamodule.condition == cli.model.model.condition == Condition("inpaint", 2)
+    assert cli.model.model.net.cond_channels == 2

@@ -153,7 +153,7 @@ def eval_command(args: argparse.Namespace) -> dict:
             res = autoencoder_scores(args, alone)
         else:
             model = load_model(args.weights, args.device)
-            if model.hparams.condition == "none":
+            if not model.condition:
                 res = generation_scores(model, args)
             else:
                 res = evaluate(model, args.data, layout=args.layout, direction=args.direction, num=args.num,

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Callable, Literal, Optional
+from typing import Literal, Optional
 
 import lightning as L
 import torch
@@ -25,24 +25,11 @@ from .builtin import DigitsDataset, PhotoPatches
 from .folder import Crop, ImageFolder
 from .paired import PairFolder, TaskDataset
 from .stream import Stream, StreamLoader
-from .tasks import TASKS, cond_channels as task_cond_channels
+from .condition import GIVEN_LAYOUTS, Condition
+from .tasks import TASKS
 
-PAIRS: tuple[str, ...] = ("none", "side_by_side", "folders", *TASKS)
+PAIRS: tuple[str, ...] = ("none", *GIVEN_LAYOUTS, *TASKS)
 DATASETS: tuple[str, ...] = ("folder", "digits", "photos", "textures")
-
-
-def condition_channels(pairs: str, channels: int, cond_channels: Optional[int] = None) -> int:
-    """Channels of the condition image the data gives (0: unconditional)."""
-    if pairs == "none":
-        return 0
-    if pairs in ("side_by_side", "folders"):
-        return channels if cond_channels is None else cond_channels
-    return task_cond_channels(pairs, channels)
-
-
-def condition_kind(pairs: str) -> str:
-    """What a model trained on this data is conditioned on: none, image (a given image) or a task."""
-    return "none" if pairs == "none" else "image" if pairs in ("side_by_side", "folders") else pairs
 
 
 EPOCH_STEPS = 500  # the shortest epoch of data kept on the device
@@ -93,7 +80,7 @@ class ImageDataModule(L.LightningDataModule):
         if half is not None and pairs != "none":
             raise ValueError(f"data.half={half!r} takes one half of side-by-side files for unpaired data; "
                              f"with data.pairs={pairs!r} leave it unset")
-        if pairs in ("side_by_side", "folders") and dataset != "folder":
+        if pairs in GIVEN_LAYOUTS and dataset != "folder":
             raise ValueError(f"data.pairs={pairs!r} reads pairs from files: it needs data.dataset='folder' "
                              "and data.root")
         if dataset == "digits" and pairs != "none":
@@ -105,9 +92,10 @@ class ImageDataModule(L.LightningDataModule):
         self.skipped: list[tuple[Path, str]] = []  # files left out by on_bad_file="skip": (file, why)
 
     @property
-    def cond_channels_(self) -> int:
+    def condition(self) -> Condition:
+        """What a model trained on these data is conditioned on (`dff fit` links it into the model)."""
         h = self.hparams
-        return condition_channels(h.pairs, h.channels, h.cond_image_channels)
+        return Condition.of_data(h.pairs, h.channels, h.cond_image_channels)
 
     @property
     def workers(self) -> int:
@@ -116,18 +104,23 @@ class ImageDataModule(L.LightningDataModule):
             return self.hparams.num_workers
         return min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
-    def use_latent_cache(self, encode: Callable, condition_code: Callable, meta: dict) -> None:
-        """Train from cached latents: encode each training item once per flip variant with `encode`
-        (images in [0, 1] -> unscaled latents) and `condition_code` (conditions -> their code), rank 0
-        writing data.latent_cache, the other ranks reading it; `meta` describes the model the latents
-        belong to (the cache is reused only when it matches). Called by latent models at the start of fit."""
+    def use_latent_cache(self, latent) -> None:
+        """Train from cached latents, made by the model's latent space `latent` (models/latent_space.py:
+        `encode_unscaled`, images in [0, 1] -> unscaled latents; `condition_code`; `cache_meta()`, what the
+        latents depend on): each training item is encoded once per flip variant, rank 0 writing data.latent_cache,
+        the other ranks reading it; a cache is reused only when it was made for the same autoencoder and data
+        settings. The training set then serves {"latent"[, "cond_code"][, "label"]}, which DiffusionModel.loss
+        takes as it takes images. Called by the training shell at the start of fit."""
         from .latent_cache import LatentDataset, load_or_make_cache
 
         h = self.hparams
         plain = self.make("train", flips=False)
         strategy = self.trainer.strategy if self.trainer is not None else None
         is_writer = strategy is None or strategy.is_global_zero
-        kw = dict(encode=encode, condition_code=condition_code, meta=meta, hflip=h.hflip, vflip=h.vflip)
+        meta = {**latent.cache_meta(), "image_size": int(h.image_size), "channels": int(h.channels),
+                "condition": self.condition.kind}
+        kw = dict(encode=latent.encode_unscaled, condition_code=latent.condition_code, meta=meta, hflip=h.hflip,
+                  vflip=h.vflip)
         if is_writer:
             data = load_or_make_cache(h.latent_cache, plain, batch_size=h.val_batch_size, **kw)
         if strategy is not None:
@@ -152,9 +145,9 @@ class ImageDataModule(L.LightningDataModule):
                 return None
             crop, hflip, vflip, repeat = (h.crop, hflip_on, vflip_on, h.repeat) if train else (
                 "resize" if h.crop == "resize" else "center", False, False, 1)
-            if h.pairs in ("side_by_side", "folders"):
+            if h.pairs in GIVEN_LAYOUTS:
                 pairs = PairFolder(root, h.pairs, image_size=h.image_size, channels=h.channels,
-                                   cond_channels=self.cond_channels_, direction=h.direction, crop=crop, hflip=hflip,
+                                   cond_channels=self.condition.channels, direction=h.direction, crop=crop, hflip=hflip,
                                    vflip=vflip, repeat=repeat, crop_scale=h.crop_scale, on_bad_file=h.on_bad_file)
                 self.skipped += pairs.skipped
                 return pairs

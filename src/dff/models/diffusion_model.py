@@ -17,6 +17,7 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch import nn
 
+from ..data.condition import KINDS, Condition
 from ..diffusion import GaussianDiffusion, get_sampler
 from ..diffusion.guidance import DEFAULT_INTERVAL, ClassifierFreeGuidance, guidance_interval as interval_table
 from ..diffusion.samplers import randn, step_options
@@ -24,7 +25,7 @@ from ..nn import BACKBONES
 from .ema import EMA, SIGMA_REL_MAX
 from .latent_space import LatentSpace
 
-CONDITIONS: tuple[str, ...] = ("none", "image", "sr2", "sr4", "colorize", "inpaint")
+CONDITIONS = KINDS  # none | image | sr2 | sr4 | colorize | inpaint (data/condition.py)
 
 
 class Settings(dict):
@@ -93,11 +94,7 @@ class DiffusionModel(nn.Module):
         args = {k: v for k, v in locals().items() if k in inspect.signature(DiffusionModel).parameters}
         self.hparams = Settings(args)
         # 0. settings that disagree
-        if condition not in CONDITIONS:
-            raise ValueError(f"unknown condition {condition!r}: expected one of {', '.join(CONDITIONS)}")
-        if (cond_channels > 0) != (condition != "none"):
-            raise ValueError(f"cond_channels={cond_channels} and condition={condition!r} disagree: a conditional "
-                             "model needs both (cond_channels > 0 and condition != 'none'), an unconditional neither")
+        self.condition = Condition(condition, cond_channels)  # the data's description (an error if they disagree)
         if residual and cond_channels != channels:
             raise ValueError(f"residual=True diffuses x0 - cond, so the condition needs the output's {channels} "
                              f"channels, got cond_channels={cond_channels}")
@@ -149,13 +146,6 @@ class DiffusionModel(nn.Module):
     def size_factor(self) -> int:
         """Image sides must be multiples of this: the autoencoder's factor times the U-Net's."""
         return self.latent.factor * self.net.size_factor
-
-    def latent_cache_meta(self) -> dict:
-        """What a latent cache made for this model depends on (data/latent_cache.py checks it before reuse)."""
-        h = self.hparams
-        return {"autoencoder": str(h.autoencoder), "autoencoder_weights": self.latent.autoencoder.fingerprint(),
-                "image_size": int(h.image_size), "channels": int(h.channels), "condition": str(h.condition),
-                "latent_condition": str(h.latent_condition)}
 
     # ------------------------------------------------------------------ speed options
     def speed_up(self, *, channels_last: bool = False, checkpointing: bool = False, compile: bool = False,
@@ -273,8 +263,8 @@ class DiffusionModel(nn.Module):
             generator.manual_seed(seed) if seed is not None else generator.seed()
         f = self.latent.factor
         size = (h.image_size // f, h.image_size // f)  # of z_T: the latent size (pixel space: the image size)
-        if h.cond_channels and cond is None:
-            raise ValueError(f"this model is conditional ({h.condition}, {h.cond_channels} channels): pass cond images")
+        if self.condition and cond is None:
+            raise ValueError(f"this model is conditional ({self.condition}): pass cond images")
         if cond is not None:
             self.check_condition(cond)
             cond = self.latent.scale_condition(self.latent.condition_code(cond)).repeat_interleave(num_samples, dim=0)
@@ -308,12 +298,12 @@ class DiffusionModel(nn.Module):
 
     def check_condition(self, cond: torch.Tensor) -> None:
         """Clear errors for a condition the network cannot take."""
-        h = self.hparams
-        if not h.cond_channels:
+        c = self.condition
+        if not c:
             raise ValueError("this model is unconditional: it takes no cond images")
-        if cond.dim() != 4 or cond.shape[1] != h.cond_channels:
-            raise ValueError(f"condition of shape {tuple(cond.shape)}: this model expects (B, {h.cond_channels}, H, W) "
-                             f"({h.cond_channels}-channel condition images, trained with condition={h.condition!r})")
+        if cond.dim() != 4 or cond.shape[1] != c.channels:
+            raise ValueError(f"condition of shape {tuple(cond.shape)}: this model expects (B, {c.channels}, H, W) "
+                             f"({c.channels}-channel condition images, trained with condition={c.kind!r})")
         f = self.size_factor
         if cond.shape[-1] % f or cond.shape[-2] % f:
             raise ValueError(f"condition size {tuple(cond.shape[-2:])}: height and width must be multiples of {f} "

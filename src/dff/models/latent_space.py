@@ -50,6 +50,7 @@ class LatentSpace(nn.Module):
         super().__init__()
         if condition not in LATENT_CONDITIONS:
             raise ValueError(f"unknown latent_condition {condition!r}: expected 'encode' or 'resize'")
+        self.source = autoencoder
         self.autoencoder = load_autoencoder(autoencoder, channels)
         self.condition = condition
         self.is_latent = not isinstance(self.autoencoder, IdentityAutoencoder)
@@ -72,6 +73,12 @@ class LatentSpace(nn.Module):
         """Channels of the condition code for condition images of cond_channels channels (0: none)."""
         encoded = self.is_latent and cond_channels and self.condition == "encode"
         return self.channels if encoded else cond_channels
+
+    def cache_meta(self) -> dict:
+        """What latents made by this space depend on: a latent cache (data/latent_cache.py) made by another
+        autoencoder, other weights or another condition code is refused, not reused."""
+        return {"autoencoder": str(self.source), "autoencoder_weights": self.autoencoder.fingerprint(),
+                "latent_condition": self.condition}
 
     def s(self, check: bool = True) -> torch.Tensor:
         """The latent scale; an error while it has not been estimated. check=False skips the test, which
@@ -109,8 +116,20 @@ class LatentSpace(nn.Module):
         """Encoded conditions get the latents' scale; images stay as they are (check: see s)."""
         return code * self.s(check) if self.is_latent and self.condition == "encode" else code
 
+    @property
+    def has_scale(self) -> bool:
+        """Whether s is known (given, estimated, or loaded from a checkpoint); reads the value from the device."""
+        return not torch.isnan(self.scale).item()
+
     @torch.no_grad()
     def estimate_scale(self, latents: torch.Tensor) -> float:
         """s = 1 / std of the given unscaled latents (Rombach et al. 2022, Sec. 4.3.2 / App. G), returned, not stored
-        (the training shell stores the estimate of rank 0 on every rank)."""
+        (the training shell estimates it once, at the start of fit, and sets rank 0's estimate on every rank)."""
         return 1.0 / latents.float().std().item()
+
+    @torch.no_grad()
+    def set_scale(self, s: float) -> None:
+        """Set s (the one place it is written; checkpoints and exports keep it, as a buffer)."""
+        if not (s > 0 and s < float("inf")):
+            raise ValueError(f"latent scale {s}: expected a positive finite number")
+        self.scale.fill_(s)

@@ -62,9 +62,9 @@ def model_trajectory(model, *, num: int = 6, steps: int = 50, keep: Optional[Seq
     x_T and x_t after the steps in `keep` (default 9 spread over the run; decoded to images in [0, 1]),
     the GIF about `frames` frames of x_t from noise to the samples (frames=0: none)."""
     h = model.hparams
-    if h.cond_channels:
+    if model.condition:
         raise ValueError("explore --run draws the trajectory of unconditional models; this one is image-to-image "
-                         f"({h.condition}): use dff translate")
+                         f"({model.condition}): use dff translate")
     f = model.latent.factor
     g = torch.Generator().manual_seed(seed)
     x_T = torch.randn(num, model.latent.channels, h.image_size // f, h.image_size // f, generator=g)  # (num, c, h, w)

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..data.folder import MODES, find_images, load_image, to_tensor
-from ..data.tasks import TASKS, condition_from_input, sr_factor
+from ..data.tasks import condition_from_input, sr_factor
 from ..diffusion import default_steps
 from ..evaluation.psnr_ssim import translation_scores
 from ..models.diffusion_model import DiffusionModel
@@ -37,11 +37,10 @@ def input_files(path: Union[str, Path]) -> tuple[Path, list[Path]]:
 def condition_of(model: DiffusionModel, path: Path, *, mask: Optional[torch.Tensor] = None,
                  resize: bool = False) -> torch.Tensor:
     """The (1, C_cond, H, W) condition the model takes for one input file."""
-    h = model.hparams
-    task = h.condition
-    if task not in ("image", *TASKS):
-        raise ValueError(f"this model is unconditional (condition={task!r}): use `dff sample`")
-    mode_channels = h.cond_channels if task == "image" else h.channels
+    h, task = model.hparams, model.condition.kind
+    if not model.condition:
+        raise ValueError("this model is unconditional (condition='none'): use `dff sample`")
+    mode_channels = model.condition.channels if task == "image" else h.channels
     try:
         im = load_image(path, 1 if task == "colorize" else mode_channels)
     except Exception as e:
@@ -121,17 +120,17 @@ def evaluation_set(model: DiffusionModel, data: str, *, layout: str = "side_by_s
     from ..data.folder import ImageFolder
     from ..data.paired import PairFolder, TaskDataset
 
-    h = model.hparams
-    if h.condition == "none":
+    h, c = model.hparams, model.condition
+    if not c:
         raise ValueError("this model is unconditional: paired evaluation needs an image-to-image model")
-    if h.condition == "image":
+    if c.kind == "image":
         if data in ("photos", "textures"):
             raise ValueError(f"the built-in {data} make task pairs (sr2, sr4, colorize, inpaint), not given conditions")
-        return PairFolder(data, layout, image_size=h.image_size, channels=h.channels, cond_channels=h.cond_channels,
+        return PairFolder(data, layout, image_size=h.image_size, channels=h.channels, cond_channels=c.channels,
                           direction=direction, crop="center", hflip=False, vflip=False)
     base = (PhotoPatches("val", h.image_size, h.channels, source=data) if data in ("photos", "textures")
             else ImageFolder(data, h.image_size, h.channels, crop="center", hflip=False, vflip=False))
-    return TaskDataset(base, h.condition, seed=0)
+    return TaskDataset(base, c.kind, seed=0)
 
 
 @torch.no_grad()
@@ -150,11 +149,11 @@ def evaluate(model: DiffusionModel, data: str, *, layout: str = "side_by_side", 
         out = translate(model, cond.to(model.device), num_samples=average, steps=steps, generator=g,
                         progress=progress).cpu()
         out = average_samples(out, average) if average > 1 else out
-        for k, v in translation_scores(out, target, cond, condition=model.hparams.condition).items():
+        for k, v in translation_scores(out, target, cond, condition=model.condition.kind).items():
             totals[k] = totals.get(k, 0.0) + float(v) * len(items)
     res = {k: v / n for k, v in totals.items()}
     res.update(n=n, steps=default_steps("ddim") if steps is None else steps, data=str(data),
-               condition=model.hparams.condition, average=average)
+               condition=model.condition.kind, average=average)
     return res
 
 

@@ -47,7 +47,7 @@ class SampleGrid(L.Callback):
         path = run_dir(trainer) / "samples" / f"step_{trainer.global_step:06d}.png"
         if not trainer.is_global_zero:
             return None
-        if not pl_module.hparams.cond_channels:
+        if not pl_module.condition:
             nc = pl_module.hparams.num_classes
             labels = torch.arange(self.num) % nc if nc else None  # class-conditional: cycle through the classes
             x = pl_module.sample(self.num, self.sampler, steps=self.steps, seed=self.seed, labels=labels,
@@ -126,8 +126,8 @@ class RunReport(L.Callback):
             rows["image"] = f"{h.image_size}x{h.image_size}, {h.channels} channel(s)" + (
                 f", latent factor {pl_module.latent.factor}" if pl_module.is_latent else "")
             rows["diffusion"] = f"T={h.timesteps}, {h.schedule} schedule, predicts {h.prediction}"
-            if h.cond_channels:
-                rows["condition"] = f"{h.condition} ({h.cond_channels} channels)"
+            if pl_module.condition:
+                rows["condition"] = str(pl_module.condition)
         rows.update({"precision": str(trainer.precision),
                      "devices": f"{trainer.num_devices} x {type(trainer.accelerator).__name__}",
                      "batch size": str(getattr(getattr(trainer.datamodule, "hparams", None), "batch_size", "?"))})

@@ -112,8 +112,8 @@ def estimate(module, batch: int, *, precision: str = "32-true", device: str = "c
                    device=device, precision=precision, max_steps=max_steps)
     if steps <= 0:
         return est
-    if model.is_latent and torch.isnan(model.latent.scale):
-        model.latent.scale.fill_(1.0)  # estimated from the data at fit start; any value costs the same
+    if model.is_latent and not model.latent.has_scale:
+        model.latent.set_scale(1.0)  # estimated from the data at fit start; any value costs the same
     dev = torch.device(device)
     model.to(dev).train()
     if speed is not None:

@@ -19,7 +19,7 @@ from lightning.pytorch.cli import LightningCLI
 
 from .callbacks import ExportWeights, RunReport, SampleGrid
 from ..data import ImageDataModule
-from ..data.datamodule import condition_channels, condition_kind
+from ..data.condition import condition_channels, condition_kind
 from .estimate import estimate
 from .module import DiffusionModule
 from .posthoc_ema import PostHocEMA
@@ -45,7 +45,8 @@ class DffCLI(LightningCLI):
         if not self.autoencoder_mode:
             parser.link_arguments(("data.pairs", "data.channels", "data.cond_image_channels"), "model.cond_channels",
                                   compute_fn=condition_channels)
-            parser.link_arguments("data.pairs", "model.condition", compute_fn=condition_kind)
+            parser.link_arguments(("data.pairs", "data.channels", "data.cond_image_channels"), "model.condition",
+                                  compute_fn=condition_kind)
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         # last.ckpt plus the newest save_top_k periodic checkpoints (-1 keeps them all: a 58 M-parameter
         # model's checkpoint with EMA and Adam state is ~0.9 GB)

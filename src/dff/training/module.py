@@ -68,6 +68,7 @@ class DiffusionModule(L.LightningModule):
     diffusion = property(lambda self: self.model.diffusion)
     is_latent = property(lambda self: self.model.is_latent)
     size_factor = property(lambda self: self.model.size_factor)
+    condition = property(lambda self: self.model.condition)
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: Optional[torch.Tensor] = None) -> torch.Tensor:
         return self.model(x_t, t, cond)
@@ -86,12 +87,12 @@ class DiffusionModule(L.LightningModule):
             if not self.is_latent:
                 raise ValueError("data.latent_cache is for latent models: set model.autoencoder, or remove "
                                  "data.latent_cache")
-            dm.use_latent_cache(latent.encode_unscaled, latent.condition_code, self.model.latent_cache_meta())
-        if self.is_latent and torch.isnan(latent.scale):
+            dm.use_latent_cache(latent)
+        if self.is_latent and not latent.has_scale:
             z = sample_latents(latent.encode_unscaled, dm.train_set if dm is not None else None,
                                self.hparams.latent_scale_samples)
             s = self.trainer.strategy.broadcast(latent.estimate_scale(z), 0)
-            latent.scale.fill_(s)
+            latent.set_scale(s)
             print(f"latent scale s = 1 / std of {len(z)} training latents = {s:.4f}")
         latent.s()  # checked once here, so the training step need not read it back from the device
         self.model.check_labels(getattr(getattr(dm, "train_set", None), "labels", None))  # digits, labelled folders
