@@ -61,6 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=int, default=64)
     s.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     s.add_argument("--out", default="samples", help="output folder (default ./samples)")
+    s.add_argument("--format", default="auto", choices=("auto", "png", "tif", "npy"),
+                   help="auto: PNG for image models; for models of array data, files in the data's units and dtype "
+                        "(.tif or .npy, as the training files) plus PNG previews. png: PNGs (previews) only")
+    s.add_argument("--preview-bands", default=None,
+                   help="bands shown in the PNGs of multiband models, numbered from 1: one (grey) or three (RGB), "
+                        "e.g. 4,3,2; each is percentile-stretched (default: the first three)")
     s.add_argument("--overwrite", action="store_true", help="allow writing into a folder that holds files")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
 

@@ -46,6 +46,7 @@ def check_positive(**values: Optional[int]) -> None:
 
 def sample_command(args: argparse.Namespace) -> list[Path]:
     from .viz import save_grid, save_images
+    from .viz.images import parse_bands, preview
 
     check_positive(num=args.num, batch_size=args.batch_size, steps=args.steps)
     out = Path(args.out)
@@ -62,11 +63,35 @@ def sample_command(args: argparse.Namespace) -> list[Path]:
                                        progress=not args.no_progress).cpu())
         except ValueError as e:
             raise SystemExit(f"dff: {e}")
-    x = torch.cat(images)  # (num, C, H, W)
-    paths = save_images(x, out, [f"sample_{i:04d}" for i in range(len(x))])
-    grid = save_grid(x, out / "grid.png")
-    print(f"wrote {len(paths)} samples and {grid}")
-    return paths
+    x = torch.cat(images)  # (num, C, H, W) in [0, 1]
+    names = [f"sample_{i:04d}" for i in range(len(x))]
+    arrays = write_arrays(model, x, out, names, args.format)
+    try:
+        shown = preview(x, parse_bands(args.preview_bands))
+    except ValueError as e:
+        raise SystemExit(f"dff: {e}")
+    paths = save_images(shown, out, names)
+    grid = save_grid(shown, out / "grid.png")
+    print(f"wrote {len(arrays) or len(paths)} samples" + (f" as .{arrays[0].suffix[1:]} in the data's units and PNG "
+                                                          "previews" if arrays else "") + f", and {grid}")
+    return arrays or paths
+
+
+def write_arrays(model, x: torch.Tensor, out: Path, names: list[str], fmt: str) -> list[Path]:
+    """--format: each sample as a file in the training data's units and dtype (auto: for models of array data, in
+    their format); none for png. A model of images writes uint8 arrays."""
+    from dataclasses import replace
+
+    from .data.arrays import DataRange, write_array
+
+    units = model.units
+    if fmt == "png" or (fmt == "auto" and units is None):
+        return []
+    if units is None:  # an image model: 8-bit values
+        units = DataRange((0.0,) * x.shape[1], (255.0,) * x.shape[1], "uint8", fmt)
+    elif fmt != "auto":
+        units = replace(units, format=fmt)
+    return [write_array(img, out / name, units) for img, name in zip(x, names)]
 
 
 # ====================================================================== translate / eval / data

@@ -7,6 +7,10 @@ A/B layout and odd-width side-by-side files. Those that train, but deserve a loo
 more than 8 bits (16-bit, float; read at full precision), palette images, CMYK, LA, EXIF-rotated
 photos (trained as stored, not as a viewer shows them), images above PIL's decompression-bomb warning
 limit, and images that crop: resize would upscale.
+
+A folder of arrays (.npy / .npz, or TIFFs of more than 8 bits: data/arrays.py) is read as training reads it,
+and the report adds what normalisation needs: the band counts, dtypes and value ranges (per band), with a note
+when the values use a small part of their dtype's range (a 12-bit sensor in 16-bit files).
 """
 from __future__ import annotations
 
@@ -14,7 +18,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Optional
 
-from .folder import HIGH_DEPTH, find_images, inspect_image
+from .arrays import ARRAY_EXTENSIONS, dtype_range, holds_arrays, inspect_array
+from .folder import HIGH_DEPTH, IMAGE_EXTENSIONS, find_images, inspect_image
 from .paired import match_stems
 
 STOPS = ("undecodable", "zero-byte", "too small", "unpaired", "odd width")
@@ -27,6 +32,10 @@ NOTES = {
     "EXIF-rotated": "EXIF orientation set: trained as stored, not as a photo viewer shows it",
     "very large": "above PIL's decompression-bomb warning limit (89 M pixels)",
     "upscaled": "smaller than the training size: crop resize upscales it",
+    "narrow range": "values fill under 1/8 of their dtype's range: with data.normalize dtype they would use a "
+                    "sliver of [0, 1]; give data.value_range (e.g. [0, 4095] for 12-bit data) or data.normalize "
+                    "percentile",
+    "band counts differ": "files with different band counts: pick common bands with data.bands",
 }
 
 
@@ -34,6 +43,8 @@ def check_folder(root: str | Path, image_size: Optional[int] = None, crop: str =
                  pairs: str = "none") -> dict[str, list[str]]:
     """{finding: ["path: detail", ...]} for every image below root (pairs: none | side_by_side | folders)."""
     root = Path(root)
+    if pairs == "none" and holds_arrays(root):
+        return check_arrays(root, image_size, crop)
     found: dict[str, list[str]] = defaultdict(list)
     files = find_images(root)
     if pairs == "folders":
@@ -69,9 +80,40 @@ def check_folder(root: str | Path, image_size: Optional[int] = None, crop: str =
     return dict(found)
 
 
+def check_arrays(root: Path, image_size: Optional[int] = None, crop: str = "random") -> dict[str, list[str]]:
+    """check_folder for a folder of arrays: each file read once as training reads it (data/arrays.py)."""
+    found: dict[str, list[str]] = defaultdict(list)
+    files = find_images(root, ARRAY_EXTENSIONS + tuple(e for e in IMAGE_EXTENSIONS if e not in ARRAY_EXTENSIONS))
+    bands, dtypes, lo, hi = defaultdict(int), defaultdict(int), {}, {}  # band count -> files; dtype -> files; ranges
+    for p in files:
+        info = inspect_array(p)
+        if info["error"]:
+            found["zero-byte" if info["error"] == "zero-byte file" else "undecodable"].append(f"{p}: {info['error']}")
+            continue
+        w, h = info["size"]
+        if image_size and min(w, h) < image_size:
+            found["upscaled" if crop == "resize" else "too small"].append(f"{p}: {w}x{h}")
+        bands[info["channels"]] += 1
+        dtypes[info["dtype"]] += 1
+        for b, (a, z) in enumerate(zip(info["band_min"], info["band_max"])):
+            lo[b], hi[b] = min(lo.get(b, a), a), max(hi.get(b, z), z)
+        d_lo, d_hi = dtype_range(info["dtype"])
+        if info["dtype"] not in ("uint8", "bool") and info["max"] - min(info["min"], d_lo) < (d_hi - d_lo) / 8:
+            found["narrow range"].append(f"{p}: {info['dtype']} values {info['min']:g}..{info['max']:g}")
+    if len(bands) > 1:
+        found["band counts differ"] = [f"{n} file(s) of {c} band(s)" for c, n in sorted(bands.items())]
+    found["summary"] = [f"arrays: {', '.join(f'{n} file(s) of {c} band(s)' for c, n in sorted(bands.items()))}; "
+                        f"dtype {', '.join(f'{d} ({n})' for d, n in sorted(dtypes.items()))}"]
+    found["summary"] += [f"band {b + 1}: {lo[b]:g} .. {hi[b]:g}" for b in sorted(lo)[:16]]
+    if len(lo) > 16:
+        found["summary"].append(f"... and {len(lo) - 16} more bands")
+    found["files"] = [str(p) for p in files]
+    return dict(found)
+
+
 def report(found: dict[str, list[str]], examples: int = 10) -> tuple[str, bool]:
     """(the text of the report, whether anything would stop training)."""
-    lines = [f"{len(found.get('files', []))} image file(s)"]
+    lines = [f"{len(found.get('files', []))} image file(s)"] + [f"  {s}" for s in found.get("summary", [])]
     for key in (*STOPS, *NOTES):
         items = found.get(key, [])
         if not items:

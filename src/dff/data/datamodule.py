@@ -22,7 +22,8 @@ import lightning as L
 import torch
 
 from .builtin import DigitsDataset, PhotoPatches
-from .folder import Crop, ImageFolder
+from .arrays import ArrayFolder, DataRange, holds_arrays, measure_range
+from .folder import MODES, Crop, ImageFolder, find_images
 from .paired import PairFolder, TaskDataset
 from .stream import Stream, StreamLoader
 from .condition import GIVEN_LAYOUTS, Condition
@@ -45,7 +46,8 @@ class ImageDataModule(L.LightningDataModule):
         root: Optional[str] = None,  # the image folder (dataset="folder")
         *,
         image_size: int = 64,  # side of the square training images
-        channels: int = 3,  # channels of the generated images; files are converted (1: L, 3: RGB, 4: RGBA)
+        channels: int = 3,  # channels of the generated images: images are converted (1: L, 3: RGB, 4: RGBA); arrays
+                            # (any other count, .npy/.npz, TIFF of more than 8 bits) keep their bands: 1 to 64
         pairs: str = "none",  # none | side_by_side | folders | sr2 | sr4 | colorize | inpaint
         direction: Literal["AtoB", "BtoA"] = "AtoB",  # side_by_side / folders: AtoB conditions on A
         cond_image_channels: Optional[int] = None,  # side_by_side / folders: channels of the condition images
@@ -69,6 +71,15 @@ class ImageDataModule(L.LightningDataModule):
         on_bad_file: Literal["stop", "skip"] = "stop",  # unreadable or too small files (pairs: either file, or an odd
                                                         # side-by-side width): stop, naming them, or skip them, listed
                                                         # in <run>/skipped_files.txt
+        # ---- arrays and multiband files (data/arrays.py): scientific data in its own units
+        reader: Literal["auto", "image", "array"] = "auto",  # auto: arrays when the folder holds .npy/.npz files or
+                                                             # TIFFs of more than 8 bits, or an option below asks
+        bands: Optional[list[int]] = None,  # arrays: the bands to train on, numbered from 1 (e.g. [4, 3, 2])
+        normalize: Literal["dtype", "percentile"] = "dtype",  # arrays: [0, 1] by the dtype's range, or per channel
+                                                              # by the data's percentiles (measured once)
+        percentiles: tuple[float, float] = (0.1, 99.9),  # normalize=percentile: the values that map to 0 and 1
+        value_range: Optional[list] = None,  # arrays: [low, high] (numbers, or a list per channel) that map to 0 and 1,
+                                             # e.g. [0, 4095] for 12-bit data in 16-bit files; overrides normalize
     ):
         super().__init__()
         if dataset not in DATASETS:
@@ -86,7 +97,16 @@ class ImageDataModule(L.LightningDataModule):
         if dataset == "digits" and pairs != "none":
             raise ValueError("the digits are for unconditional generation: use data.dataset='photos' or a folder "
                              "for pairs")
+        if reader not in ("auto", "image", "array"):
+            raise ValueError(f"unknown data.reader {reader!r}: expected 'auto', 'image' or 'array'")
+        if dataset != "folder" and (reader == "array" or bands or value_range or normalize != "dtype"):
+            raise ValueError(f"data.reader/bands/normalize/value_range are for folders of array files; the built-in "
+                             f"{dataset!r} are images")
+        if bands is not None and len(bands) != channels:
+            raise ValueError(f"data.bands {list(bands)} picks {len(bands)} band(s), but data.channels={channels}: "
+                             "set data.channels to the number of bands")
         self.save_hyperparameters()
+        self._data_range = None  # measured once, on first use (DataRange)
         self.train_set: Optional[torch.utils.data.Dataset] = None
         self.val_set: Optional[torch.utils.data.Dataset] = None
         self.skipped: list[tuple[Path, str]] = []  # files left out by on_bad_file="skip": (file, why)
@@ -96,6 +116,33 @@ class ImageDataModule(L.LightningDataModule):
         """What a model trained on these data is conditioned on (`dff fit` links it into the model)."""
         h = self.hparams
         return Condition.of_data(h.pairs, h.channels, h.cond_image_channels)
+
+    @property
+    def reads_arrays(self) -> bool:
+        """Whether the folder is read as arrays (data/arrays.py) rather than as images through PIL."""
+        h = self.hparams
+        if h.dataset != "folder" or h.reader == "image":
+            return False
+        if h.reader == "array" or h.bands or h.value_range or h.normalize != "dtype" or h.channels not in MODES:
+            return True
+        return holds_arrays(h.root)
+
+    @property
+    def data_range(self) -> Optional[dict]:
+        """The per-channel values that map to [0, 1] (DataRange as a dict), for array data; None for images. `dff
+        fit` hands it to the model, which keeps it in its checkpoints and exports to write samples in these units."""
+        r = self.measured_range()
+        return None if r is None else r.as_dict()
+
+    def measured_range(self) -> Optional[DataRange]:
+        if not self.reads_arrays:
+            return None
+        if self._data_range is None:
+            h = self.hparams
+            files = find_images(h.root, ArrayFolder.extensions)
+            self._data_range = measure_range(files, h.channels, bands=h.bands, normalize=h.normalize,
+                                             percentiles=h.percentiles, value_range=h.value_range)
+        return self._data_range
 
     @property
     def workers(self) -> int:
@@ -146,13 +193,22 @@ class ImageDataModule(L.LightningDataModule):
             crop, hflip, vflip, repeat = (h.crop, hflip_on, vflip_on, h.repeat) if train else (
                 "resize" if h.crop == "resize" else "center", False, False, 1)
             if h.pairs in GIVEN_LAYOUTS:
+                if self.reads_arrays:
+                    raise ValueError(f"data.pairs={h.pairs!r} reads pairs of images; pairs of array files are not "
+                                     "supported yet (tasks made from one array work: sr2, sr4, inpaint)")
                 pairs = PairFolder(root, h.pairs, image_size=h.image_size, channels=h.channels,
                                    cond_channels=self.condition.channels, direction=h.direction, crop=crop, hflip=hflip,
                                    vflip=vflip, repeat=repeat, crop_scale=h.crop_scale, on_bad_file=h.on_bad_file)
                 self.skipped += pairs.skipped
                 return pairs
-            base = ImageFolder(root, h.image_size, h.channels, crop=crop, hflip=hflip, vflip=vflip, repeat=repeat,
-                               labels=h.labels and h.pairs == "none", half=h.half, on_bad_file=h.on_bad_file)
+            kw = dict(crop=crop, hflip=hflip, vflip=vflip, repeat=repeat, labels=h.labels and h.pairs == "none",
+                      half=h.half, on_bad_file=h.on_bad_file)
+            if self.reads_arrays:
+                # the training files' range, for validation files too
+                base = ArrayFolder(root, h.image_size, h.channels, data_range=self.measured_range(), bands=h.bands,
+                                   **kw)
+            else:
+                base = ImageFolder(root, h.image_size, h.channels, **kw)
             self.skipped += base.skipped
         if h.pairs == "none":
             return base  # validation images of unpaired data: autoencoders score reconstructions on them
@@ -172,9 +228,9 @@ class ImageDataModule(L.LightningDataModule):
         training device); anything else keeps the PIL path, with one line when on_device was asked for."""
         h = self.hparams
         on_gpu = self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"
-        if (h.on_device is False or (h.on_device is None and not on_gpu) or h.latent_cache
-                or not isinstance(data, ImageFolder)):
-            if h.on_device and not isinstance(data, ImageFolder):
+        images = isinstance(data, ImageFolder) and not isinstance(data, ArrayFolder)
+        if h.on_device is False or (h.on_device is None and not on_gpu) or h.latent_cache or not images:
+            if h.on_device and not images:
                 print(f"data.on_device: {type(data).__name__} data keep their own path "
                       "(on_device is for unpaired folders)")
             return data

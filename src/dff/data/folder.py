@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 import warnings
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Callable, Literal, Optional
 
 import numpy as np
 import torch
@@ -22,18 +22,18 @@ MODES: dict[int, str] = {1: "L", 3: "RGB", 4: "RGBA"}
 Crop = Literal["random", "center", "resize"]
 
 
-def find_images(root: str | Path) -> list[Path]:
-    """All supported image files below `root`, sorted; clear errors for a missing or empty folder."""
+def find_images(root: str | Path, extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> list[Path]:
+    """All files below `root` ending in one of `extensions`, sorted; clear errors for a missing or empty folder."""
     root = Path(root)
     if not root.exists():
         raise FileNotFoundError(f"data folder {str(root)!r} does not exist")
     if not root.is_dir():
         raise NotADirectoryError(f"data folder {str(root)!r} is a file, expected a folder of images")
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in extensions)
     if not files:
         n_other = sum(1 for p in root.rglob("*") if p.is_file())
         what = "is empty" if n_other == 0 else f"holds {n_other} files but no supported images"
-        raise ValueError(f"data folder {str(root)!r} {what}: expected files ending in {', '.join(IMAGE_EXTENSIONS)}")
+        raise ValueError(f"data folder {str(root)!r} {what}: expected files ending in {', '.join(extensions)}")
     return files
 
 
@@ -86,12 +86,14 @@ def inspect_image(path: Path) -> dict:
     return info
 
 
-def check_images(files: list[Path], image_size: int, crop: Crop, skip: bool = False) -> list[tuple[Path, str]]:
-    """Decode every file once; raise naming every unreadable file and every image too small to crop, or,
-    with skip=True, return them as (file, why) for the caller to leave out (an error if none is left)."""
+def check_images(files: list[Path], image_size: int, crop: Crop, skip: bool = False,
+                 inspect: Callable[[Path], dict] = inspect_image) -> list[tuple[Path, str]]:
+    """Decode every file once (`inspect`: {"error", "size"}); raise naming every unreadable file and every image too
+    small to crop, or, with skip=True, return them as (file, why) for the caller to leave out (an error if none is
+    left)."""
     bad, small, upscaled, skipped = [], [], 0, []
     for p in files:
-        info = inspect_image(p)
+        info = inspect(p)
         if info["error"]:
             bad.append(f"  {p}: {info['error']}")
             skipped.append((p, info["error"]))
@@ -189,14 +191,14 @@ class ImageFolder(torch.utils.data.Dataset):
         self.half = half
         if crop not in ("random", "center", "resize"):
             raise ValueError(f"unknown crop {crop!r}: expected 'random', 'center' or 'resize'")
-        self.files = find_images(root)
+        self.files = find_images(root, self.extensions)
         self.image_size, self.channels, self.crop, self.hflip, self.vflip = image_size, channels, crop, hflip, vflip
         self.repeat = repeat
-        if channels not in MODES:
-            raise ValueError(f"channels must be one of {sorted(MODES)} for image files, got {channels}")
+        self.check_channels(channels)
         if on_bad_file not in ("stop", "skip"):
             raise ValueError(f"unknown on_bad_file {on_bad_file!r}: expected 'stop' or 'skip'")
-        self.skipped = check_images(self.files, image_size, crop, skip=on_bad_file == "skip")  # [(file, why)]
+        self.skipped = check_images(self.files, image_size, crop, skip=on_bad_file == "skip",
+                                    inspect=self.inspect)  # [(file, why)]
         left_out = {p for p, _ in self.skipped}
         self.files = [p for p in self.files if p not in left_out]
         self.classes: list[str] = []
@@ -212,6 +214,17 @@ class ImageFolder(torch.utils.data.Dataset):
         # the global `random` is reseeded per DataLoader worker by torch; a seed makes one stream
         self.rng = random.Random(seed) if seed is not None else random
 
+    extensions = IMAGE_EXTENSIONS  # the files this data set reads (data/arrays.py's ArrayFolder reads more)
+
+    def check_channels(self, channels: int) -> None:
+        if channels not in MODES:
+            raise ValueError(f"channels must be one of {sorted(MODES)} for image files, got {channels} (other channel "
+                             "counts: multiband TIFF or .npy files, read as arrays: data.reader array)")
+
+    def inspect(self, path: Path) -> dict:
+        """Decode one file to check it: {"error", "size", ...}."""
+        return inspect_image(path)
+
     def __len__(self) -> int:
         return len(self.files) * self.repeat
 
@@ -223,11 +236,15 @@ class ImageFolder(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict:
         i, rng = item_rng(i, self.rng)  # a Key from the training Stream brings its own draws
         i = i % len(self.files)
-        im = load_image(self.files[i], self.channels)
-        if self.half is not None:  # pix2pix files: A | B side by side
-            w, h = im.size
-            im = im.crop((0, 0, w // 2, h) if self.half == "A" else (w // 2, 0, 2 * (w // 2), h))
-        item = {"image": to_tensor(self.transform(im, rng))}
+        item = {"image": self.load(self.files[i], rng)}
         if self.labels is not None:
             item["label"] = self.labels[i]
         return item
+
+    def load(self, path: Path, rng: random.Random) -> torch.Tensor:
+        """One file as a training image (C, size, size) in [0, 1]: decoded, converted, cropped and flipped."""
+        im = load_image(path, self.channels)
+        if self.half is not None:  # pix2pix files: A | B side by side
+            w, h = im.size
+            im = im.crop((0, 0, w // 2, h) if self.half == "A" else (w // 2, 0, 2 * (w // 2), h))
+        return to_tensor(self.transform(im, rng))

@@ -17,6 +17,7 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch import nn
 
+from ..data.arrays import DataRange
 from ..data.condition import KINDS, Condition
 from ..diffusion import GaussianDiffusion, get_sampler
 from ..diffusion.guidance import DEFAULT_INTERVAL, ClassifierFreeGuidance, guidance_interval as interval_table
@@ -50,6 +51,8 @@ class DiffusionModel(nn.Module):
         # ---- data (set from data: by `dff fit`)
         image_size: int = 64,  # side of the square images
         channels: int = 3,  # image channels
+        data_range: Optional[dict] = None,  # array data: per-channel {"low", "high"} that map to [0, 1], the dtype and
+                                            # format (data/arrays.py's DataRange); samples go back to these units
         # ---- network
         backbone: str = "adm",  # adm (residual U-Net of DDPM / ADM; measured best) | convnext (the original's U-Net)
         dim: int = 64,  # U-Net base width
@@ -94,6 +97,9 @@ class DiffusionModel(nn.Module):
         args = {k: v for k, v in locals().items() if k in inspect.signature(DiffusionModel).parameters}
         self.hparams = Settings(args)
         # 0. settings that disagree
+        self.units = DataRange.from_dict(data_range)  # None: images, in [0, 1]
+        if self.units is not None and self.units.channels != channels:
+            raise ValueError(f"data_range has {self.units.channels} channel(s), the model {channels}")
         self.condition = Condition(condition, cond_channels)  # the data's description (an error if they disagree)
         if residual and cond_channels != channels:
             raise ValueError(f"residual=True diffuses x0 - cond, so the condition needs the output's {channels} "
@@ -290,6 +296,11 @@ class DiffusionModel(nn.Module):
             x0 = x0 / h.residual_scale + cond
         net.train(was_training)
         return self.latent.decode(x0)
+
+    def to_data_units(self, x: torch.Tensor):
+        """Samples (B, C, H, W) in [0, 1] as a numpy array in the training data's units and dtype (array data; the
+        inverse of the data's normalisation), or None for image data."""
+        return None if self.units is None else self.units.to_numpy(x)
 
     @property
     def clips_x0(self) -> bool:

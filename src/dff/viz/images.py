@@ -52,6 +52,39 @@ def save_grid(images: torch.Tensor, path: str | Path, nrow: Optional[int] = None
     return path
 
 
+def parse_bands(text: Optional[str]) -> Optional[list[int]]:
+    """'4,3,2' -> [4, 3, 2] (bands numbered from 1); None stays None."""
+    if text is None:
+        return None
+    try:
+        bands = [int(b) for b in str(text).split(",")]
+    except ValueError:
+        raise ValueError(f"--preview-bands {text!r}: expected one or three band numbers such as 4,3,2") from None
+    if len(bands) not in (1, 3):
+        raise ValueError(f"--preview-bands {text!r}: expected one band (grey) or three (red, green, blue)")
+    return bands
+
+
+def preview(images: torch.Tensor, bands: Optional[Sequence[int]] = None, stretch: tuple[float, float] = (2, 98)
+            ) -> torch.Tensor:
+    """Images of any channel count (B, C, H, W) in [0, 1] as viewable (B, 1 or 3, H, W): `bands` (numbered from
+    1; default: all of a 1-, 3- or 4-channel image, else the first three), each percentile-stretched over the
+    batch (its 2nd to 98th percentile to [0, 1], as remote-sensing viewers show bands) unless the image is shown
+    as it is (default bands of a 1-, 3- or 4-channel image)."""
+    C = images.shape[1]
+    if bands is None and C in (1, 3, 4):
+        return images
+    bands = list(bands) if bands is not None else [1, 2, 3][:C]
+    bad = [b for b in bands if not 1 <= b <= C]
+    if bad:
+        raise ValueError(f"preview band {bad[0]}: the images have {C} band(s), numbered from 1")
+    x = images[:, [b - 1 for b in bands]].float()  # (B, k, H, W)
+    flat = x.transpose(0, 1).reshape(len(bands), -1)  # (k, B H W)
+    lo = torch.quantile(flat, stretch[0] / 100, dim=1).view(1, -1, 1, 1)
+    hi = torch.quantile(flat, stretch[1] / 100, dim=1).view(1, -1, 1, 1)
+    return ((x - lo) / (hi - lo).clamp_min(1e-8)).clamp(0, 1)
+
+
 def show_condition(cond: torch.Tensor, channels: int) -> torch.Tensor:
     """A condition (B, C_cond, H, W) as a viewable (B, channels, H, W) image: the masked image of an
     inpainting condition (mask channel dropped), grayscale repeated to colour, colour to luma."""
