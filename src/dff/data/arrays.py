@@ -69,19 +69,30 @@ def to_hwc(a: np.ndarray, path: Path, axes: str = "") -> np.ndarray:
     return a.transpose(1, 2, 0) if first else a
 
 
+def load_numpy(path: Path) -> np.ndarray:
+    """A .npy array, or the only (or the 'image') array of a .npz; never a pickle."""
+    if path.suffix.lower() == ".npy":
+        return np.load(path, allow_pickle=False)
+    with np.load(path, allow_pickle=False) as z:
+        keys = list(z.keys())
+        if len(keys) != 1 and "image" not in keys:
+            raise ValueError(f"{path}: holds arrays {keys}: expected one array, or one named 'image'")
+        return z["image" if "image" in keys else keys[0]]
+
+
 def read_array(path: str | Path) -> np.ndarray:
     """One file as (H, W, C) in its own dtype: .npy (no pickles), .npz (its only array, or the one named
     'image'), TIFF (tifffile: any band count and dtype), other images through PIL (8-bit, or 16-bit grayscale)."""
     path = Path(path)
     suffix, axes = path.suffix.lower(), ""
-    if suffix == ".npy":
-        a = np.load(path, allow_pickle=False)
-    elif suffix == ".npz":
-        with np.load(path, allow_pickle=False) as z:
-            keys = list(z.keys())
-            if len(keys) != 1 and "image" not in keys:
-                raise ValueError(f"{path}: holds arrays {keys}: expected one array, or one named 'image'")
-            a = z["image" if "image" in keys else keys[0]]
+    if suffix in (".npy", ".npz"):
+        try:
+            a = load_numpy(path)
+        except ValueError as e:
+            if "allow_pickle" in str(e):
+                raise ValueError(f"{path}: holds Python objects (a pickle): only numeric arrays are read, since "
+                                 "loading a pickle can run code") from None
+            raise
     elif suffix in (".tif", ".tiff"):
         import tifffile
 
@@ -133,6 +144,7 @@ class DataRange:
     high: tuple[float, ...]
     dtype: str = "float32"
     format: str = "tif"  # tif | npy: what dff sample writes
+    bands: Optional[tuple[int, ...]] = None  # the files' bands the model was trained on (numbered from 1; None: all)
 
     def __post_init__(self):
         if len(self.low) != len(self.high) or not self.low:
@@ -145,8 +157,11 @@ class DataRange:
 
     @classmethod
     def from_dict(cls, d: Optional[dict]) -> Optional["DataRange"]:
-        return None if d is None else cls(tuple(map(float, d["low"])), tuple(map(float, d["high"])),
-                                          str(d.get("dtype", "float32")), str(d.get("format", "tif")))
+        if d is None:
+            return None
+        bands = None if d.get("bands") is None else tuple(int(b) for b in d["bands"])
+        return cls(tuple(map(float, d["low"])), tuple(map(float, d["high"])), str(d.get("dtype", "float32")),
+                   str(d.get("format", "tif")), bands)
 
     def as_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -170,6 +185,10 @@ class DataRange:
         """[0, 1] (..., C, H, W) -> data units, float64: lo + x (hi - lo)."""
         lo, hi = self._lo_hi(x)
         return lo + x.double().clamp(0, 1) * (hi - lo)
+
+    def read(self, path: Path) -> torch.Tensor:
+        """A file of this data (its bands picked) as (C, H, W) in [0, 1]."""
+        return array_to_tensor(select_bands(read_array(path), self.bands, path), self)
 
     def to_numpy(self, x: torch.Tensor) -> np.ndarray:
         """[0, 1] (..., C, H, W) -> data units in the data's dtype (integers rounded and kept in their range)."""
@@ -255,6 +274,7 @@ class ArrayFolder(ImageFolder):
     tensors in [0, 1], by a per-channel DataRange; `bands` picks channels (numbered from 1)."""
 
     extensions = ARRAY_EXTENSIONS + tuple(e for e in IMAGE_EXTENSIONS if e not in ARRAY_EXTENSIONS)
+    unreadable = "could not be decoded (corrupt or truncated) or do not hold the bands asked for"
 
     def __init__(self, root: str | Path, image_size: int, channels: int, *, data_range: DataRange,
                  bands: Optional[Sequence[int]] = None, **kwargs):
@@ -290,24 +310,25 @@ class ArrayFolder(ImageFolder):
 
 
 def holds_arrays(root: str | Path) -> bool:
-    """Whether a folder is array data: it holds .npy / .npz files, or its first TIFF has more than 8 bits per
-    sample (a header read; 16-bit RGB then keeps its precision instead of being rounded to 8 bits by PIL)."""
+    """Whether a folder is array data (data.reader auto): it holds .npy / .npz files or TIFFs of more than 8 bits
+    per sample (the first TIFF's header is read; 16-bit RGB then keeps its precision, which PIL would round to 8
+    bits), and no images that only PIL reads (PNG, JPEG, ...), so that a stray array in a folder of photos changes
+    nothing."""
     root = Path(root)
     if not root.is_dir():
         return False
-    first_tif = None
-    for p in sorted(root.rglob("*")):
-        suffix = p.suffix.lower()
-        if suffix in (".npy", ".npz") and p.is_file():
-            return True
-        if first_tif is None and suffix in (".tif", ".tiff") and p.is_file():
-            first_tif = p
-    if first_tif is None:
+    suffixes = {p.suffix.lower(): p for p in sorted(root.rglob("*"), reverse=True) if p.is_file()}  # the first of each
+    if any(e in suffixes for e in IMAGE_EXTENSIONS if e not in ARRAY_EXTENSIONS):
+        return False
+    if ".npy" in suffixes or ".npz" in suffixes:
+        return True
+    tifs = sorted(suffixes[e] for e in (".tif", ".tiff") if e in suffixes)
+    if not tifs:
         return False
     import tifffile
 
     try:
-        with tifffile.TiffFile(first_tif) as tif:
+        with tifffile.TiffFile(tifs[0]) as tif:
             return tif.series[0].dtype != np.uint8
     except Exception:  # unreadable: the images' check names it
         return False
@@ -344,4 +365,4 @@ def measure_range(files: Sequence[Path], channels: int, *, bands: Optional[Seque
         raise ValueError(f"unknown data.normalize {normalize!r}: expected 'dtype' or 'percentile'")
     if first.shape[2] != channels:
         raise ValueError(f"{readable[0]}: {first.shape[2]} band(s), expected data.channels={channels}")
-    return DataRange(tuple(lo), tuple(hi), dtype, fmt)
+    return DataRange(tuple(lo), tuple(hi), dtype, fmt, None if bands is None else tuple(bands))

@@ -43,6 +43,9 @@ class Condition:
             return cls()
         if pairs in GIVEN_LAYOUTS:
             return cls("image", channels if cond_image_channels is None else cond_image_channels)
+        if pairs == "colorize" and channels != 3:
+            raise ValueError(f"data.pairs='colorize' turns grey images into RGB: it needs data.channels=3, got "
+                             f"{channels}")
         return cls(pairs, task_cond_channels(pairs, channels))
 
     @property

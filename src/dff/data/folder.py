@@ -87,7 +87,8 @@ def inspect_image(path: Path) -> dict:
 
 
 def check_images(files: list[Path], image_size: int, crop: Crop, skip: bool = False,
-                 inspect: Callable[[Path], dict] = inspect_image) -> list[tuple[Path, str]]:
+                 inspect: Callable[[Path], dict] = inspect_image,
+                 unreadable: str = "could not be decoded (corrupt or truncated)") -> list[tuple[Path, str]]:
     """Decode every file once (`inspect`: {"error", "size"}); raise naming every unreadable file and every image too
     small to crop, or, with skip=True, return them as (file, why) for the caller to leave out (an error if none is
     left)."""
@@ -113,7 +114,7 @@ def check_images(files: list[Path], image_size: int, crop: Crop, skip: bool = Fa
                          + "\n".join((bad + small)[:20]))
     if bad:
         raise ValueError(
-            f"{len(bad)} image file(s) could not be decoded (corrupt or truncated); fix or remove them, "
+            f"{len(bad)} image file(s) {unreadable}; fix or remove them, "
             "training stops rather than skip them silently:\n" + "\n".join(bad[:20])
         )
     if small:
@@ -198,7 +199,7 @@ class ImageFolder(torch.utils.data.Dataset):
         if on_bad_file not in ("stop", "skip"):
             raise ValueError(f"unknown on_bad_file {on_bad_file!r}: expected 'stop' or 'skip'")
         self.skipped = check_images(self.files, image_size, crop, skip=on_bad_file == "skip",
-                                    inspect=self.inspect)  # [(file, why)]
+                                    inspect=self.inspect, unreadable=self.unreadable)  # [(file, why)]
         left_out = {p for p, _ in self.skipped}
         self.files = [p for p in self.files if p not in left_out]
         self.classes: list[str] = []
@@ -215,6 +216,7 @@ class ImageFolder(torch.utils.data.Dataset):
         self.rng = random.Random(seed) if seed is not None else random
 
     extensions = IMAGE_EXTENSIONS  # the files this data set reads (data/arrays.py's ArrayFolder reads more)
+    unreadable = "could not be decoded (corrupt or truncated)"  # what the check says of the files inspect refuses
 
     def check_channels(self, channels: int) -> None:
         if channels not in MODES:

@@ -25,11 +25,17 @@ def ssim(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def translation_scores(out: torch.Tensor, target: torch.Tensor, cond: torch.Tensor, *,
-                       condition: str) -> dict[str, torch.Tensor]:
+                       condition: str, per_band: bool = False) -> dict[str, torch.Tensor]:
     """psnr and ssim of the outputs against the targets; for sr2/sr4 also the bicubic baseline
-    (the condition itself) and the consistency of the downscaled outputs with the input."""
+    (the condition itself) and the consistency of the downscaled outputs with the input. per_band: also
+    psnr_band_k and ssim_band_k for each band k = 1..C (array data: values in [0, 1] by the data's range, so the
+    peak signal is hi - lo of each band)."""
     out, target = out.to(target.device), target
     scores = {"psnr": psnr(out, target), "ssim": ssim(out, target)}
+    if per_band:
+        for b in range(out.shape[1]):
+            scores[f"psnr_band_{b + 1}"] = psnr(out[:, b:b + 1], target[:, b:b + 1])
+            scores[f"ssim_band_{b + 1}"] = ssim(out[:, b:b + 1], target[:, b:b + 1])
     if condition in ("sr2", "sr4"):
         f = sr_factor(condition)
         scores["psnr_bicubic"] = psnr(cond, target)

@@ -17,21 +17,23 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..data.folder import MODES, find_images, load_image, to_tensor
+from ..data.arrays import ArrayFolder, write_array
+from ..data.folder import IMAGE_EXTENSIONS, MODES, find_images, load_image, to_tensor
 from ..data.tasks import condition_from_input, sr_factor
 from ..diffusion import default_steps
 from ..evaluation.psnr_ssim import translation_scores
 from ..models.diffusion_model import DiffusionModel
+from ..viz.images import preview
 
 
-def input_files(path: Union[str, Path]) -> tuple[Path, list[Path]]:
-    """(root, image files): a single file, or every supported image below a folder."""
+def input_files(path: Union[str, Path], arrays: bool = False) -> tuple[Path, list[Path]]:
+    """(root, image files): a single file, or every supported image (arrays=True: array file) below a folder."""
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"input {str(p)!r} does not exist: expected an image file or a folder of images")
     if p.is_file():
         return p.parent, [p]
-    return p, find_images(p)
+    return p, find_images(p, ArrayFolder.extensions if arrays else IMAGE_EXTENSIONS)
 
 
 def condition_of(model: DiffusionModel, path: Path, *, mask: Optional[torch.Tensor] = None,
@@ -41,14 +43,22 @@ def condition_of(model: DiffusionModel, path: Path, *, mask: Optional[torch.Tens
     if not model.condition:
         raise ValueError("this model is unconditional (condition='none'): use `dff sample`")
     mode_channels = model.condition.channels if task == "image" else h.channels
-    try:
-        im = load_image(path, 1 if task == "colorize" else mode_channels)
-    except Exception as e:
-        raise ValueError(f"{path}: cannot be read as an image: {type(e).__name__}: {e}") from e
-    if resize:
-        side = h.image_size // sr_factor(task) if task in ("sr2", "sr4") else h.image_size
-        im = im.resize((side, side), Image.Resampling.BICUBIC)
-    x = to_tensor(im)[None]  # (1, C, H, W)
+    side = h.image_size // sr_factor(task) if task in ("sr2", "sr4") else h.image_size
+    if model.units is not None:  # array data: the training bands, in [0, 1] by the training data's range
+        try:
+            x = model.units.read(path)[None]  # (1, C, H, W)
+        except Exception as e:
+            raise ValueError(f"{path}: cannot be read as an array: {type(e).__name__}: {e}") from e
+        if resize:
+            x = F.interpolate(x, size=(side, side), mode="bicubic", antialias=True).clamp(0, 1)
+    else:
+        try:
+            im = load_image(path, 1 if task == "colorize" else mode_channels)
+        except Exception as e:
+            raise ValueError(f"{path}: cannot be read as an image: {type(e).__name__}: {e}") from e
+        if resize:
+            im = im.resize((side, side), Image.Resampling.BICUBIC)
+        x = to_tensor(im)[None]  # (1, C, H, W)
     if task == "inpaint":
         if mask is None:
             raise ValueError("an inpainting model needs a mask (white = region to fill): pass --mask FILE")
@@ -90,8 +100,10 @@ def translate_files(model: DiffusionModel, inputs: Union[str, Path], out: Union[
                     average: bool = False) -> list[Path]:
     """Translate every input file; outputs keep the inputs' relative paths as PNGs
     (NAME.png, or NAME_k.png for k = 0..num_samples-1 when num_samples > 1). average=True writes
-    one NAME.png per input: the mean of its num_samples samples (see `average_samples`)."""
-    root, files = input_files(inputs)
+    one NAME.png per input: the mean of its num_samples samples (see `average_samples`). A model of array
+    data reads array files and writes each output in the data's units and format (NAME.tif or NAME.npy) beside
+    a percentile-stretched PNG preview."""
+    root, files = input_files(inputs, arrays=model.units is not None)
     out = Path(out)
     m = to_tensor(load_image(Path(mask), 1)) if mask is not None else None  # (1, H, W)
     g = torch.Generator().manual_seed(seed)
@@ -107,6 +119,9 @@ def translate_files(model: DiffusionModel, inputs: Union[str, Path], out: Union[
             name = rel.name if len(y) == 1 else f"{rel.name}_{k}"
             path = out / rel.parent / f"{name}.png"
             path.parent.mkdir(parents=True, exist_ok=True)
+            if model.units is not None:
+                written.append(write_array(img, path.with_suffix(""), model.units))
+                img = preview(img[None])[0]
             a = (img.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
             Image.fromarray(a[:, :, 0] if a.shape[2] == 1 else a, MODES[a.shape[2]]).save(path)
             written.append(path)
@@ -128,8 +143,12 @@ def evaluation_set(model: DiffusionModel, data: str, *, layout: str = "side_by_s
             raise ValueError(f"the built-in {data} make task pairs (sr2, sr4, colorize, inpaint), not given conditions")
         return PairFolder(data, layout, image_size=h.image_size, channels=h.channels, cond_channels=c.channels,
                           direction=direction, crop="center", hflip=False, vflip=False)
-    base = (PhotoPatches("val", h.image_size, h.channels, source=data) if data in ("photos", "textures")
-            else ImageFolder(data, h.image_size, h.channels, crop="center", hflip=False, vflip=False))
+    if model.units is not None:  # array data: the training bands and range
+        base = ArrayFolder(data, h.image_size, h.channels, data_range=model.units, bands=model.units.bands,
+                           crop="center", hflip=False, vflip=False)
+    else:
+        base = (PhotoPatches("val", h.image_size, h.channels, source=data) if data in ("photos", "textures")
+                else ImageFolder(data, h.image_size, h.channels, crop="center", hflip=False, vflip=False))
     return TaskDataset(base, c.kind, seed=0)
 
 
@@ -149,7 +168,8 @@ def evaluate(model: DiffusionModel, data: str, *, layout: str = "side_by_side", 
         out = translate(model, cond.to(model.device), num_samples=average, steps=steps, generator=g,
                         progress=progress).cpu()
         out = average_samples(out, average) if average > 1 else out
-        for k, v in translation_scores(out, target, cond, condition=model.condition.kind).items():
+        for k, v in translation_scores(out, target, cond, condition=model.condition.kind,
+                                       per_band=model.units is not None).items():
             totals[k] = totals.get(k, 0.0) + float(v) * len(items)
     res = {k: v / n for k, v in totals.items()}
     res.update(n=n, steps=default_steps("ddim") if steps is None else steps, data=str(data),

@@ -32,7 +32,9 @@ def to_pil(image: torch.Tensor, upscale: int = 1) -> Image.Image:
         im = Image.fromarray(a[0], "L")
     elif C in (3, 4):
         im = Image.fromarray(a.transpose(1, 2, 0), "RGB" if C == 3 else "RGBA")
-    else:  # other channel counts: show the first three
+    elif C == 2:  # two bands (SAR polarisations, two stains): the first, as grey
+        im = Image.fromarray(a[0], "L")
+    else:  # other channel counts: the first three (viz.images.preview picks and stretches bands)
         im = Image.fromarray(a[:3].transpose(1, 2, 0), "RGB")
     if upscale > 1:
         im = im.resize((im.width * upscale, im.height * upscale), Image.Resampling.NEAREST)
@@ -68,13 +70,13 @@ def parse_bands(text: Optional[str]) -> Optional[list[int]]:
 def preview(images: torch.Tensor, bands: Optional[Sequence[int]] = None, stretch: tuple[float, float] = (2, 98)
             ) -> torch.Tensor:
     """Images of any channel count (B, C, H, W) in [0, 1] as viewable (B, 1 or 3, H, W): `bands` (numbered from
-    1; default: all of a 1-, 3- or 4-channel image, else the first three), each percentile-stretched over the
-    batch (its 2nd to 98th percentile to [0, 1], as remote-sensing viewers show bands) unless the image is shown
-    as it is (default bands of a 1-, 3- or 4-channel image)."""
+    1; default: all of a 1-, 3- or 4-channel image, else the first three, or the first alone), each
+    percentile-stretched over the batch (its 2nd to 98th percentile to [0, 1], as remote-sensing viewers show
+    bands) unless the image is shown as it is (default bands of a 1-, 3- or 4-channel image)."""
     C = images.shape[1]
     if bands is None and C in (1, 3, 4):
         return images
-    bands = list(bands) if bands is not None else [1, 2, 3][:C]
+    bands = list(bands) if bands is not None else [1, 2, 3] if C >= 3 else [1]
     bad = [b for b in bands if not 1 <= b <= C]
     if bad:
         raise ValueError(f"preview band {bad[0]}: the images have {C} band(s), numbered from 1")
