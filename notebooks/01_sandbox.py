@@ -180,7 +180,7 @@ def posterior_mean(x0, x_t, t, betas, alpha_bar):
 
 
 # %%
-learn.check_posterior_mean(posterior_mean)
+posterior_mean = learn.check_posterior_mean(posterior_mean)  # yours once written; until then the library's
 
 # %% [markdown]
 # Now run the reverse chain with the **true noise**: an oracle model that knows x₀ outputs, at every

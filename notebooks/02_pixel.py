@@ -86,7 +86,7 @@ def q_sample_by_hand(x0, t, eps, alpha_bar):
 
 
 # %%
-learn.check_q_sample(q_sample_by_hand)
+q_sample_by_hand = learn.check_q_sample(q_sample_by_hand)  # yours once written; until then the library's
 
 # %% [markdown]
 # The digits recipe predicts **v** = α ε − σ x₀ (Salimans & Ho 2022) instead of ε, with
@@ -103,7 +103,7 @@ def v_target(x0, eps, alpha, sigma):
 
 
 # %%
-learn.check_v_target(v_target)
+v_target = learn.check_v_target(v_target)
 
 # %% [markdown]
 # Now one loss evaluation, step by step, with the (untrained) network of the digits recipe. The

@@ -137,7 +137,7 @@ def latent_scale_by_hand(z):
 
 
 # %%
-learn.check_latent_scale(latent_scale_by_hand)
+latent_scale_by_hand = learn.check_latent_scale(latent_scale_by_hand)  # yours once written, else the library's
 
 with torch.no_grad():
     z_train = ae.encode(to_model_space(torch.stack([train_patches[i]["image"] for i in range(48)])))  # (48, 4, 16, 16)

@@ -43,7 +43,8 @@ def spectral_mixing(bands: int = BANDS) -> tuple[np.ndarray, np.ndarray]:
 
 def make_tiles(root: Path, n: int, seed: int = 0) -> np.ndarray:
     """n planar uint16 TIFFs (13, 32, 32) with 12-bit values: 3,000 x (M @ rgb) + offset + sensor noise (sd 8),
-    from random 32x32 crops of the built-in photos (scikit-learn's two colour photos); returns the stack (n, 13, 32, 32)."""
+    from random 32x32 crops of the built-in photos (scikit-learn's two colour photos); returns the stack
+    (n, 13, 32, 32)."""
     from dff.data.builtin import PhotoPatches
 
     patches = PhotoPatches("train", SIZE, 3, repeat=max(1, n), seed=seed, source="photos")
@@ -99,6 +100,8 @@ def main() -> None:
     d, s = band_stats(data), band_stats(samples)
     iu = np.triu_indices(BANDS, 1)
     res = {
+        "command": "python benchmarks/gates/multiband_demo.py " + " ".join(sys.argv[1:]),
+        "date": time.strftime("%Y-%m-%d"),
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(), "steps": args.steps,
         "tiles": args.tiles, "samples": len(samples), "fit_s": round(fit_s, 1), "sample_s": round(sample_s, 1),
         "sample_dtype": str(samples.dtype), "sample_range": [int(samples.min()), int(samples.max())],

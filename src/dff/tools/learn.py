@@ -5,10 +5,13 @@ batches, and the checks of the exercises.
     learn.require()                      # first cell: names what to install when the learn extra is missing
     steps = learn.budget(1200, 40)       # the full budget, or the quick one when DFF_QUICK=1 (CI)
     learn.show(ax, images, nrow=8)       # a batch (B, C, H, W) in [0, 1] as one grid on a matplotlib axis
-    learn.check_q_sample(my_q_sample)    # an exercise: AssertionError naming the case, expected and got
+    q_sample = learn.check_q_sample(q_sample)  # an exercise: AssertionError naming the case, expected and got;
+                                               # not written yet: one line, and the library's version goes on
 
 Each check compares the learner's function with the library's on a few named cases (the inputs that
-catch the usual mistakes) and raises AssertionError naming the case, the expected and the got values.
+catch the usual mistakes) and raises AssertionError naming the case, the expected and the got values; it
+returns the function the notebook goes on with: the learner's, or, for an exercise not written yet (its stub
+raises NotImplementedError), the library's, with one line saying so, so that Run All completes as shipped.
 """
 from __future__ import annotations
 
@@ -93,15 +96,17 @@ def _describe(x) -> str:
 
 
 def _check(fn: Callable, name: str, cases: Sequence[tuple[str, tuple]], reference: Callable, *,
-           atol: float = 1e-5, rtol: float = 1e-4) -> None:
-    """Compare fn(*args) with reference(*args) on each named case; AssertionError at the first that differs."""
+           atol: float = 1e-5, rtol: float = 1e-4) -> bool:
+    """Compare fn(*args) with reference(*args) on each named case: True when all agree, False (with one line)
+    when fn is not written yet (it raises NotImplementedError), AssertionError at the first case that differs."""
     for case, args in cases:
         expected = reference(*args)
         try:
             got = fn(*(a.clone() if isinstance(a, torch.Tensor) else a for a in args))
         except NotImplementedError:
-            raise AssertionError(f"{name}: not written yet; replace the `raise NotImplementedError` in its cell "
-                                 "with your code") from None
+            print(f"{name}: not written yet, so the notebook goes on with the library's version; replace the "
+                  "`raise NotImplementedError` in its cell with your code and run both cells again")
+            return False
         if not isinstance(got, torch.Tensor):
             raise AssertionError(f"{name}, case '{case}': expected a tensor ({_describe(expected)}), "
                                  f"got {_describe(got)}")
@@ -116,9 +121,31 @@ def _check(fn: Callable, name: str, cases: Sequence[tuple[str, tuple]], referenc
                                  f"largest difference {diff.max().item():.4g}"
                                  + (f", first at index {where}" if where else ""))
     print(f"{name}: correct on all {len(cases)} cases")
+    return True
 
 
-def check_q_sample(fn: Callable) -> None:
+def _yours_or(fn: Callable, written: bool, library: Callable) -> Callable:
+    """The learner's function when it passed its check, else the library's (an exercise not written yet)."""
+    return fn if written else library
+
+
+# ---------------------------------------------------------------------- the library's versions of the exercises
+def q_sample_library(x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
+    """x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps (DDPM Eq. 4) from the (T,) table, t (B,)."""
+    ab = alpha_bar.to(x0.device)[t].view(-1, *[1] * (x0.dim() - 1)).to(x0.dtype)  # (B, 1, ...)
+    return ab.sqrt() * x0 + (1 - ab).sqrt() * eps
+
+
+def posterior_mean_library(x0, x_t, t, betas, alpha_bar) -> torch.Tensor:
+    """mu_tilde_t (DDPM Eq. 7) from 0-indexed (T,) tables, alpha_bar before the first step = 1."""
+    shape = (-1, *[1] * (x0.dim() - 1))
+    ab = alpha_bar[t].view(shape).to(x0.dtype)  # in x0's precision, as GaussianDiffusion.q_posterior computes
+    ab_prev = torch.cat([alpha_bar.new_ones(1), alpha_bar[:-1]])[t].view(shape).to(x0.dtype)
+    beta = betas[t].view(shape).to(x0.dtype)
+    return ab_prev.sqrt() * beta / (1 - ab) * x0 + (1 - beta).sqrt() * (1 - ab_prev) / (1 - ab) * x_t
+
+
+def check_q_sample(fn: Callable) -> Callable:
     """fn(x0, t, eps, alpha_bar) -> x_t = sqrt(alpha_bar[t]) x0 + sqrt(1 - alpha_bar[t]) eps (DDPM Eq. 4),
     t a (B,) tensor of timesteps, alpha_bar the (T,) table; checked against GaussianDiffusion.q_sample."""
     g = torch.Generator().manual_seed(0)
@@ -136,10 +163,11 @@ def check_q_sample(fn: Callable) -> None:
     def reference(x0, t, eps, alpha_bar, d):
         return d.q_sample(x0, t, eps)
 
-    _check(lambda x0, t, eps, alpha_bar, d: fn(x0, t, eps, alpha_bar), "q_sample", cases, reference)
+    written = _check(lambda x0, t, eps, alpha_bar, d: fn(x0, t, eps, alpha_bar), "q_sample", cases, reference)
+    return _yours_or(fn, written, q_sample_library)
 
 
-def check_v_target(fn: Callable) -> None:
+def check_v_target(fn: Callable) -> Callable:
     """fn(x0, eps, alpha, sigma) -> v = alpha eps - sigma x0 (Salimans & Ho 2022, Sec. 4), alpha and sigma
     shaped (B, 1, 1, 1); checked against the library's output_from_x0_eps("v", ...)."""
     g = torch.Generator().manual_seed(1)
@@ -153,10 +181,11 @@ def check_v_target(fn: Callable) -> None:
         shape = (len(alpha_bar), 1, 4, 4)
         cases.append((case, (torch.randn(shape, generator=g), torch.randn(shape, generator=g), ab.sqrt(),
                              (1 - ab).sqrt())))
-    _check(fn, "v_target", cases, lambda x0, eps, alpha, sigma: output_from_x0_eps("v", x0, eps, alpha, sigma))
+    library = lambda x0, eps, alpha, sigma: output_from_x0_eps("v", x0, eps, alpha, sigma)  # noqa: E731
+    return _yours_or(fn, _check(fn, "v_target", cases, library), library)
 
 
-def check_psnr(fn: Callable) -> None:
+def check_psnr(fn: Callable) -> Callable:
     """fn(x, y) -> the mean over the batch of each image's PSNR in dB, images (B, C, H, W) in [0, 1]
     (data range 1); checked against dff.evaluation.psnr_ssim.psnr."""
     g = torch.Generator().manual_seed(2)
@@ -167,10 +196,10 @@ def check_psnr(fn: Callable) -> None:
         ("a batch whose images have different errors (average the PSNRs, not the errors)",
          (y, (y + torch.tensor([0.01, 0.1, 0.3]).view(3, 1, 1, 1) * noise).clamp(0, 1))),
     ]
-    _check(fn, "psnr", cases, lambda x, target: psnr(x, target), atol=1e-3)
+    return _yours_or(fn, _check(fn, "psnr", cases, lambda x, target: psnr(x, target), atol=1e-3), psnr)
 
 
-def check_latent_scale(fn: Callable) -> None:
+def check_latent_scale(fn: Callable) -> Callable:
     """fn(z) -> the latent scale s = 1 / std of all elements of the latents z (Rombach et al. 2022,
     Sec. 4.3.2); checked against LatentSpace.estimate_scale."""
     g = torch.Generator().manual_seed(3)
@@ -185,10 +214,12 @@ def check_latent_scale(fn: Callable) -> None:
     def reference(z):
         return torch.tensor(LatentSpace(None, z.shape[1]).estimate_scale(z))
 
-    _check(lambda z: torch.as_tensor(fn(z), dtype=torch.float64).reshape(()), "latent_scale", cases, reference)
+    written = _check(lambda z: torch.as_tensor(fn(z), dtype=torch.float64).reshape(()), "latent_scale", cases,
+                     reference)
+    return _yours_or(fn, written, lambda z: LatentSpace(None, z.shape[1]).estimate_scale(z))
 
 
-def check_posterior_mean(fn: Callable) -> None:
+def check_posterior_mean(fn: Callable) -> Callable:
     """fn(x0, x_t, t, betas, alpha_bar) -> mu_tilde_t(x_t, x0), the mean of q(x_{t-1} | x_t, x0)
     (DDPM Eq. 7) with 0-indexed tables and alpha_bar before the first step = 1; checked against
     GaussianDiffusion.q_posterior."""
@@ -206,5 +237,6 @@ def check_posterior_mean(fn: Callable) -> None:
     def reference(x0, x_t, t, betas, alpha_bar, d):
         return d.q_posterior(x0, x_t, t)[0]
 
-    _check(lambda x0, x_t, t, betas, alpha_bar, d: fn(x0, x_t, t, betas, alpha_bar), "posterior_mean", cases,
-           reference)
+    written = _check(lambda x0, x_t, t, betas, alpha_bar, d: fn(x0, x_t, t, betas, alpha_bar), "posterior_mean",
+                     cases, reference)
+    return _yours_or(fn, written, posterior_mean_library)
