@@ -10,6 +10,7 @@ import torch
 
 from conftest import write_images
 from dff.cli import fit
+from dff.data.shards import pack
 from dff.data.stream import Key, Stream, draw_seed, item_rng
 
 TINY = ["--model.dim", "8", "--model.dim_mults", "[1, 2]", "--model.timesteps", "50", "--model.ema_decay", "0.9",
@@ -83,6 +84,7 @@ CASES = {
     "folder": FOLDER,  # random crops and flips drawn per item (PIL)
     "folder, 2 workers": [*FOLDER[:-1], "2"],
     "folder on the device": [*FOLDER, "--data.on_device", "true"],  # crops and flips drawn per batch
+    "packed by dff data pack": FOLDER,  # the same files from tar shards
     "digits with classes": ["--data.dataset", "digits", "--data.channels", "1", "--model.num_classes", "10",
                             "--model.label_dropout", "0.3"],
 }
@@ -91,7 +93,11 @@ CASES = {
 @pytest.mark.parametrize("case", list(CASES))
 def test_a_resumed_run_equals_the_uninterrupted_run_bit_for_bit(tmp_path, case):
     write_images(tmp_path / "images", 10, 12, "png")  # 2 batches per epoch: step 5 is mid-epoch
-    args = [*CASES[case], "--data.root", str(tmp_path / "images")]
+    root = tmp_path / "images"
+    if case.startswith("packed"):
+        pack(root, tmp_path / "packed", shard_items=4, progress=lambda s: None)  # 3 shards
+        root = tmp_path / "packed"
+    args = [*CASES[case], "--data.root", str(root)]
     whole, resumed = interrupted_and_whole(tmp_path, args)
     a, b = losses(Path(whole.trainer.log_dir)), losses(Path(resumed.trainer.log_dir))
     assert sorted(a) == [1, 3, 5, 7] and sorted(b) == [5, 7]
@@ -99,6 +105,16 @@ def test_a_resumed_run_equals_the_uninterrupted_run_bit_for_bit(tmp_path, case):
     sa, sb = whole.model.state_dict(), resumed.model.state_dict()
     assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)  # network and EMA
     assert int(resumed.model.ema.num_updates) == 9
+
+
+def test_packed_shards_train_as_the_folder_they_came_from(tmp_path):
+    """Training from `dff data pack`'s shards sees the folder's items, crops and flips: the same losses."""
+    write_images(tmp_path / "images", 10, 12, "png")
+    pack(tmp_path / "images", tmp_path / "packed", shard_items=3, progress=lambda s: None)
+    runs = [fit(["--trainer.default_root_dir", str(tmp_path / f"run_{root}"), *TINY, *FOLDER, "--data.root",
+                 str(tmp_path / root), "--trainer.max_steps", "4"]) for root in ("images", "packed")]
+    a, b = (losses(Path(r.trainer.log_dir)) for r in runs)
+    assert a == b and len(a) == 2
 
 
 def test_the_number_of_workers_does_not_change_the_batches(tmp_path):

@@ -8,6 +8,7 @@
     dff eval AUTOENCODER_RUN --data DIR|textures                       reconstruction PSNR/SSIM
     dff data download NAME [--dir data]                               a pix2pix archive (maps, facades, ...)
     dff data check PATH [--image-size S] [--pairs folders]            what training would make of a folder
+    dff data pack FOLDER OUT [--labels] [--skip-bad]                  check once, in parallel; pack into tar shards
     dff doctor RUN                                                    why are my samples noise? findings with fixes
     dff demo [latent]                                                 train a demo (digits; or latent), write figures
     dff explore --out DIR [--image PATH] [--schedule NAME|all] [--run RUN]   the diffusion process, visualised
@@ -118,11 +119,19 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--image-size", type=int, default=None,
                    help="--autoencoder: side of the evaluated crops (default: the model's size, or 256)")
 
-    a = sub.add_parser("data", help="download a public data set (dff data download maps --dir data), or check an "
-                                    "image folder before training (dff data check PATH --image-size 64)")
-    a.add_argument("action", choices=["download", "list", "check"])
+    a = sub.add_parser("data", help="download a public data set (dff data download maps --dir data), check an "
+                                    "image folder before training (dff data check PATH --image-size 64), or pack "
+                                    "a large one into shards (dff data pack FOLDER OUT)")
+    a.add_argument("action", choices=["download", "list", "check", "pack"])
     a.add_argument("name", nargs="?", default=None,
-                   help="download: pix2pix archive (facades, cityscapes, maps, edges2shoes, ...); check: the folder")
+                   help="download: pix2pix archive (facades, cityscapes, maps, edges2shoes, ...); check, pack: the "
+                        "folder")
+    a.add_argument("target", nargs="?", default=None, help="pack: the output folder of the shards (new or empty)")
+    a.add_argument("--labels", action="store_true", help="pack: keep each file's class (its top-level sub-folder)")
+    a.add_argument("--skip-bad", action="store_true",
+                   help="pack: leave unreadable files out (listed in OUT/skipped_files.txt) instead of stopping")
+    a.add_argument("--shard-items", type=int, default=10_000, help="pack: items per tar shard (default 10000)")
+    a.add_argument("--workers", type=int, default=None, help="pack: processes that check the files (default: cores)")
     a.add_argument("--image-size", type=int, default=None, help="check: the training size (reports smaller images)")
     a.add_argument("--crop", default="random", choices=["random", "center", "resize"], help="check: data.crop")
     a.add_argument("--pairs", default="none", choices=["none", "side_by_side", "folders"], help="check: data.pairs")

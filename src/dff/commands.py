@@ -197,6 +197,8 @@ def data_command(args: argparse.Namespace) -> Path:
 
     if args.action == "check":
         return check_command(args)
+    if args.action == "pack":
+        return pack_command(args)
     if args.action == "list" or args.name is None:
         for name, desc in PIX2PIX.items():
             print(f"{name:16s} {desc}")
@@ -207,6 +209,22 @@ def data_command(args: argparse.Namespace) -> Path:
         raise SystemExit(f"dff: {e}")
     print(f"extracted {args.name} to {path}")
     return path
+
+
+def pack_command(args: argparse.Namespace) -> Path:
+    """dff data pack FOLDER OUT: check every file once, in parallel, and pack them into tar shards."""
+    from .data.shards import pack
+
+    if args.name is None or args.target is None:
+        raise SystemExit("dff: dff data pack needs the folder and the output: dff data pack FOLDER OUT")
+    try:
+        meta = pack(args.name, args.target, shard_items=args.shard_items, labels=args.labels, skip_bad=args.skip_bad,
+                    workers=args.workers)
+    except (FileNotFoundError, NotADirectoryError, ValueError) as e:
+        raise SystemExit(f"dff: {e}")
+    print(f"packed {meta['items']} item(s) into {meta['shards']} shard(s) in {args.target}: train with "
+          f"--data.root {args.target}")
+    return Path(args.target)
 
 
 def check_command(args: argparse.Namespace) -> Path:

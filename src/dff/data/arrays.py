@@ -23,14 +23,15 @@ from __future__ import annotations
 
 import random
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .folder import IMAGE_EXTENSIONS, ImageFolder, crop_box
+from .folder import IMAGE_EXTENSIONS, ImageFolder, crop_box, opened
 
 ARRAY_EXTENSIONS: tuple[str, ...] = (".npy", ".npz", ".tif", ".tiff")
 MAX_CHANNELS = 64
@@ -69,11 +70,12 @@ def to_hwc(a: np.ndarray, path: Path, axes: str = "") -> np.ndarray:
     return a.transpose(1, 2, 0) if first else a
 
 
-def load_numpy(path: Path) -> np.ndarray:
-    """A .npy array, or the only (or the 'image') array of a .npz; never a pickle."""
-    if path.suffix.lower() == ".npy":
-        return np.load(path, allow_pickle=False)
-    with np.load(path, allow_pickle=False) as z:
+def load_numpy(source, suffix: str, path) -> np.ndarray:
+    """A .npy array, or the only (or the 'image') array of a .npz (`source`: a path or a file object; `path`
+    names it in messages); never a pickle."""
+    if suffix == ".npy":
+        return np.load(source, allow_pickle=False)
+    with np.load(source, allow_pickle=False) as z:
         keys = list(z.keys())
         if len(keys) != 1 and "image" not in keys:
             raise ValueError(f"{path}: holds arrays {keys}: expected one array, or one named 'image'")
@@ -83,11 +85,11 @@ def load_numpy(path: Path) -> np.ndarray:
 def read_array(path: str | Path) -> np.ndarray:
     """One file as (H, W, C) in its own dtype: .npy (no pickles), .npz (its only array, or the one named
     'image'), TIFF (tifffile: any band count and dtype), other images through PIL (8-bit, or 16-bit grayscale)."""
-    path = Path(path)
-    suffix, axes = path.suffix.lower(), ""
+    suffix, axes = Path(getattr(path, "source", str(path))).suffix.lower(), ""  # a packed item: its source's
+    source = opened(path) if isinstance(path, str) else Path(path)  # a packed item gives its bytes
     if suffix in (".npy", ".npz"):
         try:
-            a = load_numpy(path)
+            a = load_numpy(source, suffix, path)
         except ValueError as e:
             if "allow_pickle" in str(e):
                 raise ValueError(f"{path}: holds Python objects (a pickle): only numeric arrays are read, since "
@@ -96,13 +98,13 @@ def read_array(path: str | Path) -> np.ndarray:
     elif suffix in (".tif", ".tiff"):
         import tifffile
 
-        with tifffile.TiffFile(path) as tif:
+        with tifffile.TiffFile(source) as tif:
             series = tif.series[0]
             axes, a = series.axes, series.asarray()
     else:
         from PIL import Image
 
-        with Image.open(path) as im:
+        with Image.open(source) as im:
             a = np.asarray(im)
     if a.dtype.kind not in "buif":
         raise ValueError(f"{path}: dtype {a.dtype}: expected integers, floats or booleans")
@@ -269,6 +271,19 @@ def transform_tensor(x: torch.Tensor, size: int, crop: str, *, hflip: bool, vfli
     return x.contiguous()
 
 
+def inspect_bands(path: Path, channels: int, bands: Optional[tuple[int, ...]] = None) -> dict:
+    """inspect_array, with files of too few bands (or the wrong count, without data.bands) as errors."""
+    info = inspect_array(path)
+    if info["error"]:
+        return info
+    c = info["channels"]
+    if bands is None and c != channels:
+        info["error"] = f"{c} band(s), expected data.channels={channels} (or pick some with data.bands)"
+    elif bands is not None and max(bands) > c:
+        info["error"] = f"{c} band(s), but data.bands asks for band {max(bands)}"
+    return info
+
+
 class ArrayFolder(ImageFolder):
     """Arrays and multiband files below `root` (TIFF, .npy, .npz, and images through PIL) as (C, size, size)
     tensors in [0, 1], by a per-channel DataRange; `bands` picks channels (numbered from 1)."""
@@ -292,17 +307,8 @@ class ArrayFolder(ImageFolder):
         if not 1 <= channels <= MAX_CHANNELS:
             raise ValueError(f"data.channels={channels}: expected 1 to {MAX_CHANNELS}")
 
-    def inspect(self, path: Path) -> dict:
-        """inspect_array, with files of too few bands (or the wrong count, without data.bands) as errors."""
-        info = inspect_array(path)
-        if info["error"]:
-            return info
-        c = info["channels"]
-        if self.bands is None and c != self.channels:
-            info["error"] = f"{c} band(s), expected data.channels={self.channels} (or pick some with data.bands)"
-        elif self.bands is not None and max(self.bands) > c:
-            info["error"] = f"{c} band(s), but data.bands asks for band {max(self.bands)}"
-        return info
+    def inspector(self) -> Callable[[Path], dict]:
+        return partial(inspect_bands, channels=self.channels, bands=None if self.bands is None else tuple(self.bands))
 
     def load(self, path: Path, rng: random.Random) -> torch.Tensor:
         x = array_to_tensor(select_bands(read_array(path), self.bands, path), self.data_range)  # (C, H, W)

@@ -24,6 +24,7 @@ import torch
 from .builtin import DigitsDataset, PhotoPatches
 from .arrays import ArrayFolder, DataRange, holds_arrays, measure_range
 from .folder import MODES, Crop, ImageFolder, find_images
+from .shards import Packed, PackedArrays, PackedImages, is_packed
 from .paired import PairFolder, TaskDataset
 from .stream import Stream, StreamLoader
 from .condition import GIVEN_LAYOUTS, Condition
@@ -102,6 +103,18 @@ class ImageDataModule(L.LightningDataModule):
         if dataset != "folder" and (reader == "array" or bands or value_range or normalize != "dtype"):
             raise ValueError(f"data.reader/bands/normalize/value_range are for folders of array files; the built-in "
                              f"{dataset!r} are images")
+        if bands is not None and (not bands or any(not isinstance(b, int) or b < 1 for b in bands)):
+            raise ValueError(f"data.bands {bands!r}: expected band numbers from 1, e.g. [4, 3, 2]")
+        if not 0 <= percentiles[0] < percentiles[1] <= 100:
+            raise ValueError(f"data.percentiles {list(percentiles)}: expected [low, high] with 0 <= low < high <= 100")
+        if value_range is not None:
+            try:
+                flat = [float(v) for pair in value_range for v in (pair if isinstance(pair, (list, tuple)) else [pair])]
+            except (TypeError, ValueError):
+                flat = []
+            if len(value_range) != 2 or not flat:
+                raise ValueError(f"data.value_range {value_range!r}: expected [low, high], numbers or one list of "
+                                 "numbers per channel each, e.g. [0, 4095]")
         if bands is not None and len(bands) != channels:
             raise ValueError(f"data.bands {list(bands)} picks {len(bands)} band(s), but data.channels={channels}: "
                              "set data.channels to the number of bands")
@@ -125,7 +138,7 @@ class ImageDataModule(L.LightningDataModule):
             return False
         if h.reader == "array" or h.bands or h.value_range or h.normalize != "dtype" or h.channels not in MODES:
             return True
-        return holds_arrays(h.root)
+        return Packed(h.root).arrays if is_packed(h.root) else holds_arrays(h.root)
 
     @property
     def data_range(self) -> Optional[dict]:
@@ -139,7 +152,7 @@ class ImageDataModule(L.LightningDataModule):
             return None
         if self._data_range is None:
             h = self.hparams
-            files = find_images(h.root, ArrayFolder.extensions)
+            files = Packed(h.root) if is_packed(h.root) else find_images(h.root, ArrayFolder.extensions)
             self._data_range = measure_range(files, h.channels, bands=h.bands, normalize=h.normalize,
                                              percentiles=h.percentiles, value_range=h.value_range)
         return self._data_range
@@ -193,22 +206,24 @@ class ImageDataModule(L.LightningDataModule):
             crop, hflip, vflip, repeat = (h.crop, hflip_on, vflip_on, h.repeat) if train else (
                 "resize" if h.crop == "resize" else "center", False, False, 1)
             if h.pairs in GIVEN_LAYOUTS:
-                if self.reads_arrays:
-                    raise ValueError(f"data.pairs={h.pairs!r} reads pairs of images; pairs of array files are not "
-                                     "supported yet (tasks made from one array work: sr2, sr4, inpaint)")
+                if self.reads_arrays or is_packed(root):
+                    raise ValueError(f"data.pairs={h.pairs!r} reads pairs of image files; pairs of array files or "
+                                     "packed pairs are not supported yet (tasks made from one image work: sr2, sr4, "
+                                     "colorize, inpaint)")
                 pairs = PairFolder(root, h.pairs, image_size=h.image_size, channels=h.channels,
                                    cond_channels=self.condition.channels, direction=h.direction, crop=crop, hflip=hflip,
                                    vflip=vflip, repeat=repeat, crop_scale=h.crop_scale, on_bad_file=h.on_bad_file)
                 self.skipped += pairs.skipped
                 return pairs
             kw = dict(crop=crop, hflip=hflip, vflip=vflip, repeat=repeat, labels=h.labels and h.pairs == "none",
-                      half=h.half, on_bad_file=h.on_bad_file)
+                      half=h.half, on_bad_file=h.on_bad_file, check_workers=self.workers)
+            packed = is_packed(root)  # written by `dff data pack`: items checked then, read from its shards
             if self.reads_arrays:
                 # the training files' range, for validation files too
-                base = ArrayFolder(root, h.image_size, h.channels, data_range=self.measured_range(), bands=h.bands,
-                                   **kw)
+                base = (PackedArrays if packed else ArrayFolder)(root, h.image_size, h.channels, bands=h.bands,
+                                                                 data_range=self.measured_range(), **kw)
             else:
-                base = ImageFolder(root, h.image_size, h.channels, **kw)
+                base = (PackedImages if packed else ImageFolder)(root, h.image_size, h.channels, **kw)
             self.skipped += base.skipped
         if h.pairs == "none":
             return base  # validation images of unpaired data: autoencoders score reconstructions on them
@@ -228,7 +243,7 @@ class ImageDataModule(L.LightningDataModule):
         training device); anything else keeps the PIL path, with one line when on_device was asked for."""
         h = self.hparams
         on_gpu = self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"
-        images = isinstance(data, ImageFolder) and not isinstance(data, ArrayFolder)
+        images = isinstance(data, ImageFolder) and not isinstance(data, (ArrayFolder, PackedImages))
         if h.on_device is False or (h.on_device is None and not on_gpu) or h.latent_cache or not images:
             if h.on_device and not images:
                 print(f"data.on_device: {type(data).__name__} data keep their own path "

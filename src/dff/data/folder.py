@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 import warnings
 from pathlib import Path
-from typing import Callable, Literal, Optional
+from typing import Callable, Literal, Optional, Sequence
 
 import numpy as np
 import torch
@@ -58,11 +58,17 @@ def convert_image(im: Image.Image, channels: int) -> Image.Image:
     return Image.fromarray((a * 255).round().astype(np.uint8), "L").convert(MODES[channels])
 
 
+def opened(path):
+    """What a decoder reads: a file's path, or the bytes of a packed item (data/shards.py's Entry: a str naming
+    its source file, with an open() that gives its bytes as a file object)."""
+    return path.open() if isinstance(path, str) and hasattr(path, "open") else path
+
+
 def load_image(path: Path, channels: int) -> Image.Image:
     """Decode an image fully and convert it to `channels` (see convert_image)."""
     if channels not in MODES:
         raise ValueError(f"channels must be one of {sorted(MODES)} for image files, got {channels}")
-    with Image.open(path) as im:
+    with Image.open(opened(path)) as im:
         im.load()
         return convert_image(im, channels)
 
@@ -88,13 +94,15 @@ def inspect_image(path: Path) -> dict:
 
 def check_images(files: list[Path], image_size: int, crop: Crop, skip: bool = False,
                  inspect: Callable[[Path], dict] = inspect_image,
-                 unreadable: str = "could not be decoded (corrupt or truncated)") -> list[tuple[Path, str]]:
-    """Decode every file once (`inspect`: {"error", "size"}); raise naming every unreadable file and every image too
-    small to crop, or, with skip=True, return them as (file, why) for the caller to leave out (an error if none is
-    left)."""
+                 unreadable: str = "could not be decoded (corrupt or truncated)",
+                 workers: int = 1) -> list[tuple[Path, str]]:
+    """Decode every file once (`inspect`: {"error", "size"}; in `workers` processes for large folders); raise naming
+    every unreadable file and every image too small to crop, or, with skip=True, return them as (file, why) for the
+    caller to leave out (an error if none is left)."""
+    from .shards import inspect_all
+
     bad, small, upscaled, skipped = [], [], 0, []
-    for p in files:
-        info = inspect(p)
+    for p, info in zip(files, inspect_all(files, inspect, workers)):
         if info["error"]:
             bad.append(f"  {p}: {info['error']}")
             skipped.append((p, info["error"]))
@@ -186,32 +194,28 @@ class ImageFolder(torch.utils.data.Dataset):
         half: Optional[str] = None,  # "A" or "B": only the left or right half of pix2pix side-by-side files
         on_bad_file: Literal["stop", "skip"] = "stop",  # unreadable or too small files: stop (naming them) or leave
                                                         # them out
+        check_workers: int = 1,  # processes that decode the files once to check them (large folders)
     ):
         if half not in (None, "A", "B"):
             raise ValueError(f"unknown half {half!r}: expected 'A' (left), 'B' (right) or None (whole files)")
         self.half = half
         if crop not in ("random", "center", "resize"):
             raise ValueError(f"unknown crop {crop!r}: expected 'random', 'center' or 'resize'")
-        self.files = find_images(root, self.extensions)
         self.image_size, self.channels, self.crop, self.hflip, self.vflip = image_size, channels, crop, hflip, vflip
         self.repeat = repeat
         self.check_channels(channels)
         if on_bad_file not in ("stop", "skip"):
             raise ValueError(f"unknown on_bad_file {on_bad_file!r}: expected 'stop' or 'skip'")
-        self.skipped = check_images(self.files, image_size, crop, skip=on_bad_file == "skip",
-                                    inspect=self.inspect, unreadable=self.unreadable)  # [(file, why)]
-        left_out = {p for p, _ in self.skipped}
-        self.files = [p for p in self.files if p not in left_out]
+        self.files = self.list_files(root)
+        self.skipped = self.check_files(image_size, crop, skip=on_bad_file == "skip",
+                                        workers=check_workers)  # [(file, why)]
+        if self.skipped:
+            left_out = {p for p, _ in self.skipped}
+            self.files = [p for p in self.files if p not in left_out]
         self.classes: list[str] = []
         self.labels: Optional[list[int]] = None
         if labels:
-            rel = [p.relative_to(root) for p in self.files]
-            loose = [str(root / r) for r in rel if len(r.parts) == 1]
-            if loose:
-                raise ValueError(f"labels from sub-folder names need every image inside a class folder of {root}, "
-                                 f"but {len(loose)} lie directly in it, e.g. {loose[0]}")
-            self.classes = sorted({r.parts[0] for r in rel})
-            self.labels = [self.classes.index(r.parts[0]) for r in rel]
+            self.classes, self.labels = self.class_labels(Path(root))
         # the global `random` is reseeded per DataLoader worker by torch; a seed makes one stream
         self.rng = random.Random(seed) if seed is not None else random
 
@@ -223,9 +227,30 @@ class ImageFolder(torch.utils.data.Dataset):
             raise ValueError(f"channels must be one of {sorted(MODES)} for image files, got {channels} (other channel "
                              "counts: multiband TIFF or .npy files, read as arrays: data.reader array)")
 
-    def inspect(self, path: Path) -> dict:
-        """Decode one file to check it: {"error", "size", ...}."""
-        return inspect_image(path)
+    def inspector(self) -> Callable[[Path], dict]:
+        """What decodes one file to check it, {"error", "size", ...}: a module-level function (or a partial of one),
+        so that worker processes can run it."""
+        return inspect_image
+
+    def list_files(self, root) -> Sequence:
+        """The files to read: every one below root ending in one of `extensions`, sorted."""
+        return find_images(root, self.extensions)
+
+    def check_files(self, image_size: int, crop: Crop, skip: bool, workers: int = 1) -> list[tuple[Path, str]]:
+        """Decode every file once (in `workers` processes): the files left out, or an error naming them."""
+        return check_images(self.files, image_size, crop, skip=skip, inspect=self.inspector(),
+                            unreadable=self.unreadable, workers=workers)
+
+    def class_labels(self, root: Path) -> tuple[list[str], list[int]]:
+        """(class names, each file's class): the files' top-level sub-folders, sorted by name."""
+        rel = [p.relative_to(root) for p in self.files]
+        loose = [str(root / r) for r in rel if len(r.parts) == 1]
+        if loose:
+            raise ValueError(f"labels from sub-folder names need every image inside a class folder of {root}, "
+                             f"but {len(loose)} lie directly in it, e.g. {loose[0]}")
+        classes = sorted({r.parts[0] for r in rel})
+        index = {c: k for k, c in enumerate(classes)}
+        return classes, [index[r.parts[0]] for r in rel]
 
     def __len__(self) -> int:
         return len(self.files) * self.repeat

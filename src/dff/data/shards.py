@@ -1,0 +1,229 @@
+"""Packed data for millions of images: `dff data pack FOLDER OUT` checks every file once, in parallel, and packs
+them into tar shards; `data.root: OUT` trains from them without listing or decoding anything at start.
+
+    OUT/shard-00000.tar ...   WebDataset's layout: each item one member `KEY.EXT` (the file's bytes unchanged,
+                              KEY its 9-digit index), and `KEY.cls` its label when packed with --labels
+    OUT/index.npy             (N,) records: shard, byte offset and size of each item's data, its label (-1: none),
+                              its width and height (so that training checks sizes without decoding)
+    OUT/index.json            format, item and shard counts, each item's source file (relative to FOLDER), the
+                              class names, and whether the folder was array data
+
+Why tar shards with an index, not Lightning's litdata or a WebDataset stream: litdata requires torchvision,
+which cannot be installed beside the CPU build of torch here; a WebDataset stream reads each shard in order
+and shuffles through a buffer, so a run resumed mid-epoch cannot repeat the uninterrupted one. The shards
+here are WebDataset's format (other tools read them), and the index gives random access (one seek and one
+read per item), so training keeps the folder path's order, crops and flips as functions of (seed, epoch,
+position): the same mid-epoch resume, and each DDP rank reads its own share of the items. Local paths only:
+object storage would need ranged reads per item.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+from .arrays import ArrayFolder, holds_arrays, inspect_array
+from .folder import IMAGE_EXTENSIONS, ImageFolder, find_images, inspect_image
+
+FORMAT = "dff-shards"
+VERSION = 1
+RECORD = np.dtype([("shard", "<i4"), ("offset", "<i8"), ("size", "<i8"), ("label", "<i4"), ("width", "<i4"),
+                   ("height", "<i4")])
+
+
+def is_packed(root: str | Path) -> bool:
+    """Whether `root` is a folder written by `dff data pack` (it holds index.json of this format)."""
+    p = Path(root) / "index.json"
+    if not p.is_file():
+        return False
+    try:
+        return json.loads(p.read_text()).get("format") == FORMAT
+    except (ValueError, OSError, AttributeError):
+        return False
+
+
+def inspect_all(files: Sequence[Path], inspect: Callable[[Path], dict], workers: int = 1) -> list[dict]:
+    """inspect(file) for every file, in `workers` processes when there are enough files to pay for them."""
+    if workers <= 1 or len(files) < 256:
+        return [inspect(p) for p in files]
+    with ProcessPoolExecutor(workers) as pool:
+        return list(pool.map(inspect, files, chunksize=64))
+
+
+def pack(root: str | Path, out: str | Path, *, shard_items: int = 10_000, labels: bool = False,
+         skip_bad: bool = False, workers: Optional[int] = None, progress: Callable[[str], None] = print) -> dict:
+    """Check every image or array file below `root` once (in `workers` processes) and pack them into tar shards
+    in `out` (written whole or not at all). A file that training would refuse stops the packing, named as
+    `dff data check` names it, unless skip_bad (then it is left out and listed in out/skipped_files.txt).
+    labels: each item's class is its top-level sub-folder (as data.labels). Returns index.json's content."""
+    from ..files import atomic_folder
+
+    root, out = Path(root), Path(out)
+    if shard_items < 1:
+        raise ValueError(f"--shard-items {shard_items}: expected at least 1")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ValueError(f"{out} already exists and is not an empty folder: choose another output for the shards")
+    if out.resolve() == root.resolve() or root.resolve() in out.resolve().parents:
+        raise ValueError(f"{out} lies inside the data folder {root}: choose an output outside it")
+    arrays = holds_arrays(root)
+    files = find_images(root, ArrayFolder.extensions if arrays else IMAGE_EXTENSIONS)
+    workers = workers or min(8, os.cpu_count() or 1)
+    progress(f"checking {len(files)} file(s) in {workers} process(es)")
+    infos = inspect_all(files, inspect_array if arrays else inspect_image, workers)
+    bad = [(p, i["error"]) for p, i in zip(files, infos) if i["error"]]
+    if bad and not skip_bad:
+        lines = "\n".join(f"  {p}: {why}" for p, why in bad[:20])
+        raise ValueError(f"{len(bad)} image file(s) could not be decoded (corrupt or truncated); fix or remove them, "
+                         f"or pass --skip-bad to pack the rest:\n{lines}")
+    good = [p for p, i in zip(files, infos) if not i["error"]]
+    good_infos = [i for i in infos if not i["error"]]
+    if not good:
+        raise ValueError(f"no readable file below {root}: nothing to pack")
+    classes: list[str] = []
+    if labels:
+        rel = [p.relative_to(root) for p in good]
+        loose = [str(p) for p, r in zip(good, rel) if len(r.parts) == 1]
+        if loose:
+            raise ValueError(f"--labels takes each class from a sub-folder of {root}, but {len(loose)} file(s) lie "
+                             f"directly in it, e.g. {loose[0]}")
+        classes = sorted({r.parts[0] for r in rel})
+    records = np.zeros(len(good), RECORD)
+    with atomic_folder(out) as tmp:
+        for s, start in enumerate(range(0, len(good), shard_items)):
+            name = f"shard-{s:05d}.tar"
+            with tarfile.open(tmp / name, "w", format=tarfile.USTAR_FORMAT) as tar:
+                for i in range(start, min(start + shard_items, len(good))):
+                    p = good[i]
+                    _add(tar, f"{i:09d}{p.suffix.lower()}", p.read_bytes())
+                    if labels:
+                        _add(tar, f"{i:09d}.cls", str(classes.index(p.relative_to(root).parts[0])).encode())
+            with tarfile.open(tmp / name) as tar:  # where each item's data landed
+                for m in tar:
+                    if not m.name.endswith(".cls"):
+                        i = int(m.name.split(".")[0])
+                        w, h = good_infos[i]["size"]
+                        records[i] = (s, m.offset_data, m.size, -1, w, h)
+            progress(f"packed {min(start + shard_items, len(good))} / {len(good)}")
+        if labels:
+            records["label"] = [classes.index(p.relative_to(root).parts[0]) for p in good]
+        np.save(tmp / "index.npy", records)
+        meta = {"format": FORMAT, "version": VERSION, "items": len(good), "shard_items": shard_items,
+                "shards": int(records["shard"].max()) + 1, "arrays": arrays, "classes": classes,
+                "names": [str(p.relative_to(root)) for p in good]}
+        (tmp / "index.json").write_text(json.dumps(meta))
+        if bad:
+            (tmp / "skipped_files.txt").write_text("".join(f"{p}\t{why}\n" for p, why in bad))
+    return meta
+
+
+def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mode, info.mtime = len(data), 0o644, 0  # no dates: the same files give the same shards
+    tar.addfile(info, io.BytesIO(data))
+
+
+class Entry(str):
+    """One packed item as the folder data sets see a file, a str for messages ("SOURCE in SHARD": the file it was
+    packed from, relative to the packed folder's source, ending in its extension), with where its bytes lie."""
+
+    source: str
+    shard: Path
+    offset: int
+    size: int
+
+    def __new__(cls, source: str, shard: Path, offset: int, size: int) -> "Entry":
+        e = super().__new__(cls, f"{source} in {shard}")
+        e.source, e.shard, e.offset, e.size = source, shard, offset, size
+        return e
+
+    def __reduce__(self):
+        return Entry, (self.source, self.shard, self.offset, self.size)
+
+    @property
+    def suffix(self) -> str:
+        return Path(self.source).suffix
+
+    def read(self) -> bytes:
+        with open(self.shard, "rb") as f:
+            return os.pread(f.fileno(), self.size, self.offset)
+
+    def open(self) -> io.BytesIO:
+        """A file object of the item's bytes, named after the source file (what PIL and tifffile read)."""
+        buf = io.BytesIO(self.read())
+        buf.name = str(self)
+        return buf
+
+
+class Packed:
+    """The index of a packed folder: len(), [i] -> Entry, labels, classes, arrays (whether it is array data)."""
+
+    def __init__(self, root: str | Path):
+        root = Path(root)
+        if not is_packed(root):
+            raise ValueError(f"{root} is not a folder written by `dff data pack` (no index.json of {FORMAT})")
+        meta = json.loads((root / "index.json").read_text())
+        if meta.get("version") != VERSION:
+            raise ValueError(f"{root}: packed by format version {meta.get('version')}, this dff reads {VERSION}: "
+                             "pack the folder again")
+        self.root, self.meta = root, meta
+        self.records = np.load(root / "index.npy", allow_pickle=False)
+        self.classes: list[str] = meta["classes"]
+        self.arrays: bool = meta["arrays"]
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> Entry:
+        r = self.records[i]
+        return Entry(self.meta["names"][i], self.root / f"shard-{int(r['shard']):05d}.tar", int(r["offset"]),
+                     int(r["size"]))
+
+    @property
+    def labels(self) -> Optional[list[int]]:
+        return self.records["label"].tolist() if self.classes else None
+
+
+class _FromShards:
+    """What a folder data set changes to read a packed folder: its files are the index's entries, checked when
+    they were packed, and its labels the packed ones."""
+
+    def list_files(self, root) -> Packed:
+        self.packed = Packed(root)
+        return self.packed
+
+    def check_files(self, image_size, crop, skip, workers=1) -> list:
+        """Every item was decoded once by `dff data pack`; only the sizes are checked here, from the index, with
+        the folder check's messages."""
+        from .folder import check_images
+
+        r = self.packed.records
+        small = np.flatnonzero(np.minimum(r["width"], r["height"]) < image_size)
+        if len(small) == 0 or crop == "resize":
+            return []  # (resize upscales small images)
+        if skip and len(small) < len(r):
+            return [(self.packed[i], f"{r['width'][i]}x{r['height'][i]}, smaller than the training size {image_size} "
+                     f"(crop={crop!r})") for i in small]
+        sizes = {int(i): (int(r["width"][i]), int(r["height"][i])) for i in small}
+        entries = [self.packed[i] for i in small]
+        order = {str(e): int(i) for e, i in zip(entries, small)}
+        return check_images(entries, image_size, crop, skip=skip, inspect=lambda e: {"error": None,
+                                                                                   "size": sizes[order[str(e)]]})
+
+    def class_labels(self, root) -> tuple[list[str], list[int]]:
+        if not self.packed.classes:
+            raise ValueError(f"{root} was packed without labels: pack the folder again with --labels")
+        return self.packed.classes, self.packed.labels
+
+
+class PackedImages(_FromShards, ImageFolder):
+    """ImageFolder over a packed folder: the same crops, flips, order and resume."""
+
+
+class PackedArrays(_FromShards, ArrayFolder):
+    """ArrayFolder over a packed folder of arrays."""

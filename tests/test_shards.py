@@ -1,0 +1,119 @@
+"""`dff data pack`: files checked once, in parallel, packed into tar shards that train as the folder did."""
+import json
+import tarfile
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+from PIL import Image
+
+from conftest import write_images
+from dff.cli import main
+from dff.data.arrays import ArrayFolder, DataRange
+from dff.data.check import check_folder, report
+from dff.data.datamodule import ImageDataModule
+from dff.data.folder import ImageFolder, check_images, find_images, inspect_image
+from dff.data.shards import Packed, PackedArrays, PackedImages, is_packed, pack
+from dff.data.stream import Key
+
+QUIET = dict(progress=lambda s: None)
+
+
+def labelled_folder(root, n=6):
+    for c in ("cats", "dogs"):
+        write_images(root / c, n, 12, "png")
+    return root
+
+
+def test_packed_items_are_the_folder_items_byte_for_byte_with_their_labels(tmp_path):
+    root = labelled_folder(tmp_path / "images")
+    meta = pack(root, tmp_path / "packed", shard_items=5, labels=True, **QUIET)
+    assert meta["items"] == 12 and meta["shards"] == 3 and meta["classes"] == ["cats", "dogs"]
+    assert is_packed(tmp_path / "packed") and not is_packed(root)
+    with tarfile.open(tmp_path / "packed" / "shard-00000.tar") as tar:  # WebDataset's layout: KEY.EXT, KEY.cls
+        assert tar.getnames()[:4] == ["000000000.png", "000000000.cls", "000000001.png", "000000001.cls"]
+    files = find_images(root)
+    packed = Packed(tmp_path / "packed")
+    assert [e.source for e in packed] == [str(p.relative_to(root)) for p in files]
+    assert all(packed[i].read() == files[i].read_bytes() for i in range(len(files)))
+    a = ImageFolder(root, 8, 3, labels=True, seed=0)
+    b = PackedImages(tmp_path / "packed", 8, 3, labels=True, seed=0)
+    assert a.classes == b.classes and a.labels == b.labels and len(a) == len(b)
+    for i in range(len(a)):  # the same crop and flips for the same key
+        x, y = a[Key(i, 1000 + i)], b[Key(i, 1000 + i)]
+        assert torch.equal(x["image"], y["image"]) and x["label"] == y["label"]
+
+
+def test_packing_names_bad_files_as_the_check_does_and_can_leave_them_out(tmp_path, capsys):
+    root = tmp_path / "images"
+    write_images(root, 4, 12, "png")
+    (root / "broken.png").write_bytes(b"\x89PNG not really")
+    (root / "empty.png").write_bytes(b"")
+    text, _ = report(check_folder(root))
+    with pytest.raises(ValueError, match=r"2 image file\(s\) could not be decoded") as e:
+        pack(root, tmp_path / "p1", **QUIET)
+    for name in ("broken.png", "empty.png"):
+        line = next(ln.strip() for ln in str(e.value).splitlines() if name in ln)
+        assert line.split(":")[0] in text  # the same file, named as `dff data check` names it
+    assert not (tmp_path / "p1").exists()  # nothing half-written
+    meta = pack(root, tmp_path / "p2", skip_bad=True, **QUIET)
+    assert meta["items"] == 4
+    skipped = (tmp_path / "p2" / "skipped_files.txt").read_text()
+    assert "broken.png" in skipped and "empty.png" in skipped
+    with pytest.raises(SystemExit, match="dff: .*already exists and is not an empty folder"):
+        main(["data", "pack", str(root), str(tmp_path / "p2")])
+    with pytest.raises(SystemExit, match="lies inside the data folder"):
+        main(["data", "pack", str(root), str(root / "shards")])
+    with pytest.raises(SystemExit, match="needs the folder and the output"):
+        main(["data", "pack", str(root)])
+    with pytest.raises(SystemExit, match="was packed without labels"):
+        main(["fit", "--data.dataset", "folder", "--data.root", str(tmp_path / "p2"), "--data.labels", "true",
+              "--data.image_size", "8",
+              "--model.num_classes", "2", "--trainer.max_steps", "1", "--trainer.default_root_dir",
+              str(tmp_path / "runs")])
+
+
+def test_packed_images_smaller_than_the_training_size_are_named(tmp_path):
+    root = tmp_path / "images"
+    write_images(root, 3, 12, "png")
+    Image.fromarray(np.zeros((6, 6, 3), np.uint8)).save(root / "tiny.png")
+    pack(root, tmp_path / "packed", **QUIET)
+    with pytest.raises(ValueError, match=r"smaller than the training size 8.*\n  tiny.png in .*shard-00000.tar: 6x6"):
+        PackedImages(tmp_path / "packed", 8, 3)
+    ds = PackedImages(tmp_path / "packed", 8, 3, on_bad_file="skip")
+    assert len(ds) == 3 and [p.source for p, _ in ds.skipped] == ["tiny.png"]
+    assert len(PackedImages(tmp_path / "packed", 8, 3, crop="resize")) == 4
+
+
+def test_packed_arrays_keep_their_bands_and_range(tmp_path):
+    root = tmp_path / "tiles"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        tifffile.imwrite(root / f"t{i}.tif", rng.integers(0, 4096, (13, 12, 12), dtype=np.uint16),
+                         photometric="minisblack", planarconfig="separate")
+    meta = pack(root, tmp_path / "packed", **QUIET)
+    assert meta["arrays"]
+    r = DataRange((0.0,) * 13, (4095.0,) * 13, "uint16")
+    a = ArrayFolder(root, 8, 13, data_range=r, seed=0)
+    b = PackedArrays(tmp_path / "packed", 8, 13, data_range=r, seed=0)
+    assert all(torch.equal(a[Key(i, i)]["image"], b[Key(i, i)]["image"]) for i in range(3))
+    dm = ImageDataModule("folder", str(tmp_path / "packed"), image_size=8, channels=13, normalize="percentile")
+    assert dm.reads_arrays and dm.data_range["dtype"] == "uint16"
+    dm.setup()
+    assert isinstance(dm.train_set, PackedArrays)
+    assert json.loads((tmp_path / "packed" / "index.json").read_text())["names"] == ["t0.tif", "t1.tif", "t2.tif"]
+
+
+def test_the_folder_check_in_several_processes_finds_what_one_finds(tmp_path):
+    root = tmp_path / "images"
+    write_images(root, 300, 10, "png")  # enough files for worker processes
+    (root / "zz_bad.png").write_bytes(b"nope")
+    files = find_images(root)
+    messages = []
+    for workers in (1, 2):
+        with pytest.raises(ValueError) as e:
+            check_images(files, 8, "random", inspect=inspect_image, workers=workers)
+        messages.append(str(e.value))
+    assert messages[0] == messages[1] and "zz_bad.png" in messages[0]
