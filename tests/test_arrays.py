@@ -126,7 +126,7 @@ def test_bad_array_files_are_named_by_the_check_and_by_training(tmp_path):
 
 
 # ---------------------------------------------------------------------- fit -> sample -> back in the data's units
-def test_a_13_band_uint16_set_trains_and_samples_come_back_in_its_units(tmp_path):
+def test_a_13_band_uint16_set_trains_and_samples_come_back_in_its_units(tmp_path, capsys):
     tiles = multiband_tiles(tmp_path / "tiles")
     text, stops = report(check_folder(tmp_path / "tiles", image_size=16))
     assert not stops and "6 file(s) of 13 band(s); dtype uint16 (6)" in text and "narrow range" in text
@@ -150,6 +150,21 @@ def test_a_13_band_uint16_set_trains_and_samples_come_back_in_its_units(tmp_path
     with pytest.raises(SystemExit, match="preview band 14: the images have 13 band"):
         main(["sample", str(tmp_path / "runs"), "--num", "1", "--steps", "2", "--out", str(tmp_path / "s2"),
               "--preview-bands", "14,3,2", "--no-progress"])
+    # FID/KID against the array folder, through an extractor for 13 channels; the built-in ones say what to do
+    (tmp_path / "bands13.py").write_text(
+        "import torch, torch.nn as nn\n"
+        "def make(weights=None):\n"
+        "    torch.manual_seed(0)\n"
+        "    m = nn.Sequential(nn.Conv2d(13, 3, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())\n"
+        "    m.input_channels, m.input_size = 13, (16, 16)\n"
+        "    return m\n")
+    capsys.readouterr()
+    main(["eval", str(tmp_path / "runs"), "--data", str(tmp_path / "tiles"), "--num", "8", "--steps", "3",
+          "--extractor", f"{tmp_path / 'bands13.py'}:make"])
+    printed = capsys.readouterr().out
+    assert "fid" in printed and "n_reference        6" in printed
+    with pytest.raises(SystemExit, match="cannot convert 13-channel images .* use your own extractor"):
+        main(["eval", str(tmp_path / "runs"), "--data", str(tmp_path / "tiles"), "--num", "4", "--steps", "2"])
 
 
 def test_an_npy_set_trains_with_a_band_subset_and_samples_as_npy(tmp_path):

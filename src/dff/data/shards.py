@@ -128,6 +128,9 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
+_OPEN: dict[tuple[int, Path], int] = {}  # (process id, shard) -> an open file descriptor
+
+
 class Entry(str):
     """One packed item as the folder data sets see a file, a str for messages ("SOURCE in SHARD": the file it was
     packed from, relative to the packed folder's source, ending in its extension), with where its bytes lie."""
@@ -150,8 +153,12 @@ class Entry(str):
         return Path(self.source).suffix
 
     def read(self) -> bytes:
-        with open(self.shard, "rb") as f:
-            return os.pread(f.fileno(), self.size, self.offset)
+        """The item's bytes: one pread on its shard, kept open by this process (DataLoader workers open their own)."""
+        key = (os.getpid(), self.shard)
+        fd = _OPEN.get(key)
+        if fd is None:
+            fd = _OPEN[key] = os.open(self.shard, os.O_RDONLY)
+        return os.pread(fd, self.size, self.offset)
 
     def open(self) -> io.BytesIO:
         """A file object of the item's bytes, named after the source file (what PIL and tifffile read)."""
