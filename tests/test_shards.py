@@ -1,6 +1,7 @@
 """`dff data pack`: files checked once, in parallel, packed into tar shards that train as the folder did."""
 import json
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -117,3 +118,22 @@ def test_the_folder_check_in_several_processes_finds_what_one_finds(tmp_path):
             check_images(files, 8, "random", inspect=inspect_image, workers=workers)
         messages.append(str(e.value))
     assert messages[0] == messages[1] and "zz_bad.png" in messages[0]
+
+
+def test_two_process_ddp_trains_from_a_packed_folder(tmp_path):
+    """Both ranks read the shards (each its own share of the items, dealt by data/stream.py) and the run ends."""
+    import subprocess
+    import sys
+
+    write_images(tmp_path / "images", 16, 12, "png")
+    pack(tmp_path / "images", tmp_path / "packed", shard_items=4, **QUIET)
+    cmd = [sys.executable, "-m", "dff.cli", "fit", "--config", "configs/pixel_digits.yaml", "--model.dim", "8",
+           "--data.dataset", "folder", "--data.root", str(tmp_path / "packed"), "--data.channels", "3",
+           "--data.image_size", "8", "--data.batch_size", "4", "--trainer.max_steps", "3",
+           "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp",
+           "--trainer.enable_progress_bar", "false", "--samples.every_n_steps", "0",
+           "--trainer.default_root_dir", str(tmp_path / "ddp")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "ddp" / "version_0" / "export" / "model.safetensors").exists()
