@@ -265,9 +265,12 @@ for name, x in runs.items():
 # Nothing here depends on the image: `dff explore --image YOUR_IMAGE --out DIR` writes the same
 # figures for a map tile, a micrograph or a scan, at the size you train at (`--size`), for any schedule
 # (`--schedule cosine`). Look at the forward grid first: if your images are still recognisable at
-# t = T/2 under the linear schedule, you have large, smooth structures and a cosine schedule (or
-# v-prediction) will spend the model's capacity better. With a trained run, `--run runs/NAME/version_0`
-# adds its denoising trajectory as a strip and a GIF.
+# t = T/2, you have large, smooth structures that the noise destroys late, and the schedule should be
+# noisier, not less noisy: the cosine schedule keeps more signal than the linear one at every t
+# (compare `d.alpha_bar[T // 2]` of the two), which suits small images like the digits; large or smooth
+# images call for the linear schedule or a cosine shifted towards noise (Hoogeboom et al. 2023; Chen
+# 2023). With a trained run, `--run runs/NAME/version_0` adds its denoising trajectory as a strip and a
+# GIF.
 #
 # On a GPU with real data the settings change, not the process: `configs/pixel_64.yaml` (64×64 maps,
 # the original project's U-Net) and `configs/latent_maps_256.yaml` (256×256 through an autoencoder) keep

@@ -161,9 +161,11 @@ for kind, m in models.items():
 # %% [markdown]
 # ## The autoencoder is the ceiling
 #
-# Whatever the latent model does, its output is D(z) for some z, so it cannot get closer to the
-# target than D(E(target)), the autoencoder's round trip. Bicubic upsampling, which never passes
-# through the autoencoder, is not bound by it.
+# Whatever the latent model does, its output is D(z) for some z: it can only draw what the decoder
+# can draw. The round trip D(E(target)) shows what the autoencoder keeps of the target, a reference
+# rather than a bound: E is not the decoder's best inverse (some other z may decode closer to the
+# target), and a mean of several decoded samples is no D(z) at all. Bicubic upsampling never passes
+# through the autoencoder.
 
 # %%
 with torch.no_grad():
