@@ -253,3 +253,81 @@ def test_sigkill_while_training_then_resume_with_ckpt_path_last(tmp_path):
     resumed, uninterrupted = read(tmp_path / "runs" / "version_0"), dict(read(tmp_path / "whole" / "version_0"))
     assert len(uninterrupted) == step + 3 and [s for s, _ in resumed][-3:] == [str(step + i) for i in range(3)]
     assert all(uninterrupted[s] == loss for s, loss in resumed)  # redone steps too: the same draws
+
+
+# ---------------------------------------------------------------------- hostile folders (issue 35: 4-7)
+def png16(path: Path, a: np.ndarray) -> None:
+    """A 16-bit RGB PNG written by hand (PIL cannot write one): IHDR bit depth 16, colour type 2."""
+    import struct
+    import zlib
+
+    h, w, _ = a.shape
+    raw = b"".join(b"\x00" + a[y].astype(">u2").tobytes() for y in range(h))
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+def test_a_16_bit_colour_png_is_refused_not_rounded(tmp_path):
+    from dff.data.check import check_folder, report
+
+    root = tmp_path / "scans"
+    root.mkdir()
+    for i in range(3):  # differ only below 8 bits: PIL would make them one image
+        png16(root / f"s{i}.png", np.full((16, 16, 3), 1000 + i, np.uint16))
+    assert len({Image.open(p).tobytes() for p in root.iterdir()}) == 1  # what PIL alone would train on
+    with pytest.raises(ValueError, match=r"(?s)3 image file.*s0.png: 16-bit colour PNG, which PIL would round"):
+        ImageFolder(root, 16, 3)
+    text, stops = report(check_folder(root))
+    assert stops and "16-bit colour PNG" in text
+
+
+def test_symlinked_folders_are_followed_and_a_link_loop_ends(tmp_path):
+    from conftest import write_images
+
+    write_images(tmp_path / "elsewhere", 4, 12, "png")
+    root = tmp_path / "data"
+    write_images(root / "own", 2, 12, "png")
+    (root / "linked").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    (root / "own" / "loop").symlink_to(root, target_is_directory=True)  # data/own/loop -> data
+    ds = ImageFolder(root, 8, 3)
+    assert len(ds) == 6 and sum(p.parent.name == "linked" for p in ds.files) == 4
+    only = tmp_path / "only_a_link"
+    only.mkdir()
+    (only / "l").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    assert len(ImageFolder(only, 8, 3)) == 4  # not "empty"
+
+
+def test_skipping_a_file_with_a_non_utf8_name_lists_it(tmp_path):
+    import os
+
+    from conftest import write_images
+    from dff.data.datamodule import ImageDataModule
+
+    root = tmp_path / "data"
+    write_images(root, 3, 12, "png")
+    bad = os.fsencode(str(root)) + b"/caf\xe9.png"
+    with open(bad, "wb") as f:
+        f.write(b"not an image")
+    dm = ImageDataModule("folder", str(root), image_size=8, on_bad_file="skip", num_workers=0)
+    dm.setup()
+    listed = dm.write_skipped(tmp_path / "run").read_bytes()
+    assert b"caf\xe9.png" in listed and len(dm.train_set) == 3
+
+
+def test_translate_keeps_outputs_whose_inputs_share_a_stem(tmp_path):
+    from dff.models import DiffusionModel
+    from dff.tools.translate import translate_files
+
+    model = DiffusionModel(image_size=8, channels=3, dim=8, dim_mults=(1, 2), attention=False, timesteps=100,
+                           cond_channels=3, condition="sr2")
+    (tmp_path / "in").mkdir()
+    for ext in ("png", "jpg"):
+        Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "in" / f"a.{ext}")
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "in" / "b.png")
+    written = translate_files(model, tmp_path / "in", tmp_path / "out", steps=2, progress=False)
+    names = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert names == ["a.jpg.png", "a.png.png", "b.png"] and len(written) == 3

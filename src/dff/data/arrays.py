@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .folder import IMAGE_EXTENSIONS, ImageFolder, crop_box, opened
+from .folder import IMAGE_EXTENSIONS, ImageFolder, crop_box, opened, walk_files
 
 ARRAY_EXTENSIONS: tuple[str, ...] = (".npy", ".npz", ".tif", ".tiff")
 MAX_CHANNELS = 64
@@ -323,7 +323,7 @@ def holds_arrays(root: str | Path) -> bool:
     root = Path(root)
     if not root.is_dir():
         return False
-    suffixes = {p.suffix.lower(): p for p in sorted(root.rglob("*"), reverse=True) if p.is_file()}  # the first of each
+    suffixes = {p.suffix.lower(): p for p in sorted(walk_files(root), reverse=True)}  # the first file of each
     if any(e in suffixes for e in IMAGE_EXTENSIONS if e not in ARRAY_EXTENSIONS):
         return False
     if ".npy" in suffixes or ".npz" in suffixes:

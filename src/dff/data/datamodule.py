@@ -311,7 +311,8 @@ class ImageDataModule(L.LightningDataModule):
         path = run / "skipped_files.txt"
         if self.trainer is None or self.trainer.is_global_zero:
             run.mkdir(parents=True, exist_ok=True)
-            path.write_text("".join(f"{p}\t{why}\n" for p, why in self.skipped))
+            # file names as the file system has them, also when they are not valid UTF-8
+            path.write_text("".join(f"{p}\t{why}\n" for p, why in self.skipped), errors="surrogateescape")
             print(f"data.on_bad_file=skip: left out {len(self.skipped)} unreadable or too small file(s), "
                   f"listed in {path}")
         return path

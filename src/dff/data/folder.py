@@ -6,6 +6,7 @@ skipped silently (skipping would change the data distribution without telling an
 """
 from __future__ import annotations
 
+import os
 import random
 import warnings
 from pathlib import Path
@@ -22,6 +23,21 @@ MODES: dict[int, str] = {1: "L", 3: "RGB", 4: "RGBA"}
 Crop = Literal["random", "center", "resize"]
 
 
+def walk_files(root: Path) -> list[Path]:
+    """Every file below root, following symlinked folders (each real folder once, so a link loop ends), under the
+    names the user sees (the link's path, not its target's)."""
+    out, seen = [], set()
+    for folder, dirs, names in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:  # reached again through a link: a loop, or two links to one folder
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs.sort()
+        out += [Path(folder) / n for n in names if os.path.isfile(os.path.join(folder, n))]
+    return out
+
+
 def find_images(root: str | Path, extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> list[Path]:
     """All files below `root` ending in one of `extensions`, sorted; clear errors for a missing or empty folder."""
     root = Path(root)
@@ -29,9 +45,10 @@ def find_images(root: str | Path, extensions: tuple[str, ...] = IMAGE_EXTENSIONS
         raise FileNotFoundError(f"data folder {str(root)!r} does not exist")
     if not root.is_dir():
         raise NotADirectoryError(f"data folder {str(root)!r} is a file, expected a folder of images")
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in extensions)
+    every = walk_files(root)
+    files = sorted(p for p in every if p.suffix.lower() in extensions)
     if not files:
-        n_other = sum(1 for p in root.rglob("*") if p.is_file())
+        n_other = len(every)
         what = "is empty" if n_other == 0 else f"holds {n_other} files but no supported images"
         raise ValueError(f"data folder {str(root)!r} {what}: expected files ending in {', '.join(extensions)}")
     return files
@@ -73,6 +90,16 @@ def load_image(path: Path, channels: int) -> Image.Image:
         return convert_image(im, channels)
 
 
+def is_16_bit_colour_png(path: Path) -> bool:
+    """Whether a PNG's header (IHDR: bit depth at byte 24, colour type at 25) says 16-bit RGB or RGBA, which PIL
+    decodes to 8 bits without a word (16-bit grayscale it keeps)."""
+    if path.suffix.lower() != ".png":
+        return False
+    with open(path, "rb") as f:
+        head = f.read(26)
+    return len(head) == 26 and head[12:16] == b"IHDR" and head[24] == 16 and head[25] in (2, 6)
+
+
 def inspect_image(path: Path) -> dict:
     """Decode a file fully once: {"error": None or why it cannot be read, "mode", "size": (w, h),
     "orientation": its EXIF orientation (1: as stored), "bomb": larger than PIL's decompression-bomb
@@ -80,6 +107,9 @@ def inspect_image(path: Path) -> dict:
     (DecompressionBombError) give an error."""
     if path.stat().st_size == 0:
         return {"error": "zero-byte file"}
+    if is_16_bit_colour_png(path):
+        return {"error": "16-bit colour PNG, which PIL would round to 8 bits: convert it to a 16-bit TIFF (read at "
+                         "full precision, as an array) or to 8 bits yourself"}
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", Image.DecompressionBombWarning)

@@ -118,7 +118,7 @@ def pack(root: str | Path, out: str | Path, *, shard_items: int = 10_000, labels
                 "names": [str(p.relative_to(root)) for p in good]}
         (tmp / "index.json").write_text(json.dumps(meta))
         if bad:
-            (tmp / "skipped_files.txt").write_text("".join(f"{p}\t{why}\n" for p, why in bad))
+            (tmp / "skipped_files.txt").write_text("".join(f"{p}\t{why}\n" for p, why in bad), errors="surrogateescape")
     return meta
 
 

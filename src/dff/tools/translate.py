@@ -10,6 +10,7 @@ low-resolution image; the output is `factor` times larger.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Optional, Union
 
@@ -24,6 +25,14 @@ from ..diffusion import default_steps
 from ..evaluation.psnr_ssim import translation_scores
 from ..models.diffusion_model import DiffusionModel
 from ..viz.images import preview
+
+
+def output_stem(f: Path, root: Path, stems: Counter) -> Path:
+    """The output name of input f (relative to root, without its extension), or, when another input shares that
+    stem (a.png and a.jpg), with its extension kept (a.png -> a.png.png, a.jpg -> a.jpg.png): no output overwrites
+    another."""
+    rel = f.relative_to(root)
+    return rel.with_suffix("") if stems[rel.with_suffix("")] == 1 else rel
 
 
 def input_files(path: Union[str, Path], arrays: bool = False) -> tuple[Path, list[Path]]:
@@ -106,6 +115,7 @@ def translate_files(model: DiffusionModel, inputs: Union[str, Path], out: Union[
     root, files = input_files(inputs, arrays=model.units is not None)
     out = Path(out)
     m = to_tensor(load_image(Path(mask), 1)) if mask is not None else None  # (1, H, W)
+    stems = Counter(f.relative_to(root).with_suffix("") for f in files)
     g = torch.Generator().manual_seed(seed)
     written = []
     for f in files:
@@ -114,7 +124,7 @@ def translate_files(model: DiffusionModel, inputs: Union[str, Path], out: Union[
                       progress=progress).cpu()  # (K, C, H, W)
         if average:
             y = average_samples(y, num_samples)  # (1, C, H, W)
-        rel = f.relative_to(root).with_suffix("")
+        rel = output_stem(f, root, stems)
         for k, img in enumerate(y):
             name = rel.name if len(y) == 1 else f"{rel.name}_{k}"
             path = out / rel.parent / f"{name}.png"
