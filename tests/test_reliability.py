@@ -331,3 +331,35 @@ def test_translate_keeps_outputs_whose_inputs_share_a_stem(tmp_path):
     written = translate_files(model, tmp_path / "in", tmp_path / "out", steps=2, progress=False)
     names = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert names == ["a.jpg.png", "a.png.png", "b.png"] and len(written) == 3
+
+
+# ---------------------------------------------------------------------- interrupts (issue 35: 2)
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_an_interrupt_saves_last_ckpt_at_a_step_and_the_run_resumes_from_it(tmp_path, sig):
+    """A real signal, sent while fit trains (long after its last periodic checkpoint would have been written):
+    the step finishes, last.ckpt holds it, the command says how to resume, and --ckpt_path last continues."""
+    import signal
+    import time
+
+    cmd = [sys.executable, "-m", "dff.cli", "fit", "--config", str(ROOT / "configs" / "pixel_digits.yaml"),
+           "--model.dim", "8", "--trainer.max_steps", "100000", "--trainer.enable_progress_bar", "false",
+           "--samples.every_n_steps", "0", "--checkpoint.every_n_train_steps", "1000000",
+           "--trainer.default_root_dir", str(tmp_path / "runs")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    run = tmp_path / "runs" / "version_0"
+    deadline = time.time() + 120
+    while not (run / "metrics.csv").exists() or "train/loss" not in (run / "metrics.csv").read_text():
+        assert proc.poll() is None and time.time() < deadline, "fit did not start training"
+        time.sleep(0.5)
+    proc.send_signal(getattr(signal, sig))
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-2000:]
+    step = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+    assert step >= 10 and f"dff: stopped by {sig} at step {step}" in out and "--ckpt_path last" in out
+    resumed = subprocess.run([*cmd[:cmd.index("100000")], str(step + 2), *cmd[cmd.index("100000") + 1:],
+                              "--ckpt_path", "last"],
+                             capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == step + 2
+    assert (run / "config_resume_1.yaml").exists()  # in the interrupted run's own folder
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["last.ckpt"]  # no last-v1.ckpt beside it

@@ -1,7 +1,9 @@
 """Training callbacks: a grid of EMA samples every N steps, exported weights at the end of fit, the run
-report (report.html) at each checkpoint and at the end."""
+report (report.html) at each checkpoint and at the end, and a checkpoint on Ctrl-C or SIGTERM."""
 from __future__ import annotations
 
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Optional
@@ -69,6 +71,62 @@ class SampleGrid(L.Callback):
                 and step != getattr(self, "_last", -1)):
             self._last = step
             self.write(trainer, pl_module)
+
+
+class SaveOnSignal(L.Callback):
+    """Ctrl-C (SIGINT) or SIGTERM (what SLURM and Kubernetes send before a kill) during fit: the step in progress
+    finishes, checkpoints/last.ckpt is written (atomically, as every checkpoint) and fit ends, with a line saying
+    how to resume; a second Ctrl-C stops at once. Under DDP the ranks agree every `ddp_every` steps (a collective
+    there, none in between), so every rank stops at the same step."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, ddp_every: int = 10):
+        self.ddp_every = ddp_every
+        self.received: Optional[int] = None  # the signal's number, once one arrived
+        self._previous: dict = {}
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if threading.current_thread() is not threading.main_thread():  # handlers can only be set there
+            return
+        for s in self.SIGNALS:
+            self._previous[s] = signal.signal(s, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        if self.received is not None and signum == signal.SIGINT:  # the second Ctrl-C: stop now
+            self._restore()
+            raise KeyboardInterrupt
+        self.received = signum
+        print(f"\n{signal.Signals(signum).name}: finishing this step, then saving last.ckpt (Ctrl-C again to stop "
+              "at once, without saving)", flush=True)
+
+    def _restore(self) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        self._previous = {}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        stop = self.received is not None
+        if trainer.world_size > 1:
+            if trainer.global_step % self.ddp_every:
+                return
+            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)  # any rank's signal stops them all
+        if not stop:
+            return
+        cb = trainer.checkpoint_callback
+        path = (Path(cb.dirpath) if cb is not None else run_dir(trainer) / "checkpoints") / "last.ckpt"
+        if cb is not None:  # ModelCheckpoint's save_last at the epoch's end would write last-v1.ckpt from a state
+            cb.last_model_path = str(path)  # that counts the epoch as done; it now knows this step is saved (also
+            cb._last_global_step_saved = trainer.global_step  # in the checkpoint: a resumed run's last.ckpt stays)
+        trainer.save_checkpoint(path)  # at the step's end, as the periodic ones: a resume repeats the rest exactly
+        trainer.should_stop = True
+        if trainer.is_global_zero:
+            name = signal.Signals(self.received).name if self.received else "a signal on another rank"
+            print(f"dff: stopped by {name} at step {trainer.global_step}: saved {path}; resume with the same "
+                  "command and --ckpt_path last", flush=True)
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        self._restore()
 
 
 class ExportWeights(L.Callback):

@@ -17,7 +17,7 @@ import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
-from .callbacks import ExportWeights, RunReport, SampleGrid
+from .callbacks import ExportWeights, RunReport, SampleGrid, SaveOnSignal
 from ..data import ImageDataModule
 from ..data.condition import condition_channels, condition_kind
 from .estimate import estimate
@@ -165,7 +165,7 @@ def fit(argv: Sequence[str], run: bool = True, clean_errors: bool = False) -> Df
             subclass_mode_model=subclass,
             args=["fit", *argv] if run else list(argv),
             run=run,
-            trainer_defaults={"default_root_dir": "runs", "callbacks": [ExportWeights(), RunReport()],
+            trainer_defaults={"default_root_dir": "runs", "callbacks": [ExportWeights(), RunReport(), SaveOnSignal()],
                               "log_every_n_steps": 10},
             save_config_kwargs={"overwrite": False},
             seed_everything_default=0,
