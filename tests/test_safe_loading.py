@@ -91,3 +91,31 @@ def test_truncated_checkpoint_is_one_line(tmp_path):
     with pytest.raises(SystemExit) as e:
         main(["sample", str(cut), "--out", str(tmp_path / "o")])
     assert str(cut) in str(e.value) and "truncated" in str(e.value) and "\n" not in str(e.value)
+
+
+# ---------------------------------------------------------------------- exports hold only themselves (issue 35: 3)
+def test_an_export_uses_its_own_autoencoder_and_nothing_outside_it(tmp_path, monkeypatch):
+    import json
+    import shutil
+
+    from dff.pretrained import load_pretrained
+
+    src = Path(__file__).parent / "fixtures" / "be42f3f" / "latent_super_resolution" / "export"
+    export = tmp_path / "export"
+    shutil.copytree(src, export)
+    assert load_pretrained(export).is_latent  # its own autoencoder/ folder
+    cfg = json.loads((export / "config.json").read_text())
+    shutil.copytree(export / "autoencoder", tmp_path / "tinyae")
+    for elsewhere in ("../tinyae", str(tmp_path / "tinyae"), "stabilityai/sd-vae-ft-mse"):  # outside, or the hub
+        cfg["hparams"]["autoencoder"] = elsewhere
+        (export / "config.json").write_text(json.dumps(cfg))
+        with pytest.raises(ValueError, match="is not a folder inside the export"):
+            load_pretrained(export)
+    cfg["hparams"]["autoencoder"] = "autoencoder"
+    (export / "config.json").write_text(json.dumps(cfg))
+    shutil.rmtree(export / "autoencoder")
+    monkeypatch.chdir(tmp_path)  # a folder named autoencoder in the current directory is not used either
+    shutil.copytree(tmp_path / "tinyae", tmp_path / "autoencoder")
+    with pytest.raises(ValueError, match="is not a folder inside the export"):
+        load_pretrained(export)
+    assert load_pretrained(export, autoencoder=str(tmp_path / "tinyae")).is_latent  # named by the caller: used

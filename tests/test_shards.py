@@ -133,7 +133,13 @@ def test_two_process_ddp_trains_from_a_packed_folder(tmp_path):
            "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp",
            "--trainer.enable_progress_bar", "false", "--samples.every_n_steps", "0",
            "--trainer.default_root_dir", str(tmp_path / "ddp")]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240,
+    import os
+    import socket
+
+    with socket.socket() as sock:  # a port of its own: another DDP test may run beside this one
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env={**os.environ, "MASTER_PORT": str(port)},
                           cwd=Path(__file__).resolve().parents[1])
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (tmp_path / "ddp" / "version_0" / "export" / "model.safetensors").exists()

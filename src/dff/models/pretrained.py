@@ -14,14 +14,14 @@ from __future__ import annotations
 import inspect
 import json
 from pathlib import Path
-from typing import Union
+from typing import Optional, Union
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from ..files import atomic_folder
 from ..safe_load import load_tensors
-from .autoencoders import EXPORT_SUBDIR
+from .autoencoders import EXPORT_SUBDIR, is_pixel_space
 from .diffusion_model import DiffusionModel
 
 WEIGHTS, CONFIG = "model.safetensors", "config.json"
@@ -73,7 +73,7 @@ def _build(model_class: str, hparams: dict, source: Path) -> DiffusionModel:
     return DiffusionModel(**model_settings(hparams))
 
 
-def _load_weights_dir(weights: Path) -> DiffusionModel:
+def _load_weights_dir(weights: Path, autoencoder: Optional[str] = None) -> DiffusionModel:
     cfg_path = weights.parent / CONFIG
     if not cfg_path.exists():
         raise FileNotFoundError(f"{weights}: no {CONFIG} beside it; exported weights need their config to rebuild "
@@ -83,9 +83,7 @@ def _load_weights_dir(weights: Path) -> DiffusionModel:
         model_class, hparams = cfg["model_class"], cfg["hparams"]
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise ValueError(f"{cfg_path}: not a dff config (expected JSON with 'model_class' and 'hparams'): {e}") from e
-    ae = hparams.get("autoencoder")
-    if ae and (cfg_path.parent / ae).is_dir():  # an exported model's own copy of its autoencoder
-        hparams = {**hparams, "autoencoder": str(cfg_path.parent / ae)}
+    hparams = {**hparams, "autoencoder": own_autoencoder(hparams.get("autoencoder"), cfg_path, autoencoder)}
     model = _build(model_class, hparams, cfg_path)
     state = load_file(weights)
     missing, unexpected = model.net.load_state_dict(state, strict=False)
@@ -94,6 +92,23 @@ def _load_weights_dir(weights: Path) -> DiffusionModel:
                          f"missing {missing[:5]}, unexpected {unexpected[:5]}")
     model.ema.model.load_state_dict(state)
     return model
+
+
+def own_autoencoder(ae: Optional[str], cfg_path: Path, given: Optional[str] = None) -> Optional[str]:
+    """An export's autoencoder: its own copy, inside the export folder, and nothing else unless the caller names
+    one (`given`): a config.json that points outside its folder, to a hub id or to a folder that is missing is
+    refused, so that loading an export never reads other files or contacts the hub on its author's say."""
+    if given is not None:
+        return given
+    if is_pixel_space(ae):
+        return ae
+    folder = cfg_path.parent.resolve()
+    own = (folder / str(ae)).resolve()
+    if folder in own.parents and own.is_dir():
+        return str(own)
+    raise ValueError(f"{cfg_path}: its autoencoder {ae!r} is not a folder inside the export ({folder.name}/"
+                     f"{EXPORT_SUBDIR}/ in an export written by dff): an export must carry its own; to use another "
+                     "autoencoder knowingly, pass it: load_pretrained(path, autoencoder=FOLDER_OR_HUB_ID)")
 
 
 def _load_checkpoint(ckpt: Path) -> DiffusionModel:
@@ -131,8 +146,11 @@ def find_weights(path: Union[str, Path]) -> Path:
     raise FileNotFoundError(f"{p}: no {WEIGHTS} and no .ckpt checkpoint found in this folder or below it")
 
 
-def load_pretrained(path: Union[str, Path], device: Union[str, torch.device] = "cpu") -> DiffusionModel:
-    """Rebuild a DiffusionModel from exported weights, a run folder or a checkpoint; in eval mode on `device`."""
+def load_pretrained(path: Union[str, Path], device: Union[str, torch.device] = "cpu",
+                    autoencoder: Optional[str] = None) -> DiffusionModel:
+    """Rebuild a DiffusionModel from exported weights, a run folder or a checkpoint; in eval mode on `device`.
+    An export's latent model uses the autoencoder inside the export only; `autoencoder` (a folder or a hub id)
+    replaces it when given. A checkpoint names the autoencoder its run trained with (a folder or a hub id)."""
     f = find_weights(path)
-    model = _load_weights_dir(f) if f.suffix == ".safetensors" else _load_checkpoint(f)
+    model = _load_weights_dir(f, autoencoder) if f.suffix == ".safetensors" else _load_checkpoint(f)
     return model.eval().to(device)
