@@ -139,7 +139,7 @@ def test_two_process_ddp_trains_from_a_packed_folder(tmp_path):
     with socket.socket() as sock:  # a port of its own: another DDP test may run beside this one
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env={**os.environ, "MASTER_PORT": str(port)},
-                          cwd=Path(__file__).resolve().parents[1])
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240,
+                          env={**os.environ, "MASTER_PORT": str(port)}, cwd=Path(__file__).resolve().parents[1])
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (tmp_path / "ddp" / "version_0" / "export" / "model.safetensors").exists()
