@@ -363,3 +363,18 @@ def test_an_interrupt_saves_last_ckpt_at_a_step_and_the_run_resumes_from_it(tmp_
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == step + 2
     assert (run / "config_resume_1.yaml").exists()  # in the interrupted run's own folder
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["last.ckpt"]  # no last-v1.ckpt beside it
+
+
+# ---------------------------------------------------------------------- one line, not a traceback (issue 35: 14-15)
+@pytest.mark.parametrize("args, message", [
+    (["--data.batch_size", "0"], r"dff: data.batch_size=0: expected a whole number of at least 1"),
+    (["--model.dim_mults", "[]"], r"dff: model.dim_mults=\[\]: expected one positive whole number per U-Net level"),
+    (["--config", str(ROOT / "configs")], r"dff: --config .*configs is a folder; expected a YAML file"),
+])
+def test_bad_settings_end_in_one_line(tmp_path, args, message):
+    from dff.cli import main
+
+    with pytest.raises(SystemExit, match=message):
+        main(["fit", "--config", str(ROOT / "configs" / "pixel_digits.yaml"), *args, "--trainer.max_steps", "1",
+              "--trainer.default_root_dir", str(tmp_path / "runs")])
+    assert not (tmp_path / "runs" / "version_0").exists()  # nothing left behind

@@ -98,6 +98,9 @@ class ImageDataModule(L.LightningDataModule):
         if dataset == "digits" and pairs != "none":
             raise ValueError("the digits are for unconditional generation: use data.dataset='photos' or a folder "
                              "for pairs")
+        for name, value in (("batch_size", batch_size), ("val_batch_size", val_batch_size), ("repeat", repeat)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"data.{name}={value!r}: expected a whole number of at least 1")
         if reader not in ("auto", "image", "array"):
             raise ValueError(f"unknown data.reader {reader!r}: expected 'auto', 'image' or 'array'")
         if dataset != "folder" and (reader == "array" or bands or value_range or normalize != "dtype"):

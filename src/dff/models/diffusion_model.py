@@ -114,6 +114,9 @@ class DiffusionModel(nn.Module):
                              f"{channels}-channel images, but cond_channels={cond_channels}: use "
                              "latent_condition='resize'")
         # 2. the network, on z_t and the condition code c
+        if not dim_mults or any(not isinstance(m, int) or m < 1 for m in dim_mults):
+            raise ValueError(f"model.dim_mults={list(dim_mults)!r}: expected one positive whole number per U-Net "
+                             "level, e.g. [1, 2, 4, 8]")
         if backbone not in BACKBONES:
             raise ValueError(f"unknown backbone {backbone!r}: expected one of {', '.join(BACKBONES)}")
         if num_res_blocks < 1 or (backbone != "adm" and num_res_blocks != 2):

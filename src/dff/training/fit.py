@@ -205,6 +205,9 @@ def check_configs(argv: Sequence[str]) -> None:
             Path(path).read_text()
         except FileNotFoundError:
             raise SystemExit(f"dff: --config {path}: no such file") from None
+        except IsADirectoryError:
+            raise SystemExit(f"dff: --config {path} is a folder; expected a YAML file (e.g. "
+                             "configs/pixel_digits.yaml)") from None
         except UnicodeDecodeError:
             raise SystemExit(f"dff: --config {path}: not a text file; expected a YAML config "
                              "(e.g. configs/pixel_digits.yaml)") from None
