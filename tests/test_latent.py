@@ -497,3 +497,32 @@ def test_latent_demo_end_to_end_at_a_few_steps(tmp_path, capsys):
     assert counts[1] == 16 and counts[0] == sum(counts[2:5])  # "N of 16 (brick b, grass g, gravel v)"
     model = load_pretrained(run / "export")
     assert model.hparams.image_size == 64 and model.latent.autoencoder is not None
+
+
+def test_an_unreachable_hub_fails_at_once_without_the_download_retries(monkeypatch):
+    """A hub id that is not in the cache, with no network: one clear error, and no download attempted (the hub
+    client would retry for ~25 s); HF_HUB_OFFLINE=1 says offline without opening a connection."""
+    import socket
+
+    from diffusers import AutoencoderKL
+
+    from dff.models.autoencoders import hub_reachable, load_autoencoder
+
+    calls = []
+
+    def from_pretrained(spec, local_files_only=False, **kw):
+        calls.append(local_files_only)
+        raise OSError("not cached")
+
+    def no_network(*args, **kwargs):
+        raise OSError("Name or service not known")
+
+    monkeypatch.setattr(AutoencoderKL, "from_pretrained", from_pretrained)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    with pytest.raises(ValueError, match="is not a local folder and could not be loaded from the Hugging Face hub"):
+        load_autoencoder("someone/some-vae", 3)
+    assert calls == [True]  # the cache was asked; no download
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(socket, "create_connection", lambda *a, **k: pytest.fail("connected while offline"))
+    assert not hub_reachable()

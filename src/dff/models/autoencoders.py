@@ -207,6 +207,22 @@ def is_pixel_space(spec: Optional[str]) -> bool:
     return spec in (None, "", "identity")
 
 
+def hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to the hub opens within `timeout` seconds (HF_HUB_OFFLINE=1 says no without
+    trying): checked before a download, so that an offline machine gets its error at once instead of after the
+    hub client's retries (about 25 s)."""
+    import os
+    import socket
+
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return False
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
 def load_autoencoder(spec: Optional[str], channels: int, local_files_only: bool = False) -> Autoencoder:
     """The autoencoder named by `spec`: None or "identity" for pixel space; a local folder (diffusers'
     format, or a dff autoencoder run); else a Hugging Face hub id (needs network or the hub cache)."""
@@ -230,7 +246,12 @@ def load_autoencoder(spec: Optional[str], channels: int, local_files_only: bool 
         ae = KLAutoencoder(vae, str(folder))
     else:
         try:
-            vae = AutoencoderKL.from_pretrained(spec, local_files_only=local_files_only, low_cpu_mem_usage=False)
+            try:  # the hub's cache first: no request at all when the files are there
+                vae = AutoencoderKL.from_pretrained(spec, local_files_only=True, low_cpu_mem_usage=False)
+            except (OSError, ValueError, EnvironmentError):
+                if local_files_only or not hub_reachable():  # offline: fail now, not after the hub's retries
+                    raise OSError("not in the hub cache, and the hub cannot be reached") from None
+                vae = AutoencoderKL.from_pretrained(spec, low_cpu_mem_usage=False)
         except (OSError, ValueError, EnvironmentError) as e:  # the hub's errors derive from OSError/ValueError
             raise ValueError(
                 f"autoencoder {spec!r} is not a local folder and could not be loaded from the Hugging Face hub "
