@@ -105,3 +105,14 @@ def build_model(config: str):
 
     kw = {k: v for k, v in speed_networks()[config].items() if k != "latent"}
     return DiffusionModule(timesteps=1000, lr=1e-4, **kw)
+
+
+# ---------------------------------------------------------------------- a study's results
+def write_study(out: Path, name: str, overrides: list, rows: list[dict], plot) -> None:
+    """<out>/<name>.json ({"overrides", "rows"}) and the study's figure <out>/<name>.png drawn by plot(rows, path)."""
+    import json
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps({"overrides": overrides, "rows": rows}, indent=1) + "\n")
+    plot(rows, out / f"{name}.png")
+    print(f"wrote {out / f'{name}.json'} and {out / f'{name}.png'}")

@@ -31,7 +31,7 @@ from dff import fit  # noqa: E402
 from dff.pretrained import save_pretrained  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root, for benchmarks.common
-from benchmarks.common import recipe_args, score_digits  # noqa: E402
+from benchmarks.common import recipe_args, score_digits, write_study  # noqa: E402
 
 
 class Snapshots(L.Callback):
@@ -103,10 +103,7 @@ def main() -> None:
                 scores = score_digits(snaps / f"{snap['minutes']:g}min", steps)
                 rows.append({"seed": seed, **snap, "sampler_steps": steps, **scores})
                 print(json.dumps(rows[-1]), flush=True)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "convergence.json").write_text(json.dumps({"overrides": overrides, "rows": rows}, indent=1) + "\n")
-    plot(rows, out / "convergence.png")
-    print(f"wrote {out / 'convergence.json'} and {out / 'convergence.png'}")
+    write_study(out, "convergence", overrides, rows, plot)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from dff import fit  # noqa: E402
 from dff.posthoc_ema import export_posthoc  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root, for benchmarks.common
-from benchmarks.common import recipe_args, score_digits  # noqa: E402
+from benchmarks.common import recipe_args, score_digits, write_study  # noqa: E402
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -65,10 +65,7 @@ def main() -> None:
             for s, export in exports:
                 rows.append({"steps": steps, "seed": seed, "sigma_rel": s, **score_digits(export, 20)})
                 print(json.dumps(rows[-1]), flush=True)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "posthoc_ema.json").write_text(json.dumps({"overrides": overrides, "rows": rows}, indent=1) + "\n")
-    plot(rows, out / "posthoc_ema.png")
-    print(f"wrote {out / 'posthoc_ema.json'} and {out / 'posthoc_ema.png'}")
+    write_study(out, "posthoc_ema", overrides, rows, plot)
 
 
 if __name__ == "__main__":

@@ -121,12 +121,10 @@ def generation_scores(model, args: argparse.Namespace) -> dict:
     if args.data == "digits":
         reference = load_digits_tensor(h.image_size, h.channels)[0]
     elif model.units is not None:  # array data: the training bands, by the training data's range (centre crops)
-        from .data.arrays import ArrayFolder
-        from .data.shards import PackedArrays, is_packed
+        from .data.shards import folder_class
 
-        folder = (PackedArrays if is_packed(args.data) else ArrayFolder)(
-            args.data, h.image_size, h.channels, data_range=model.units, bands=model.units.bands, crop="center",
-            hflip=False, vflip=False)
+        folder = folder_class(args.data, arrays=True)(args.data, h.image_size, h.channels, data_range=model.units,
+                                                      bands=model.units.bands, crop="center", hflip=False, vflip=False)
         reference = torch.stack([folder[i]["image"] for i in range(len(folder))])  # (N, C, H, W) in [0, 1]
     else:
         reference = load_image_folder(args.data, h.channels, h.image_size)

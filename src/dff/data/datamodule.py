@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import os
+from functools import cached_property
 from pathlib import Path
 from typing import Literal, Optional
 
@@ -24,7 +25,7 @@ import torch
 from .builtin import DigitsDataset, PhotoPatches
 from .arrays import ArrayFolder, DataRange, holds_arrays, measure_range
 from .folder import MODES, Crop, ImageFolder, find_images
-from .shards import Packed, PackedArrays, PackedImages, is_packed
+from .shards import Packed, PackedImages, folder_class, is_packed, packed_meta
 from .paired import PairFolder, TaskDataset
 from .stream import Stream, StreamLoader
 from .condition import GIVEN_LAYOUTS, Condition
@@ -133,7 +134,7 @@ class ImageDataModule(L.LightningDataModule):
         h = self.hparams
         return Condition.of_data(h.pairs, h.channels, h.cond_image_channels)
 
-    @property
+    @cached_property
     def reads_arrays(self) -> bool:
         """Whether the folder is read as arrays (data/arrays.py) rather than as images through PIL."""
         h = self.hparams
@@ -141,7 +142,8 @@ class ImageDataModule(L.LightningDataModule):
             return False
         if h.reader == "array" or h.bands or h.value_range or h.normalize != "dtype" or h.channels not in MODES:
             return True
-        return Packed(h.root).arrays if is_packed(h.root) else holds_arrays(h.root)
+        meta = packed_meta(h.root)
+        return meta["arrays"] if meta is not None else holds_arrays(h.root)
 
     @property
     def data_range(self) -> Optional[dict]:
@@ -220,13 +222,11 @@ class ImageDataModule(L.LightningDataModule):
                 return pairs
             kw = dict(crop=crop, hflip=hflip, vflip=vflip, repeat=repeat, labels=h.labels and h.pairs == "none",
                       half=h.half, on_bad_file=h.on_bad_file, check_workers=self.workers)
-            packed = is_packed(root)  # written by `dff data pack`: items checked then, read from its shards
-            if self.reads_arrays:
-                # the training files' range, for validation files too
-                base = (PackedArrays if packed else ArrayFolder)(root, h.image_size, h.channels, bands=h.bands,
-                                                                 data_range=self.measured_range(), **kw)
-            else:
-                base = (PackedImages if packed else ImageFolder)(root, h.image_size, h.channels, **kw)
+            # a folder packed by `dff data pack` (its items checked then, read from its shards) or a plain one
+            folder = folder_class(root, self.reads_arrays)
+            if self.reads_arrays:  # the training files' range, for validation files too
+                kw.update(bands=h.bands, data_range=self.measured_range())
+            base = folder(root, h.image_size, h.channels, **kw)
             self.skipped += base.skipped
         if h.pairs == "none":
             return base  # validation images of unpaired data: autoencoders score reconstructions on them

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import random
 import warnings
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Callable, Literal, Optional, Sequence
 
@@ -122,6 +123,14 @@ def inspect_image(path: Path) -> dict:
     return info
 
 
+def inspect_all(files: Sequence[Path], inspect: Callable[[Path], dict], workers: int = 1) -> list[dict]:
+    """inspect(file) for every file, in `workers` processes when there are enough files to pay for them."""
+    if workers <= 1 or len(files) < 256:
+        return [inspect(p) for p in files]
+    with ProcessPoolExecutor(workers) as pool:
+        return list(pool.map(inspect, files, chunksize=64))
+
+
 def check_images(files: list[Path], image_size: int, crop: Crop, skip: bool = False,
                  inspect: Callable[[Path], dict] = inspect_image,
                  unreadable: str = "could not be decoded (corrupt or truncated)",
@@ -129,8 +138,6 @@ def check_images(files: list[Path], image_size: int, crop: Crop, skip: bool = Fa
     """Decode every file once (`inspect`: {"error", "size"}; in `workers` processes for large folders); raise naming
     every unreadable file and every image too small to crop, or, with skip=True, return them as (file, why) for the
     caller to leave out (an error if none is left)."""
-    from .shards import inspect_all
-
     bad, small, upscaled, skipped = [], [], 0, []
     for p, info in zip(files, inspect_all(files, inspect, workers)):
         if info["error"]:

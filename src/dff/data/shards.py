@@ -22,14 +22,13 @@ import io
 import json
 import os
 import tarfile
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional
 
 import numpy as np
 
 from .arrays import ArrayFolder, holds_arrays, inspect_array
-from .folder import IMAGE_EXTENSIONS, ImageFolder, find_images, inspect_image
+from .folder import IMAGE_EXTENSIONS, ImageFolder, find_images, inspect_all, inspect_image
 
 FORMAT = "dff-shards"
 VERSION = 1
@@ -37,23 +36,21 @@ RECORD = np.dtype([("shard", "<i4"), ("offset", "<i8"), ("size", "<i8"), ("label
                    ("height", "<i4")])
 
 
-def is_packed(root: str | Path) -> bool:
-    """Whether `root` is a folder written by `dff data pack` (it holds index.json of this format)."""
+def packed_meta(root: str | Path) -> Optional[dict]:
+    """index.json of a folder written by `dff data pack`; None for any other folder."""
     p = Path(root) / "index.json"
     if not p.is_file():
-        return False
+        return None
     try:
-        return json.loads(p.read_text()).get("format") == FORMAT
-    except (ValueError, OSError, AttributeError):
-        return False
+        meta = json.loads(p.read_text())
+    except (ValueError, OSError):
+        return None
+    return meta if isinstance(meta, dict) and meta.get("format") == FORMAT else None
 
 
-def inspect_all(files: Sequence[Path], inspect: Callable[[Path], dict], workers: int = 1) -> list[dict]:
-    """inspect(file) for every file, in `workers` processes when there are enough files to pay for them."""
-    if workers <= 1 or len(files) < 256:
-        return [inspect(p) for p in files]
-    with ProcessPoolExecutor(workers) as pool:
-        return list(pool.map(inspect, files, chunksize=64))
+def is_packed(root: str | Path) -> bool:
+    """Whether `root` is a folder written by `dff data pack`."""
+    return packed_meta(root) is not None
 
 
 def pack(root: str | Path, out: str | Path, *, shard_items: int = 10_000, labels: bool = False,
@@ -216,11 +213,9 @@ class _FromShards:
         if skip and len(small) < len(r):
             return [(self.packed[i], f"{r['width'][i]}x{r['height'][i]}, smaller than the training size {image_size} "
                      f"(crop={crop!r})") for i in small]
-        sizes = {int(i): (int(r["width"][i]), int(r["height"][i])) for i in small}
-        entries = [self.packed[i] for i in small]
-        order = {str(e): int(i) for e, i in zip(entries, small)}
-        return check_images(entries, image_size, crop, skip=skip, inspect=lambda e: {"error": None,
-                                                                                   "size": sizes[order[str(e)]]})
+        sizes = {str(self.packed[i]): (int(r["width"][i]), int(r["height"][i])) for i in small}
+        return check_images([self.packed[i] for i in small], image_size, crop, skip=skip,
+                            inspect=lambda e: {"error": None, "size": sizes[str(e)]})
 
     def class_labels(self, root) -> tuple[list[str], list[int]]:
         if not self.packed.classes:
@@ -234,3 +229,10 @@ class PackedImages(_FromShards, ImageFolder):
 
 class PackedArrays(_FromShards, ArrayFolder):
     """ArrayFolder over a packed folder of arrays."""
+
+
+def folder_class(root: str | Path, arrays: bool) -> type:
+    """The data set that reads `root`: a packed folder's or a plain one's, of images or of arrays."""
+    if is_packed(root):
+        return PackedArrays if arrays else PackedImages
+    return ArrayFolder if arrays else ImageFolder

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..data.arrays import ArrayFolder, write_array
+from ..data.shards import folder_class
 from ..data.folder import IMAGE_EXTENSIONS, MODES, find_images, load_image, to_tensor
 from ..data.tasks import condition_from_input, sr_factor
 from ..diffusion import default_steps
@@ -154,8 +155,8 @@ def evaluation_set(model: DiffusionModel, data: str, *, layout: str = "side_by_s
         return PairFolder(data, layout, image_size=h.image_size, channels=h.channels, cond_channels=c.channels,
                           direction=direction, crop="center", hflip=False, vflip=False)
     if model.units is not None:  # array data: the training bands and range
-        base = ArrayFolder(data, h.image_size, h.channels, data_range=model.units, bands=model.units.bands,
-                           crop="center", hflip=False, vflip=False)
+        base = folder_class(data, arrays=True)(data, h.image_size, h.channels, data_range=model.units,
+                                               bands=model.units.bands, crop="center", hflip=False, vflip=False)
     else:
         base = (PhotoPatches("val", h.image_size, h.channels, source=data) if data in ("photos", "textures")
                 else ImageFolder(data, h.image_size, h.channels, crop="center", hflip=False, vflip=False))
