@@ -224,3 +224,91 @@ def test_a_stray_array_in_a_folder_of_images_changes_nothing(tmp_path):
     (root / "a.png").unlink()
     assert ImageDataModule("folder", str(root), image_size=16).reads_arrays  # arrays alone: read as arrays
     assert not ImageDataModule("folder", str(root), image_size=16, reader="image").reads_arrays
+
+
+def sar_optical_pairs(root: Path, n: int = 4, size: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs of a 2-band float32 'SAR' condition in dB (A/*.npy, half the size) and a 4-band 12-bit uint16 'optical'
+    target (B/*.tif, planar), the bands in different ranges; returns (conditions, targets) as (n, C, H, W)."""
+    rng = np.random.default_rng(3)
+    (root / "A").mkdir(parents=True), (root / "B").mkdir()
+    yy, xx = np.mgrid[0:size, 0:size]
+    conds, targets = [], []
+    for i in range(n):
+        field = np.sin(xx / 3 + i) * np.cos(yy / 4 - i)  # (H, W) in [-1, 1]
+        t = np.stack([500 + 700 * b + 300 * field + rng.normal(0, 10, field.shape) for b in range(4)])
+        t = t.clip(0, 4095).astype(np.uint16)
+        c = np.stack([-15 + 8 * field, -22 + 5 * field])[:, ::2, ::2].astype(np.float32)  # (2, H/2, W/2) in dB
+        np.save(root / "A" / f"scene_{i}.npy", c.transpose(1, 2, 0))
+        tifffile.imwrite(root / "B" / f"scene_{i}.tif", t, photometric="minisblack", planarconfig="separate")
+        conds.append(c), targets.append(t)
+    return np.stack(conds), np.stack(targets)
+
+
+def test_pairs_of_array_files_train_translate_and_score_each_side_in_its_own_units(tmp_path, capsys):
+    """SAR (2 float bands, in dB, half size) -> optical (4 uint16 bands): each side has its own range, stored with
+    the model; dff translate reads a SAR file by the condition's range and writes optical values in the target's."""
+    conds, targets = sar_optical_pairs(tmp_path / "pairs")
+    main(["fit", "--data.dataset", "folder", "--data.root", str(tmp_path / "pairs"), "--data.pairs", "folders",
+          "--data.channels", "4", "--data.cond_image_channels", "2", "--data.normalize", "percentile",
+          "--trainer.default_root_dir", str(tmp_path / "runs"), "--trainer.check_val_every_n_epoch", "100", *TINY])
+    model = load_pretrained(tmp_path / "runs")
+    c, r = model.cond_units, model.units
+    assert (c.channels, c.dtype, c.format) == (2, "float32", "npy") and (r.channels, r.dtype) == (4, "uint16")
+    assert -23.5 < c.low[0] < -21 and -27 < c.low[1] < -25 and -8 < c.high[0] < -6.5  # dB, measured from A/
+    for b in range(4):  # each band from B/: about 500 + 700 b +- 300
+        assert 150 + 700 * b < r.low[b] < 250 + 700 * b and 750 + 700 * b < r.high[b] < 850 + 700 * b, b
+    (tmp_path / "sar").mkdir()
+    np.save(tmp_path / "sar" / "new.npy", conds[1].transpose(1, 2, 0))  # (8, 8, 2)
+    main(["translate", str(tmp_path / "runs"), "--input", str(tmp_path / "sar"), "--out", str(tmp_path / "out"),
+          "--steps", "3", "--no-progress"])
+    out = tifffile.imread(tmp_path / "out" / "new.tif")
+    assert out.shape == (4, 8, 8) and out.dtype == np.uint16 and (tmp_path / "out" / "new.png").exists()
+    for b in range(4):  # every band in its own range in the target's units (not [0, 1], not the condition's dB)
+        assert r.low[b] - 1 <= out[b].min() and out[b].max() <= r.high[b] + 1, b
+    capsys.readouterr()
+    main(["eval", str(tmp_path / "runs"), "--data", str(tmp_path / "pairs"), "--layout", "folders", "--steps", "3"])
+    printed = capsys.readouterr().out
+    assert "psnr_band_4" in printed and "ssim " in printed
+
+
+def test_array_pairs_map_each_side_by_its_range_and_refuse_what_they_cannot_read(tmp_path):
+    from dff.data.paired import ArrayPairs
+
+    conds, targets = sar_optical_pairs(tmp_path / "pairs", n=2)
+
+    def pairs_dm(**kw):
+        return ImageDataModule("folder", str(tmp_path / "pairs"), image_size=16, **kw)
+
+    dm = pairs_dm(pairs="folders", channels=4, cond_image_channels=2,
+                  normalize="percentile", value_range=[0, 4095], crop="center", hflip=False)
+    assert dm.reads_arrays and dm.cond_data_range["dtype"] == "float32" and dm.data_range["high"] == [4095.0] * 4
+    dm.setup()
+    assert isinstance(dm.train_set, ArrayPairs)
+    item = dm.train_set[0]
+    lo, hi = np.array(dm.cond_data_range["low"]), np.array(dm.cond_data_range["high"])
+    torch.testing.assert_close(item["image"], torch.from_numpy(targets[0] / 4095.0).float())
+    assert item["cond"].shape == (2, 16, 16)  # resized from 8x8 to the target's size
+    # the condition's own range: the values around its mean map to about its mean in [0, 1]
+    mean_unit = (conds[0].mean(axis=(1, 2)) - lo) / (hi - lo)
+    torch.testing.assert_close(item["cond"].mean((1, 2)).double(), torch.from_numpy(mean_unit), atol=0.03, rtol=0)
+    # BtoA swaps the sides: the 4-band files become the condition
+    swapped = pairs_dm(pairs="folders", channels=2, cond_image_channels=4, normalize="percentile",
+                       direction="BtoA", crop="center", hflip=False, reader="array")
+    assert swapped.cond_data_range["dtype"] == "uint16" and swapped.data_range["dtype"] == "float32"
+    # floats outside [0, 1] are not clipped to nothing by the default normalize: dtype
+    with pytest.raises(ValueError, match="scene_0.npy: float values in .* would clip them: set data.normalize"):
+        pairs_dm(pairs="folders", channels=4, cond_image_channels=2, value_range=[0, 4095]).cond_data_range
+    np.save(tmp_path / "pairs" / "A" / "orphan.npy", conds[0].transpose(1, 2, 0))
+    with pytest.raises(ValueError, match="orphan.npy has no partner"):
+        pairs_dm(pairs="folders", channels=4, cond_image_channels=2,
+                 reader="array").data_range
+    (tmp_path / "pairs" / "A" / "orphan.npy").unlink()
+    (tmp_path / "pairs" / "B" / "scene_1.tif").write_bytes(b"not a tiff")
+    with pytest.raises(ValueError, match="scene_1.tif"):
+        pairs_dm(pairs="folders", channels=4, cond_image_channels=2, normalize="percentile",
+                 value_range=[0, 4095]).setup()
+    with pytest.raises(ValueError, match="pairs of array files are read from data.pairs: folders"):
+        pairs_dm(pairs="side_by_side", channels=4, reader="array").data_range
+    with pytest.raises(ValueError, match=r"data.cond_bands \[1\] picks 1 band\(s\), but the condition has 2"):
+        pairs_dm(pairs="folders", channels=4, cond_image_channels=2,
+                 cond_bands=[1])

@@ -190,7 +190,11 @@ class DataRange:
 
     def read(self, path: Path) -> torch.Tensor:
         """A file of this data (its bands picked) as (C, H, W) in [0, 1]."""
-        return array_to_tensor(select_bands(read_array(path), self.bands, path), self)
+        a = select_bands(read_array(path), self.bands, path)
+        if a.shape[2] != self.channels:
+            raise ValueError(f"{path}: {a.shape[2]} band(s), expected {self.channels} (the bands of the training "
+                             "data)")
+        return array_to_tensor(a, self)
 
     def to_numpy(self, x: torch.Tensor) -> np.ndarray:
         """[0, 1] (..., C, H, W) -> data units in the data's dtype (integers rounded and kept in their range)."""
@@ -367,6 +371,10 @@ def measure_range(files: Sequence[Path], channels: int, *, bands: Optional[Seque
         lo, hi = percentile_range(files, bands, percentiles)
     elif normalize == "dtype":
         lo, hi = ([v] * channels for v in dtype_range(first.dtype))
+        if first.dtype.kind == "f" and (first.min() < 0 or first.max() > 1):
+            raise ValueError(f"{readable[0]}: float values in [{first.min():.4g}, {first.max():.4g}], but "
+                             "data.normalize dtype maps floats by [0, 1] and would clip them: set data.normalize "
+                             "percentile or data.value_range [low, high]")
     else:
         raise ValueError(f"unknown data.normalize {normalize!r}: expected 'dtype' or 'percentile'")
     if first.shape[2] != channels:

@@ -4,7 +4,8 @@ built-in set.
     pairs = none           {"image"}: a folder of images, the digits, or patches of the photos/textures
     latent_cache = FILE    {"latent"[, "cond_code"]}: latent models train from latents encoded once
     pairs = side_by_side   {"cond", "image"}: pix2pix files A|B below `root`
-    pairs = folders        {"cond", "image"}: root/A and root/B with matching names
+    pairs = folders        {"cond", "image"}: root/A and root/B with matching names (images, or arrays: each
+                           side in [0, 1] by its own range, data_range and cond_data_range)
     pairs = sr2 | sr4 | colorize | inpaint
                            {"cond", "image"}: the condition computed from each image (tasks.py)
 
@@ -26,7 +27,7 @@ from .builtin import DigitsDataset, PhotoPatches
 from .arrays import ArrayFolder, DataRange, holds_arrays, measure_range
 from .folder import MODES, Crop, ImageFolder, find_images
 from .shards import Packed, PackedImages, folder_class, is_packed, packed_meta
-from .paired import PairFolder, TaskDataset
+from .paired import ArrayPairs, PairFolder, TaskDataset, array_pair_sides
 from .stream import Stream, StreamLoader
 from .condition import GIVEN_LAYOUTS, Condition
 from .tasks import TASKS
@@ -82,6 +83,8 @@ class ImageDataModule(L.LightningDataModule):
         percentiles: tuple[float, float] = (0.1, 99.9),  # normalize=percentile: the values that map to 0 and 1
         value_range: Optional[list] = None,  # arrays: [low, high] (numbers, or a list per channel) that map to 0 and 1,
                                              # e.g. [0, 4095] for 12-bit data in 16-bit files; overrides normalize
+                                             # (pairs: for the generated side; the condition follows normalize)
+        cond_bands: Optional[list[int]] = None,  # pairs of arrays (pairs=folders): the condition's bands, from 1
     ):
         super().__init__()
         if dataset not in DATASETS:
@@ -119,11 +122,18 @@ class ImageDataModule(L.LightningDataModule):
             if len(value_range) != 2 or not flat:
                 raise ValueError(f"data.value_range {value_range!r}: expected [low, high], numbers or one list of "
                                  "numbers per channel each, e.g. [0, 4095]")
+        if cond_bands is not None:
+            if pairs not in GIVEN_LAYOUTS or not cond_bands or any(not isinstance(b, int) or b < 1 for b in cond_bands):
+                raise ValueError(f"data.cond_bands {cond_bands!r}: expected band numbers from 1 for the condition "
+                                 "files of pairs (data.pairs: folders)")
+            if len(cond_bands) != (cond_image_channels or channels):
+                raise ValueError(f"data.cond_bands {list(cond_bands)} picks {len(cond_bands)} band(s), but the "
+                                 f"condition has {cond_image_channels or channels}: set data.cond_image_channels")
         if bands is not None and len(bands) != channels:
             raise ValueError(f"data.bands {list(bands)} picks {len(bands)} band(s), but data.channels={channels}: "
                              "set data.channels to the number of bands")
         self.save_hyperparameters()
-        self._data_range = None  # measured once, on first use (DataRange)
+        self._data_range = self._cond_range = None  # measured once, on first use (DataRange)
         self.train_set: Optional[torch.utils.data.Dataset] = None
         self.val_set: Optional[torch.utils.data.Dataset] = None
         self.skipped: list[tuple[Path, str]] = []  # files left out by on_bad_file="skip": (file, why)
@@ -140,7 +150,8 @@ class ImageDataModule(L.LightningDataModule):
         h = self.hparams
         if h.dataset != "folder" or h.reader == "image":
             return False
-        if h.reader == "array" or h.bands or h.value_range or h.normalize != "dtype" or h.channels not in MODES:
+        if (h.reader == "array" or h.bands or h.cond_bands or h.value_range or h.normalize != "dtype"
+                or h.channels not in MODES or self.condition.channels not in (0, *MODES)):
             return True
         meta = packed_meta(h.root)
         return meta["arrays"] if meta is not None else holds_arrays(h.root)
@@ -152,15 +163,41 @@ class ImageDataModule(L.LightningDataModule):
         r = self.measured_range()
         return None if r is None else r.as_dict()
 
-    def measured_range(self) -> Optional[DataRange]:
-        if not self.reads_arrays:
+    @property
+    def cond_data_range(self) -> Optional[dict]:
+        """Pairs of array files: the condition's DataRange as a dict (measured from its own files with
+        data.normalize, its bands data.cond_bands); None otherwise. `dff fit` hands it to the model, which reads
+        the files given to `dff translate` with it."""
+        r = self.measured_range(cond=True)
+        return None if r is None else r.as_dict()
+
+    def measured_range(self, cond: bool = False) -> Optional[DataRange]:
+        """The DataRange of the generated images (cond=True: of the pairs' condition files), for array data."""
+        h = self.hparams
+        if not self.reads_arrays or (cond and h.pairs not in GIVEN_LAYOUTS):
             return None
+        if h.pairs in GIVEN_LAYOUTS:  # pairs: each side from its own files
+            if self._data_range is None:
+                conds, targets = self.pair_sides(h.root)
+                self._cond_range = measure_range(conds, self.condition.channels, bands=h.cond_bands,
+                                                 normalize=h.normalize, percentiles=h.percentiles)
+                self._data_range = measure_range(targets, h.channels, bands=h.bands, normalize=h.normalize,
+                                                 percentiles=h.percentiles, value_range=h.value_range)
+            return self._cond_range if cond else self._data_range
         if self._data_range is None:
-            h = self.hparams
             files = Packed(h.root) if is_packed(h.root) else find_images(h.root, ArrayFolder.extensions)
             self._data_range = measure_range(files, h.channels, bands=h.bands, normalize=h.normalize,
                                              percentiles=h.percentiles, value_range=h.value_range)
         return self._data_range
+
+    def pair_sides(self, root) -> tuple[list[Path], list[Path]]:
+        """(condition files, target files) of a folder of array pairs; a clear error for other layouts."""
+        h = self.hparams
+        if h.pairs != "folders" or is_packed(root):
+            raise ValueError(f"data.pairs={h.pairs!r}{' on a packed folder' if is_packed(root) else ''}: pairs of "
+                             "array files are read from data.pairs: folders (root/A and root/B, matching names), "
+                             "unpacked")
+        return array_pair_sides(root, h.direction)
 
     @property
     def workers(self) -> int:
@@ -210,11 +247,23 @@ class ImageDataModule(L.LightningDataModule):
                 return None
             crop, hflip, vflip, repeat = (h.crop, hflip_on, vflip_on, h.repeat) if train else (
                 "resize" if h.crop == "resize" else "center", False, False, 1)
+            if h.pairs in GIVEN_LAYOUTS and self.reads_arrays:
+                self.pair_sides(root)  # the layout's error, if any
+                if h.crop_scale != 1.0:
+                    raise ValueError(f"data.crop_scale={h.crop_scale} is for pairs of image files; pairs of arrays are "
+                                     "cropped at image_size (or resized whole: data.crop resize)")
+                pairs = ArrayPairs(root, image_size=h.image_size, channels=h.channels,
+                                   cond_channels=self.condition.channels, data_range=self.measured_range(),
+                                   cond_range=self.measured_range(cond=True), direction=h.direction, crop=crop,
+                                   hflip=hflip, vflip=vflip, repeat=repeat, on_bad_file=h.on_bad_file,
+                                   check_workers=self.workers)
+                self.skipped += pairs.skipped
+                return pairs
             if h.pairs in GIVEN_LAYOUTS:
-                if self.reads_arrays or is_packed(root):
-                    raise ValueError(f"data.pairs={h.pairs!r} reads pairs of image files; pairs of array files or "
-                                     "packed pairs are not supported yet (tasks made from one image work: sr2, sr4, "
-                                     "colorize, inpaint)")
+                if is_packed(root):
+                    raise ValueError(f"data.pairs={h.pairs!r} reads pairs of image files from a folder; packed pairs "
+                                     "are not supported (tasks made from one image work: sr2, sr4, colorize, "
+                                     "inpaint)")
                 pairs = PairFolder(root, h.pairs, image_size=h.image_size, channels=h.channels,
                                    cond_channels=self.condition.channels, direction=h.direction, crop=crop, hflip=hflip,
                                    vflip=vflip, repeat=repeat, crop_scale=h.crop_scale, on_bad_file=h.on_bad_file)

@@ -4,6 +4,7 @@ Layouts of a folder `root`:
     side_by_side   each file holds A and B side by side (the pix2pix archives: maps, facades, ...);
                    the width must be even; A is the left half
     folders        root/A/ and root/B/ hold files with matching stems (extensions may differ)
+                   (image files: PairFolder; array files, each side in its own units: ArrayPairs)
 and, for a folder of single images, `TaskDataset` computes the condition from the target crop
 (super-resolution, colorization, inpainting; see tasks.py).
 
@@ -16,13 +17,17 @@ from __future__ import annotations
 
 import random
 import warnings
+from functools import partial
 from pathlib import Path
 from typing import Literal, Optional
 
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
-from .folder import MODES, Crop, convert_image, find_images, inspect_image, to_tensor, transform_same
+from .folder import (IMAGE_EXTENSIONS, MODES, Crop, check_images, convert_image, find_images, inspect_image,
+                     to_tensor, transform_same)
+from .arrays import ArrayFolder, DataRange, inspect_bands, transform_tensor
 from .stream import Key, draw_seed, item_rng
 from .tasks import TASKS, make_condition
 
@@ -30,14 +35,14 @@ Layout = Literal["side_by_side", "folders"]
 Direction = Literal["AtoB", "BtoA"]
 
 
-def match_stems(root: Path) -> list[tuple[Path, Path]]:
+def match_stems(root: Path, extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> list[tuple[Path, Path]]:
     """(A file, B file) pairs of root/A and root/B matched by file stem; errors name every orphan."""
     for side in ("A", "B"):
         if not (root / side).is_dir():
             raise FileNotFoundError(f"paired folder {str(root)!r} has no {side}/ subfolder: expected {root}/A and "
                                     f"{root}/B holding files with matching names")
-    a = {p.relative_to(root / "A").with_suffix(""): p for p in find_images(root / "A")}
-    b = {p.relative_to(root / "B").with_suffix(""): p for p in find_images(root / "B")}
+    a = {p.relative_to(root / "A").with_suffix(""): p for p in find_images(root / "A", extensions)}
+    b = {p.relative_to(root / "B").with_suffix(""): p for p in find_images(root / "B", extensions)}
     only_a, only_b = sorted(set(a) - set(b)), sorted(set(b) - set(a))
     if only_a or only_b:
         lines = [f"  {a[k]} has no partner in {root / 'B'}" for k in only_a[:10]]
@@ -160,6 +165,64 @@ class PairFolder(torch.utils.data.Dataset):
         cond, target = transform_same([cond, target], self.image_size, self.crop, hflip=self.hflip, vflip=self.vflip,
                                       rng=rng, crop_scale=self.crop_scale)
         return {"cond": to_tensor(cond), "image": to_tensor(target)}
+
+
+def array_pair_sides(root: str | Path, direction: Direction = "AtoB") -> tuple[list[Path], list[Path]]:
+    """(condition files, target files) of a folders-layout pair folder of arrays, in matching order."""
+    pairs = match_stems(Path(root), ArrayFolder.extensions)
+    a, b = [p for p, _ in pairs], [q for _, q in pairs]
+    return (a, b) if direction == "AtoB" else (b, a)
+
+
+class ArrayPairs(torch.utils.data.Dataset):
+    """(condition, target) pairs of array files (root/A and root/B, matched by stem), each side in [0, 1] by its
+    own DataRange (`cond_range`, `data_range`) and bands: e.g. 2-band SAR -> 4-band optical, uint16 -> uint16.
+    The condition is resized to the target's size (bicubic, antialiased) when they differ; the pair is then
+    cropped and flipped together."""
+
+    def __init__(self, root: str | Path, *, image_size: int, channels: int, cond_channels: int,
+                 data_range: DataRange, cond_range: DataRange, direction: Direction = "AtoB", crop: Crop = "random",
+                 hflip: bool = True, vflip: bool = False, repeat: int = 1, seed: Optional[int] = None,
+                 on_bad_file: Literal["stop", "skip"] = "stop", check_workers: int = 1):
+        if direction not in ("AtoB", "BtoA"):
+            raise ValueError(f"unknown direction {direction!r}: expected 'AtoB' or 'BtoA'")
+        if crop not in ("random", "center", "resize"):
+            raise ValueError(f"unknown crop {crop!r}: expected 'random', 'center' or 'resize'")
+        if on_bad_file not in ("stop", "skip"):
+            raise ValueError(f"unknown on_bad_file {on_bad_file!r}: expected 'stop' or 'skip'")
+        for name, r, c in (("data", data_range, channels), ("condition", cond_range, cond_channels)):
+            if r.channels != c:
+                raise ValueError(f"the {name} range has {r.channels} channel(s), expected {c}")
+        conds, targets = array_pair_sides(root, direction)
+        skip = on_bad_file == "skip"
+        # every file decoded once: the targets must be large enough to crop, the conditions are resized to them
+        self.skipped = check_images(targets, image_size, crop, skip=skip, workers=check_workers,
+                                    inspect=partial(inspect_bands, channels=channels, bands=data_range.bands),
+                                    unreadable=ArrayFolder.unreadable)
+        self.skipped += check_images(conds, 0, "resize", skip=skip, workers=check_workers,
+                                     inspect=partial(inspect_bands, channels=cond_channels, bands=cond_range.bands),
+                                     unreadable=ArrayFolder.unreadable)
+        left_out = {p for p, _ in self.skipped}
+        self.pairs = [(c, t) for c, t in zip(conds, targets) if c not in left_out and t not in left_out]
+        if not self.pairs:
+            raise ValueError(f"no pair of {root} has two readable files: nothing to train on")
+        self.image_size, self.channels, self.cond_channels = image_size, channels, cond_channels
+        self.data_range, self.cond_range = data_range, cond_range
+        self.crop, self.hflip, self.vflip, self.repeat = crop, hflip, vflip, repeat
+        self.rng = random.Random(seed) if seed is not None else random
+
+    def __len__(self) -> int:
+        return len(self.pairs) * self.repeat
+
+    def __getitem__(self, i: int) -> dict:
+        i, rng = item_rng(i, self.rng)  # a Key from the training Stream brings its own draws
+        c, t = self.pairs[i % len(self.pairs)]
+        cond, target = self.cond_range.read(c), self.data_range.read(t)  # (C_cond, h, w), (C, H, W) in [0, 1]
+        if cond.shape[-2:] != target.shape[-2:]:
+            cond = F.interpolate(cond[None], size=target.shape[-2:], mode="bicubic", antialias=True)[0].clamp(0, 1)
+        both = transform_tensor(torch.cat([cond, target]), self.image_size, self.crop, hflip=self.hflip,
+                                vflip=self.vflip, rng=rng)
+        return {"cond": both[:self.cond_channels], "image": both[self.cond_channels:]}
 
 
 class TaskDataset(torch.utils.data.Dataset):

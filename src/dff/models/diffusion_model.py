@@ -53,6 +53,7 @@ class DiffusionModel(nn.Module):
         channels: int = 3,  # image channels
         data_range: Optional[dict] = None,  # array data: per-channel {"low", "high"} that map to [0, 1], the dtype and
                                             # format (data/arrays.py's DataRange); samples go back to these units
+        cond_data_range: Optional[dict] = None,  # pairs of array files: the condition files' range (as data_range)
         # ---- network
         backbone: str = "adm",  # adm (residual U-Net of DDPM / ADM; measured best) | convnext (the original's U-Net)
         dim: int = 64,  # U-Net base width
@@ -101,6 +102,10 @@ class DiffusionModel(nn.Module):
         if self.units is not None and self.units.channels != channels:
             raise ValueError(f"data_range has {self.units.channels} channel(s), the model {channels}")
         self.condition = Condition(condition, cond_channels)  # the data's description (an error if they disagree)
+        self.cond_units = DataRange.from_dict(cond_data_range)  # None: the condition is an image, or made from one
+        if self.cond_units is not None and (condition != "image" or self.cond_units.channels != cond_channels):
+            raise ValueError(f"cond_data_range has {self.cond_units.channels} channel(s), for a given condition image "
+                             f"of cond_channels={cond_channels} (condition={condition!r})")
         if residual and cond_channels != channels:
             raise ValueError(f"residual=True diffuses x0 - cond, so the condition needs the output's {channels} "
                              f"channels, got cond_channels={cond_channels}")

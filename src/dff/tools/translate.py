@@ -55,8 +55,9 @@ def condition_of(model: DiffusionModel, path: Path, *, mask: Optional[torch.Tens
     mode_channels = model.condition.channels if task == "image" else h.channels
     side = h.image_size // sr_factor(task) if task in ("sr2", "sr4") else h.image_size
     if model.units is not None:  # array data: the training bands, in [0, 1] by the training data's range
+        units = model.cond_units if task == "image" else model.units  # pairs of arrays: the condition's own
         try:
-            x = model.units.read(path)[None]  # (1, C, H, W)
+            x = units.read(path)[None]  # (1, C, H, W)
         except Exception as e:
             raise ValueError(f"{path}: cannot be read as an array: {type(e).__name__}: {e}") from e
         if resize:
@@ -144,7 +145,7 @@ def evaluation_set(model: DiffusionModel, data: str, *, layout: str = "side_by_s
     single images for task models, or a side_by_side / folders pair folder for image models."""
     from ..data.builtin import PhotoPatches
     from ..data.folder import ImageFolder
-    from ..data.paired import PairFolder, TaskDataset
+    from ..data.paired import ArrayPairs, PairFolder, TaskDataset
 
     h, c = model.hparams, model.condition
     if not c:
@@ -152,6 +153,12 @@ def evaluation_set(model: DiffusionModel, data: str, *, layout: str = "side_by_s
     if c.kind == "image":
         if data in ("photos", "textures"):
             raise ValueError(f"the built-in {data} make task pairs (sr2, sr4, colorize, inpaint), not given conditions")
+        if model.cond_units is not None:  # pairs of array files, each side in its training range
+            if layout != "folders":
+                raise ValueError(f"pairs of array files are read from the folders layout (A/ and B/), not {layout!r}")
+            return ArrayPairs(data, image_size=h.image_size, channels=h.channels, cond_channels=c.channels,
+                              data_range=model.units, cond_range=model.cond_units, direction=direction,
+                              crop="center", hflip=False, vflip=False)
         return PairFolder(data, layout, image_size=h.image_size, channels=h.channels, cond_channels=c.channels,
                           direction=direction, crop="center", hflip=False, vflip=False)
     if model.units is not None:  # array data: the training bands and range

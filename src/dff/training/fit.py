@@ -49,6 +49,7 @@ class DffCLI(LightningCLI):
                                   compute_fn=condition_kind)
             # array data: the per-channel range, measured from the files once the data module exists
             parser.link_arguments("data.data_range", "model.data_range", apply_on="instantiate")
+            parser.link_arguments("data.cond_data_range", "model.cond_data_range", apply_on="instantiate")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         # last.ckpt plus the newest save_top_k periodic checkpoints (-1 keeps them all: a 58 M-parameter
         # model's checkpoint with EMA and Adam state is ~0.9 GB)
