@@ -120,26 +120,89 @@ def test_the_folder_check_in_several_processes_finds_what_one_finds(tmp_path):
     assert messages[0] == messages[1] and "zz_bad.png" in messages[0]
 
 
+class Rank:
+    """What the data module asks of Lightning's strategy under DDP, for one rank of two: broadcast(obj) gives
+    rank 0's object (rank 0 its own; the others `from_rank_0`) and keeps what this rank sent."""
+
+    def __init__(self, rank: int, from_rank_0=None):
+        self.world_size, self.global_rank, self.is_global_zero = 2, rank, rank == 0
+        self.root_device = torch.device("cpu")
+        self.from_rank_0, self.sent = from_rank_0, []
+
+    def broadcast(self, obj, src=0):
+        self.sent.append(obj)
+        return obj if self.is_global_zero else self.from_rank_0
+
+
+def on_rank(root, strategy, tmp_path, **kw):
+    from types import SimpleNamespace
+
+    dm = ImageDataModule("folder", str(root), image_size=8, channels=3, num_workers=0, **kw)
+    dm.trainer = SimpleNamespace(strategy=strategy, is_global_zero=strategy.is_global_zero, log_dir=str(tmp_path))
+    dm.setup()
+    return dm
+
+
+def test_under_ddp_rank_0_checks_the_folder_once_and_the_others_take_its_verdict(tmp_path, monkeypatch):
+    import dff.data.folder as folder
+
+    root = tmp_path / "images"
+    write_images(root, 6, 12, "png")
+    (root / "zz_bad.png").write_bytes(b"nope")
+    zero = Rank(0)
+    dm0 = on_rank(root, zero, tmp_path, on_bad_file="skip")
+    verdict = zero.sent[0]
+    assert [p.name for p, _ in verdict["train"]] == ["zz_bad.png"] and verdict["val"] == []
+    monkeypatch.setattr(folder, "inspect_all", lambda *a, **k: pytest.fail("rank 1 decoded the files again"))
+    dm1 = on_rank(root, Rank(1, verdict), tmp_path, on_bad_file="skip")
+    assert dm1.train_set.files == dm0.train_set.files and len(dm1.train_set.files) == 6
+    assert dm1.skipped == dm0.skipped
+    # a check that stops the run on rank 0 stops the others too, instead of leaving them waiting
+    monkeypatch.undo()
+    zero = Rank(0)
+    with pytest.raises(ValueError, match="zz_bad.png"):
+        on_rank(root, zero, tmp_path)
+    assert "zz_bad.png" in zero.sent[0]["error"]
+    with pytest.raises(ValueError, match=r"rank 1 stops with rank 0, whose data check failed: 1 image file\(s\) could"):
+        on_rank(root, Rank(1, zero.sent[0]), tmp_path)
+
+
+def test_two_ddp_processes_stop_together_on_a_bad_file(tmp_path):
+    """The bad file named by rank 0 ends both processes (no rank left waiting for a verdict)."""
+    write_images(tmp_path / "images", 8, 12, "png")
+    (tmp_path / "images" / "zz_bad.png").write_bytes(b"nope")
+    proc = run_ddp(tmp_path, tmp_path / "images")
+    assert proc.returncode != 0 and "zz_bad.png" in proc.stderr + proc.stdout
+    assert "rank 1 stops with rank 0, whose data check failed" in proc.stderr + proc.stdout
+
+
 def test_two_process_ddp_trains_from_a_packed_folder(tmp_path):
     """Both ranks read the shards (each its own share of the items, dealt by data/stream.py) and the run ends."""
+    write_images(tmp_path / "images", 16, 12, "png")
+    pack(tmp_path / "images", tmp_path / "packed", shard_items=4, **QUIET)
+    proc = run_ddp(tmp_path, tmp_path / "packed")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "ddp" / "version_0" / "export" / "model.safetensors").exists()
+
+
+def run_ddp(tmp_path, root):
+    """`dff fit` of a tiny model on `root` in two CPU processes (gloo), on a port of its own."""
+    import os
+    import socket
     import subprocess
     import sys
 
-    write_images(tmp_path / "images", 16, 12, "png")
-    pack(tmp_path / "images", tmp_path / "packed", shard_items=4, **QUIET)
     cmd = [sys.executable, "-m", "dff.cli", "fit", "--config", "configs/pixel_digits.yaml", "--model.dim", "8",
-           "--data.dataset", "folder", "--data.root", str(tmp_path / "packed"), "--data.channels", "3",
+           "--data.dataset", "folder", "--data.root", str(root), "--data.channels", "3",
            "--data.image_size", "8", "--data.batch_size", "4", "--trainer.max_steps", "3",
            "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp",
            "--trainer.enable_progress_bar", "false", "--samples.every_n_steps", "0",
            "--trainer.default_root_dir", str(tmp_path / "ddp")]
-    import os
-    import socket
-
     with socket.socket() as sock:  # a port of its own: another DDP test may run beside this one
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240,
-                          env={**os.environ, "MASTER_PORT": str(port)}, cwd=Path(__file__).resolve().parents[1])
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert (tmp_path / "ddp" / "version_0" / "export" / "model.safetensors").exists()
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=240,
+                              env={**os.environ, "MASTER_PORT": str(port)}, cwd=Path(__file__).resolve().parents[1])
+    except subprocess.TimeoutExpired:
+        pytest.fail("two-process DDP run did not end in 240 s (a rank left waiting)")

@@ -231,9 +231,11 @@ class ImageDataModule(L.LightningDataModule):
             data = load_or_make_cache(h.latent_cache, plain, is_writer=False, **kw)
         self.train_set = LatentDataset(data)
 
-    def make(self, split: str, flips: bool = True) -> Optional[torch.utils.data.Dataset]:
+    def make(self, split: str, flips: bool = True,
+             checked: Optional[list] = None) -> Optional[torch.utils.data.Dataset]:
         """The training (split="train") or validation data set; None when there is no validation data.
-        flips=False: the training set without random flips (for the latent cache, which encodes them)."""
+        flips=False: the training set without random flips (for the latent cache, which encodes them).
+        checked: the folder check's verdict made by another process ([(file, why)] left out), taken as it is."""
         h, train = self.hparams, split == "train"
         hflip_on, vflip_on = h.hflip and flips, h.vflip and flips
         if h.dataset == "digits":
@@ -256,7 +258,7 @@ class ImageDataModule(L.LightningDataModule):
                                    cond_channels=self.condition.channels, data_range=self.measured_range(),
                                    cond_range=self.measured_range(cond=True), direction=h.direction, crop=crop,
                                    hflip=hflip, vflip=vflip, repeat=repeat, on_bad_file=h.on_bad_file,
-                                   check_workers=self.workers)
+                                   check_workers=self.workers, checked=checked)
                 self.skipped += pairs.skipped
                 return pairs
             if h.pairs in GIVEN_LAYOUTS:
@@ -266,11 +268,12 @@ class ImageDataModule(L.LightningDataModule):
                                      "inpaint)")
                 pairs = PairFolder(root, h.pairs, image_size=h.image_size, channels=h.channels,
                                    cond_channels=self.condition.channels, direction=h.direction, crop=crop, hflip=hflip,
-                                   vflip=vflip, repeat=repeat, crop_scale=h.crop_scale, on_bad_file=h.on_bad_file)
+                                   vflip=vflip, repeat=repeat, crop_scale=h.crop_scale, on_bad_file=h.on_bad_file,
+                                   checked=checked)
                 self.skipped += pairs.skipped
                 return pairs
             kw = dict(crop=crop, hflip=hflip, vflip=vflip, repeat=repeat, labels=h.labels and h.pairs == "none",
-                      half=h.half, on_bad_file=h.on_bad_file, check_workers=self.workers)
+                      half=h.half, on_bad_file=h.on_bad_file, check_workers=self.workers, checked=checked)
             # a folder packed by `dff data pack` (its items checked then, read from its shards) or a plain one
             folder = folder_class(root, self.reads_arrays)
             if self.reads_arrays:  # the training files' range, for validation files too
@@ -284,11 +287,38 @@ class ImageDataModule(L.LightningDataModule):
 
     def setup(self, stage: Optional[str] = None) -> None:
         if self.train_set is None:
-            self.train_set = self.make("train")
-            self.val_set = self.make("val")
+            self.train_set, self.val_set = self.make_checked_once()
             self.train_set = self.maybe_on_device(self.train_set)
             if self.skipped and self.trainer is not None:
                 self.write_skipped(Path(self.trainer.log_dir or self.trainer.default_root_dir))  # log_dir: every rank
+
+    def make_checked_once(self) -> tuple:
+        """(training set, validation set). Under DDP the folders' files are checked once per run: rank 0 decodes
+        them (in data.num_workers processes) and hands its verdict, the files to leave out or the error that stops
+        the run, to the other ranks, which build their data sets from it without decoding anything."""
+        strategy = self.trainer.strategy if self.trainer is not None else None
+        if strategy is None or strategy.world_size == 1 or self.hparams.dataset != "folder":
+            return self.make("train"), self.make("val")
+        verdict, sets = {}, (None, None)
+        if strategy.is_global_zero:
+            try:
+                before = len(self.skipped)
+                train = self.make("train")
+                between = len(self.skipped)
+                sets = train, self.make("val")
+                verdict = {"train": self.skipped[before:between], "val": self.skipped[between:]}
+            except Exception as e:
+                verdict = {"error": str(e) or type(e).__name__}
+                strategy.broadcast(verdict, src=0)  # the other ranks stop with it instead of waiting
+                raise
+        verdict = strategy.broadcast(verdict, src=0)
+        if "error" in verdict:
+            first = verdict["error"].splitlines()[0]  # rank 0 prints the whole message
+            raise ValueError(f"rank {strategy.global_rank} stops with rank 0, whose data check failed: {first}")
+        if strategy.is_global_zero:
+            print(f"data: the files were checked once, on rank 0, for all {strategy.world_size} processes")
+            return sets
+        return self.make("train", checked=verdict["train"]), self.make("val", checked=verdict["val"])
 
     def maybe_on_device(self, data):
         """data.on_device: an unpaired 8-bit folder of one image size becomes DeviceImages (crops and flips on the

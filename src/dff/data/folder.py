@@ -232,6 +232,8 @@ class ImageFolder(torch.utils.data.Dataset):
         on_bad_file: Literal["stop", "skip"] = "stop",  # unreadable or too small files: stop (naming them) or leave
                                                         # them out
         check_workers: int = 1,  # processes that decode the files once to check them (large folders)
+        checked: Optional[list] = None,  # the check's verdict from another process, [(file, why)] to leave out:
+                                         # DDP ranks other than 0 take rank 0's instead of decoding every file again
     ):
         if half not in (None, "A", "B"):
             raise ValueError(f"unknown half {half!r}: expected 'A' (left), 'B' (right) or None (whole files)")
@@ -244,8 +246,8 @@ class ImageFolder(torch.utils.data.Dataset):
         if on_bad_file not in ("stop", "skip"):
             raise ValueError(f"unknown on_bad_file {on_bad_file!r}: expected 'stop' or 'skip'")
         self.files = self.list_files(root)
-        self.skipped = self.check_files(image_size, crop, skip=on_bad_file == "skip",
-                                        workers=check_workers)  # [(file, why)]
+        self.skipped = checked if checked is not None else self.check_files(
+            image_size, crop, skip=on_bad_file == "skip", workers=check_workers)  # [(file, why)]
         if self.skipped:
             left_out = {p for p, _ in self.skipped}
             self.files = [p for p in self.files if p not in left_out]

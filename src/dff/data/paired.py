@@ -116,6 +116,7 @@ class PairFolder(torch.utils.data.Dataset):
         crop_scale: float = 1.0,  # cut crop_scale x image_size windows and resize them to image_size
         on_bad_file: Literal["stop", "skip"] = "stop",  # a pair with an unreadable, odd or too small file: stop or
                                                         # leave it out
+        checked: Optional[list] = None,  # the check's verdict from another process (ImageFolder's `checked`)
     ):
         if layout not in ("side_by_side", "folders"):
             raise ValueError(f"unknown pair layout {layout!r}: expected 'side_by_side' or 'folders'")
@@ -129,7 +130,8 @@ class PairFolder(torch.utils.data.Dataset):
             [(p, None) for p in find_images(root)] if layout == "side_by_side" else match_stems(root))
         if on_bad_file not in ("stop", "skip"):
             raise ValueError(f"unknown on_bad_file {on_bad_file!r}: expected 'stop' or 'skip'")
-        differ, self.skipped = check_pairs(self.pairs, image_size, crop, skip=on_bad_file == "skip")  # [(file, why)]
+        differ, self.skipped = (0, checked) if checked is not None else check_pairs(
+            self.pairs, image_size, crop, skip=on_bad_file == "skip")  # [(file, why)]
         left_out = {p for p, _ in self.skipped}
         self.pairs = [(a, b) for a, b in self.pairs if a not in left_out]
         if differ:
@@ -183,7 +185,8 @@ class ArrayPairs(torch.utils.data.Dataset):
     def __init__(self, root: str | Path, *, image_size: int, channels: int, cond_channels: int,
                  data_range: DataRange, cond_range: DataRange, direction: Direction = "AtoB", crop: Crop = "random",
                  hflip: bool = True, vflip: bool = False, repeat: int = 1, seed: Optional[int] = None,
-                 on_bad_file: Literal["stop", "skip"] = "stop", check_workers: int = 1):
+                 on_bad_file: Literal["stop", "skip"] = "stop", check_workers: int = 1,
+                 checked: Optional[list] = None):
         if direction not in ("AtoB", "BtoA"):
             raise ValueError(f"unknown direction {direction!r}: expected 'AtoB' or 'BtoA'")
         if crop not in ("random", "center", "resize"):
@@ -195,13 +198,16 @@ class ArrayPairs(torch.utils.data.Dataset):
                 raise ValueError(f"the {name} range has {r.channels} channel(s), expected {c}")
         conds, targets = array_pair_sides(root, direction)
         skip = on_bad_file == "skip"
-        # every file decoded once: the targets must be large enough to crop, the conditions are resized to them
-        self.skipped = check_images(targets, image_size, crop, skip=skip, workers=check_workers,
-                                    inspect=partial(inspect_bands, channels=channels, bands=data_range.bands),
-                                    unreadable=ArrayFolder.unreadable)
-        self.skipped += check_images(conds, 0, "resize", skip=skip, workers=check_workers,
-                                     inspect=partial(inspect_bands, channels=cond_channels, bands=cond_range.bands),
-                                     unreadable=ArrayFolder.unreadable)
+        if checked is not None:
+            self.skipped = checked
+        else:  # every file decoded once: the targets must be large enough to crop, the conditions are resized to them
+            self.skipped = check_images(targets, image_size, crop, skip=skip, workers=check_workers,
+                                        inspect=partial(inspect_bands, channels=channels, bands=data_range.bands),
+                                        unreadable=ArrayFolder.unreadable)
+            self.skipped += check_images(conds, 0, "resize", skip=skip, workers=check_workers,
+                                         inspect=partial(inspect_bands, channels=cond_channels,
+                                                         bands=cond_range.bands),
+                                         unreadable=ArrayFolder.unreadable)
         left_out = {p for p, _ in self.skipped}
         self.pairs = [(c, t) for c, t in zip(conds, targets) if c not in left_out and t not in left_out]
         if not self.pairs:
