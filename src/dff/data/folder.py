@@ -254,7 +254,7 @@ class ImageFolder(torch.utils.data.Dataset):
         self.classes: list[str] = []
         self.labels: Optional[list[int]] = None
         if labels:
-            self.classes, self.labels = self.class_labels(Path(root))
+            self.classes, self.labels = self.class_labels(root)
         # the global `random` is reseeded per DataLoader worker by torch; a seed makes one stream
         self.rng = random.Random(seed) if seed is not None else random
 
@@ -280,8 +280,9 @@ class ImageFolder(torch.utils.data.Dataset):
         return check_images(self.files, image_size, crop, skip=skip, inspect=self.inspector(),
                             unreadable=self.unreadable, workers=workers)
 
-    def class_labels(self, root: Path) -> tuple[list[str], list[int]]:
+    def class_labels(self, root) -> tuple[list[str], list[int]]:
         """(class names, each file's class): the files' top-level sub-folders, sorted by name."""
+        root = Path(root)
         rel = [p.relative_to(root) for p in self.files]
         loose = [str(root / r) for r in rel if len(r.parts) == 1]
         if loose:

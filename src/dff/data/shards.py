@@ -13,8 +13,12 @@ which cannot be installed beside the CPU build of torch here; a WebDataset strea
 and shuffles through a buffer, so a run resumed mid-epoch cannot repeat the uninterrupted one. The shards
 here are WebDataset's format (other tools read them), and the index gives random access (one seek and one
 read per item), so training keeps the folder path's order, crops and flips as functions of (seed, epoch,
-position): the same mid-epoch resume, and each DDP rank reads its own share of the items. Local paths only:
-object storage would need ranged reads per item.
+position): the same mid-epoch resume, and each DDP rank reads its own share of the items.
+
+A packed folder may also lie in object storage or on a web server: data.root s3://bucket/packed (gs://, az://,
+https://, ... : any fsspec URL whose file system is installed, e.g. s3fs for S3). The index is read once, then
+each item is one ranged read of its bytes, so nothing is downloaded whole and the order and resume stay the
+same. Packing itself writes a local folder (upload it with your storage's own tool).
 """
 from __future__ import annotations
 
@@ -36,16 +40,40 @@ RECORD = np.dtype([("shard", "<i4"), ("offset", "<i8"), ("size", "<i8"), ("label
                    ("height", "<i4")])
 
 
+def is_url(root: str | Path) -> bool:
+    """Whether data.root names object storage or a server (s3://, gs://, https://, memory://, ...), not a path."""
+    return isinstance(root, str) and "://" in root and not root.startswith("file://")
+
+
+def read_bytes(root: str | Path, name: str, start: Optional[int] = None, end: Optional[int] = None) -> bytes:
+    """The bytes [start, end) of the file `name` in the folder `root`, a local path or an fsspec URL."""
+    if is_url(root):
+        import fsspec
+
+        fs, path = fsspec.core.url_to_fs(f"{root.rstrip('/')}/{name}")  # file systems are cached by fsspec
+        return fs.cat_file(path, start=start, end=end)
+    with open(Path(root) / name, "rb") as f:
+        f.seek(start or 0)
+        return f.read() if end is None else f.read(end - (start or 0))
+
+
 def packed_meta(root: str | Path) -> Optional[dict]:
-    """index.json of a folder written by `dff data pack`; None for any other folder."""
-    p = Path(root) / "index.json"
-    if not p.is_file():
-        return None
+    """index.json of a folder written by `dff data pack`; None for any other local folder. A URL must name a packed
+    folder: one whose index cannot be read is an error that says why."""
     try:
-        meta = json.loads(p.read_text())
-    except (ValueError, OSError):
+        meta = json.loads(read_bytes(root, "index.json"))
+    except (ValueError, OSError) as e:
+        if is_url(root):
+            raise ValueError(f"data.root {root}: cannot read its index.json ({type(e).__name__}: {e}); a URL must "
+                             "name a folder written by `dff data pack`") from e
         return None
-    return meta if isinstance(meta, dict) and meta.get("format") == FORMAT else None
+    except ImportError as e:  # fsspec knows the protocol but its package is missing (s3fs, gcsfs, adlfs, ...)
+        raise ValueError(f"data.root {root}: {e}") from e
+    if isinstance(meta, dict) and meta.get("format") == FORMAT:
+        return meta
+    if is_url(root):
+        raise ValueError(f"data.root {root}: its index.json was not written by `dff data pack`")
+    return None
 
 
 def is_packed(root: str | Path) -> bool:
@@ -125,7 +153,7 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-_OPEN: dict[tuple[int, Path], int] = {}  # (process id, shard) -> an open file descriptor
+_OPEN: dict[tuple[int, Path], int] = {}  # (process id, local shard) -> an open file descriptor
 
 
 class Entry(str):
@@ -133,11 +161,11 @@ class Entry(str):
     packed from, relative to the packed folder's source, ending in its extension), with where its bytes lie."""
 
     source: str
-    shard: Path
+    shard: Path | str  # a local path, or a URL
     offset: int
     size: int
 
-    def __new__(cls, source: str, shard: Path, offset: int, size: int) -> "Entry":
+    def __new__(cls, source: str, shard: Path | str, offset: int, size: int) -> "Entry":
         e = super().__new__(cls, f"{source} in {shard}")
         e.source, e.shard, e.offset, e.size = source, shard, offset, size
         return e
@@ -150,7 +178,11 @@ class Entry(str):
         return Path(self.source).suffix
 
     def read(self) -> bytes:
-        """The item's bytes: one pread on its shard, kept open by this process (DataLoader workers open their own)."""
+        """The item's bytes: one pread on its shard, kept open by this process (DataLoader workers open their own),
+        or one ranged read of a shard in object storage."""
+        if is_url(self.shard):
+            root, name = self.shard.rsplit("/", 1)
+            return read_bytes(root, name, self.offset, self.offset + self.size)
         key = (os.getpid(), self.shard)
         fd = _OPEN.get(key)
         if fd is None:
@@ -168,15 +200,15 @@ class Packed:
     """The index of a packed folder: len(), [i] -> Entry, labels, classes, arrays (whether it is array data)."""
 
     def __init__(self, root: str | Path):
-        root = Path(root)
-        if not is_packed(root):
+        root = root.rstrip("/") if is_url(root) else Path(root)
+        meta = packed_meta(root)
+        if meta is None:
             raise ValueError(f"{root} is not a folder written by `dff data pack` (no index.json of {FORMAT})")
-        meta = json.loads((root / "index.json").read_text())
         if meta.get("version") != VERSION:
             raise ValueError(f"{root}: packed by format version {meta.get('version')}, this dff reads {VERSION}: "
                              "pack the folder again")
         self.root, self.meta = root, meta
-        self.records = np.load(root / "index.npy", allow_pickle=False)
+        self.records = np.load(io.BytesIO(read_bytes(root, "index.npy")), allow_pickle=False)
         self.classes: list[str] = meta["classes"]
         self.arrays: bool = meta["arrays"]
 
@@ -185,8 +217,9 @@ class Packed:
 
     def __getitem__(self, i: int) -> Entry:
         r = self.records[i]
-        return Entry(self.meta["names"][i], self.root / f"shard-{int(r['shard']):05d}.tar", int(r["offset"]),
-                     int(r["size"]))
+        name = f"shard-{int(r['shard']):05d}.tar"
+        shard = f"{self.root}/{name}" if is_url(self.root) else self.root / name
+        return Entry(self.meta["names"][i], shard, int(r["offset"]), int(r["size"]))
 
     @property
     def labels(self) -> Optional[list[int]]:
