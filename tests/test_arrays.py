@@ -312,3 +312,31 @@ def test_array_pairs_map_each_side_by_its_range_and_refuse_what_they_cannot_read
     with pytest.raises(ValueError, match=r"data.cond_bands \[1\] picks 1 band\(s\), but the condition has 2"):
         pairs_dm(pairs="folders", channels=4, cond_image_channels=2,
                  cond_bands=[1])
+
+
+def test_latent_diffusion_on_13_bands_samples_in_the_data_units_and_its_cache_knows_the_range(tmp_path):
+    """A 13-channel autoencoder trained by dff, then latent diffusion in its space: samples come back as uint16
+    TIFFs in each band's range; a latent cache made under another data range is refused, not reused."""
+    multiband_tiles(tmp_path / "tiles", n=6)
+    data = ["--data.dataset", "folder", "--data.root", str(tmp_path / "tiles"), "--data.channels", "13",
+            "--data.image_size", "16", "--data.normalize", "percentile", "--data.repeat", "1",
+            "--data.num_workers", "0", "--trainer.enable_progress_bar", "false"]
+    main(["fit", "--config", "configs/autoencoder_demo.yaml", *data, "--trainer.max_steps", "2",
+          "--trainer.check_val_every_n_epoch", "100", "--trainer.default_root_dir", str(tmp_path / "ae")])
+    latent = ["fit", "--config", "configs/latent_demo.yaml", "--model.autoencoder", str(tmp_path / "ae"),
+              *data, "--data.batch_size", "4", "--data.latent_cache", str(tmp_path / "latents.pt"),
+              "--model.latent_scale_samples", "6", "--trainer.max_steps", "2",
+              "--trainer.default_root_dir", str(tmp_path / "diffusion")]
+    main(latent)
+    model = load_pretrained(tmp_path / "diffusion")
+    assert model.is_latent and model.units.channels == 13 and model.units.dtype == "uint16"
+    main(["sample", str(tmp_path / "diffusion"), "--num", "2", "--steps", "3", "--out", str(tmp_path / "s"),
+          "--no-progress"])
+    s = tifffile.imread(tmp_path / "s" / "sample_0000.tif")
+    assert s.shape == (13, 16, 16) and s.dtype == np.uint16
+    r = model.units
+    for b in range(13):
+        assert r.low[b] - 1 <= s[b].min() and s[b].max() <= r.high[b] + 1, b
+    assert s[12].mean() > s[0].mean() + 1000  # band 13 (about 3400) above band 1 (about 1000): the per-band inverse
+    with pytest.raises(SystemExit, match="latents.pt was made with data_range="):
+        main([*latent, "--data.normalize", "dtype", "--data.value_range", "[0, 4095]"])

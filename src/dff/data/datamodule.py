@@ -221,6 +221,8 @@ class ImageDataModule(L.LightningDataModule):
         is_writer = strategy is None or strategy.is_global_zero
         meta = {**latent.cache_meta(), "image_size": int(h.image_size), "channels": int(h.channels),
                 "condition": self.condition.kind}
+        if self.data_range is not None:  # array data: latents of other ranges are other latents
+            meta["data_range"] = self.data_range
         kw = dict(encode=latent.encode_unscaled, condition_code=latent.condition_code, meta=meta, hflip=h.hflip,
                   vflip=h.vflip)
         if is_writer:
