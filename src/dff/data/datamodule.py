@@ -299,7 +299,7 @@ class ImageDataModule(L.LightningDataModule):
         them (in data.num_workers processes) and hands its verdict, the files to leave out or the error that stops
         the run, to the other ranks, which build their data sets from it without decoding anything."""
         strategy = self.trainer.strategy if self.trainer is not None else None
-        if strategy is None or strategy.world_size == 1 or self.hparams.dataset != "folder":
+        if strategy is None or getattr(strategy, "world_size", 1) == 1 or self.hparams.dataset != "folder":
             return self.make("train"), self.make("val")
         verdict, sets = {}, (None, None)
         if strategy.is_global_zero:
