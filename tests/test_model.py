@@ -61,6 +61,7 @@ def test_a_checkpoint_of_be42f3f_loads_into_the_training_shell_and_resumes(tmp_p
     torch.testing.assert_close(shell.model.ema.model.state_dict(), plain.ema.model.state_dict(), rtol=0, atol=0)
     cli = dff.fit(["--config", "configs/pixel_digits.yaml", "--model.dim", "8", "--model.dim_mults", "[1, 2]",
                    "--model.timesteps", "50", "--model.attention", "true", "--model.num_classes", "10",
+                   "--model.adm_layout", "v1",  # what be42f3f's U-Net was (its files lack the key: load_pretrained)
                    "--data.labels", "true", "--data.batch_size", "8", "--trainer.max_steps", "4",
                    "--trainer.enable_progress_bar", "false", "--trainer.limit_val_batches", "0",
                    "--samples.every_n_steps", "0", "--trainer.default_root_dir", str(tmp_path),

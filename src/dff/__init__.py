@@ -18,7 +18,7 @@ import importlib.util
 import sys
 from typing import TYPE_CHECKING
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 # public name -> the module that defines it
 _PUBLIC = {

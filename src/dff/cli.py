@@ -22,7 +22,7 @@ from typing import Optional, Sequence
 
 
 from . import __version__
-from .commands import (data_command, demo_command, doctor_command, estimate_command, eval_command,
+from .commands import (data_command, demo_command, doctor_command, estimate_command, eval_command, export_command,
                        explore_command, posthoc_ema_command, sample_command, translate_command)
 from .diffusion import SAMPLERS, default_steps
 from .diffusion.guidance import DEFAULT_INTERVAL
@@ -167,6 +167,16 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--seed", type=int, default=0)
     x.add_argument("--overwrite", action="store_true", help="allow writing into a folder that holds files")
 
+    y = sub.add_parser("export", help="a trained model in another library's format: --format diffusers writes a "
+                                      "pipeline folder that diffusers loads alone")
+    y.add_argument("weights", help="a run folder, exported weights or a checkpoint (as dff sample takes)")
+    y.add_argument("out", help="the folder to write (new, or empty; --overwrite replaces one)")
+    y.add_argument("--format", default="diffusers", choices=["diffusers"], help="diffusers: UNet2DModel and "
+                   "scheduler, for DiffusionPipeline.from_pretrained (default)")
+    y.add_argument("--scheduler", default="ddim", choices=["ddim", "ddpm", "dpmpp_2m"],
+                   help="the pipeline's scheduler: ddim (DDIMPipeline), ddpm or dpmpp_2m (DDPMPipeline)")
+    y.add_argument("--overwrite", action="store_true", help="replace a folder that already holds files")
+
     h = sub.add_parser("posthoc-ema", help="exports of a run averaged with other EMA lengths, reconstructed from the "
                                            "snapshots that posthoc_ema.every_n_steps wrote (EDM2's post-hoc EMA)")
     h.add_argument("run", help="a run folder written by dff fit with posthoc_ema.every_n_steps > 0")
@@ -194,7 +204,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     args = build_parser().parse_args(argv)
     commands = {"sample": sample_command, "translate": translate_command, "eval": eval_command,
                 "data": data_command, "doctor": doctor_command, "demo": demo_command,
-                "explore": explore_command, "posthoc-ema": posthoc_ema_command}
+                "explore": explore_command, "posthoc-ema": posthoc_ema_command, "export": export_command}
     if args.command in commands:
         commands[args.command](args)
     else:

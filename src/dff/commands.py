@@ -300,6 +300,23 @@ def posthoc_ema_command(args: argparse.Namespace) -> list[Path]:
         raise SystemExit(f"dff posthoc-ema: {e}")
 
 
+def export_command(args: argparse.Namespace) -> Path:
+    """`dff export WEIGHTS OUT --format diffusers`: a pipeline folder written whole (or not at all)."""
+    from .files import atomic_folder
+    from .models.to_diffusers import export_diffusers
+
+    out = Path(args.out)
+    check_out_dir(out, args.overwrite)
+    model = load_model(args.weights, "cpu")
+    try:
+        with atomic_folder(out) as tmp:
+            export_diffusers(model, tmp, args.scheduler)
+    except ValueError as e:
+        raise SystemExit(f"dff export: {e}") from None
+    print(f"wrote a diffusers pipeline ({args.scheduler}) to {out}: DiffusionPipeline.from_pretrained({str(out)!r})")
+    return out
+
+
 # ====================================================================== estimate
 def estimate_command(argv: Sequence[str], steps: int = 3):
     """`dff estimate --config FILE [overrides]`: the config parsed as `dff fit` parses it (nothing is trained and no

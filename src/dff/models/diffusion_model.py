@@ -61,6 +61,8 @@ class DiffusionModel(nn.Module):
         attention: bool = True,  # convnext: linear attention per level, full in the middle; adm: full at the
                                  # lowest level and in the middle
         num_res_blocks: int = 2,  # adm: ResBlocks per level on the way down (one more on the way up); convnext: 2
+        adm_layout: str = "diffusers",  # adm: diffusers (UNet2DModel's layers, exportable) | v1 (checkpoints made
+                                        # before dff 0.3, whose files lack this key, load as v1): nn/adm.py
         # ---- diffusion process and loss
         timesteps: int = 1000,  # T
         schedule: str = "linear",  # beta schedule: linear | quadratic | sigmoid | cosine
@@ -127,7 +129,7 @@ class DiffusionModel(nn.Module):
         if num_res_blocks < 1 or (backbone != "adm" and num_res_blocks != 2):
             raise ValueError(f"model.num_res_blocks={num_res_blocks}: expected at least 1 block per level, and 2 for "
                              f"the {backbone} backbone (its depth is fixed; num_res_blocks is for backbone: adm)")
-        depth = {"num_res_blocks": num_res_blocks} if backbone == "adm" else {}
+        depth = {"num_res_blocks": num_res_blocks, "layout": adm_layout} if backbone == "adm" else {}
         self.net = BACKBONES[backbone](in_channels=self.latent.channels, out_channels=self.latent.channels,
                                        cond_channels=self.latent.code_channels(cond_channels), dim=dim,
                                        dim_mults=dim_mults, attention=attention, num_classes=num_classes, **depth)

@@ -33,9 +33,14 @@ MODEL_CLASSES = ("DiffusionModel", "DiffusionModule", "PixelDiffusion", "PixelDi
 
 def model_settings(hparams: dict) -> dict:
     """The DiffusionModel settings among a checkpoint's or export's hyper-parameters (the training shell's own,
-    lr and the like, are left out)."""
+    lr and the like, are left out). Files written before a setting existed get the value that reproduces them
+    (FILE_DEFAULTS), not today's default."""
     names = set(inspect.signature(DiffusionModel).parameters)
-    return {k: v for k, v in hparams.items() if k in names}
+    return {**FILE_DEFAULTS, **{k: v for k, v in hparams.items() if k in names}}
+
+
+# settings whose default changed: what a file without the key was made with
+FILE_DEFAULTS = {"adm_layout": "v1"}  # dff <= 0.2: the ADM U-Net's per-layer groups and 4 x 32 attention
 
 
 def model_state_dict(state: dict) -> dict:

@@ -20,7 +20,7 @@ from ..diffusion.samplers import check_steps
 from ..evaluation.psnr_ssim import translation_scores
 from ..models.autoencoders import is_pixel_space
 from ..models.diffusion_model import DiffusionModel
-from ..models.pretrained import model_state_dict
+from ..models.pretrained import model_settings, model_state_dict
 from .optim import adamw, batch_scaled, check_decay, decay_length, scheduled
 
 
@@ -153,6 +153,11 @@ class DiffusionModule(L.LightningModule):
     resumed_decay_total: Optional[int] = None  # the step the resumed checkpoint's run decayed to 0 at (0: no decay)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        saved = model_settings(checkpoint.get("hyper_parameters", {}))  # a file without adm_layout: v1
+        h = self.model.hparams
+        if h.backbone == "adm" and saved.get("backbone", "adm") == "adm" and saved["adm_layout"] != h.adm_layout:
+            raise ValueError(f"this checkpoint's U-Net has layout {saved['adm_layout']!r}, the run's model "
+                             f"{h.adm_layout!r}: resume with --model.adm_layout {saved['adm_layout']}")
         for k, v in checkpoint.get("dff_counters", {}).items():
             setattr(self, k, v.to(self.device) if isinstance(v, torch.Tensor) else v)
         self.resumed_decay_total = checkpoint.get("dff_lr_decay_total")
