@@ -30,6 +30,19 @@
 # training budget shrinks to a few seconds (that is how CI runs it): the code and the figures are
 # the same, but the samples are then noise.
 
+# %% tags=["install"]
+# On Colab, or anywhere dff is not installed yet, this cell installs it (with the notebooks' extra); where dff
+# imports, it does nothing. DFF_SOURCE chooses what to install: a clone URL (git+https://...), a folder or a wheel.
+import importlib.util
+import os
+import subprocess
+import sys
+
+if importlib.util.find_spec("dff") is None:
+    source = os.environ.get("DFF_SOURCE", "diffusion-fast-forward")  # the package index's name by default
+    spec = f"diffusion-fast-forward[learn] @ {source}" if "://" in source else f"{source}[learn]"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", spec], check=True)
+
 # %%
 from dff.tools import learn
 

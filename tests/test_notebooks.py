@@ -192,13 +192,47 @@ def test_require_names_the_install_command():
 @pytest.mark.parametrize("py", NOTEBOOKS, ids=names(NOTEBOOKS))
 def test_notebook_without_the_learn_extra_says_what_to_install(py: Path, tmp_path):
     """The first code cell, run where jupytext and ipykernel cannot be imported, stops with the install command."""
-    first = next(c.source for c in jupytext.read(py).cells if c.cell_type == "code")
+    first = next(c.source for c in jupytext.read(py).cells
+                 if c.cell_type == "code" and "install" not in c.metadata.get("tags", []))
     block = "import sys\nsys.modules['jupytext'] = None\nsys.modules['ipykernel'] = None\n"
     r = subprocess.run([sys.executable, "-c", block + first], cwd=tmp_path, capture_output=True, text=True,
                        timeout=120, env={**os.environ, "DFF_QUICK": "1", "MPLBACKEND": "Agg"})
     assert r.returncode != 0, f"{py.name}'s first cell ran without the learn extra"
     assert 'pip install "diffusion-fast-forward[learn]"' in r.stderr, r.stderr[-2000:]
     assert "ipykernel" in r.stderr and "jupytext" in r.stderr
+
+
+def install_cell(py: Path) -> str:
+    return next(c.source for c in jupytext.read(py).cells if "install" in c.metadata.get("tags", []))
+
+
+def test_the_install_cell_is_first_and_the_same_in_every_notebook():
+    for py in NOTEBOOKS:
+        first = next(c for c in jupytext.read(py).cells if c.cell_type == "code")
+        assert "install" in first.metadata.get("tags", []) and first.source == install_cell(NOTEBOOKS[0]), py.name
+
+
+def test_the_install_cell_does_nothing_where_dff_imports_and_installs_it_where_not(monkeypatch):
+    """Colab: the first cell pip-installs dff (DFF_SOURCE: the index's name, a clone URL, a folder or a wheel)
+    only when dff cannot be imported."""
+    import importlib.util
+
+    calls = []
+    monkeypatch.setattr(subprocess, "run", lambda cmd, **kw: calls.append(cmd))
+    exec(install_cell(NOTEBOOKS[0]), {})
+    assert calls == []  # dff imports here: nothing installed
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "dff" else find_spec(name, *a))
+    for source, spec in ((None, "diffusion-fast-forward[learn]"),
+                         ("git+https://example.org/dff.git", "diffusion-fast-forward[learn] @ git+https://example.org/dff.git"),
+                         ("/content/dff", "/content/dff[learn]")):
+        if source is None:
+            monkeypatch.delenv("DFF_SOURCE", raising=False)
+        else:
+            monkeypatch.setenv("DFF_SOURCE", source)
+        calls.clear()
+        exec(install_cell(NOTEBOOKS[0]), {})
+        assert calls == [[sys.executable, "-m", "pip", "install", "--quiet", spec]]
 
 
 # ---------------------------------------------------------------------- running them
