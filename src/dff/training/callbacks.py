@@ -16,8 +16,9 @@ from ..diffusion import get_sampler
 from ..diffusion.samplers import step_options
 from .module import DiffusionModule
 from ..models.pretrained import EXPORT_DIR, save_pretrained
-from .report import hardware, write_report
+from .report import hardware, loss_png, write_report
 from .runs import run_dir
+from .trackers import log_image
 from ..viz import save_grid, translation_grid
 
 
@@ -54,14 +55,20 @@ class SampleGrid(L.Callback):
             labels = torch.arange(self.num) % nc if nc else None  # class-conditional: cycle through the classes
             x = pl_module.sample(self.num, self.sampler, steps=self.steps, seed=self.seed, labels=labels,
                                  progress=False)
-            return save_grid(x, path, nrow=nc if nc and self.num % nc == 0 else None)
+            return self.logged(trainer, save_grid(x, path, nrow=nc if nc and self.num % nc == 0 else None))
         dm = trainer.datamodule
         ds = getattr(dm, "val_set", None) or dm.train_set
         items = [ds[i] for i in range(min(self.num, len(ds)))]
         cond, target = torch.stack([it["cond"] for it in items]), torch.stack([it["image"] for it in items])
         out = pl_module.sample(sampler=self.sampler, steps=self.steps, seed=self.seed, cond=cond, progress=False)
         images, nrow = translation_grid(cond, out, target)
-        return save_grid(images, path, nrow=nrow)
+        return self.logged(trainer, save_grid(images, path, nrow=nrow))
+
+    @staticmethod
+    def logged(trainer: L.Trainer, path: Path) -> Path:
+        """The grid also goes to every logger that takes images (W&B, MLflow, TensorBoard: trackers.py)."""
+        log_image(trainer, "samples", path, trainer.global_step)
+        return path
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if not isinstance(pl_module, DiffusionModule):  # an autoencoder: ExportWeights writes its reconstructions
@@ -210,7 +217,10 @@ class RunReport(L.Callback):
         self.write(trainer, pl_module, f"running: checkpoint at step {trainer.global_step}")
 
     def on_train_end(self, trainer, pl_module) -> None:
-        self.write(trainer, pl_module, f"finished at step {trainer.global_step}")
+        report = self.write(trainer, pl_module, f"finished at step {trainer.global_step}")
+        curve = loss_png(report.parent / "metrics.csv") if report is not None else None
+        if curve is not None:  # the report's loss curve, to the loggers that take images
+            log_image(trainer, "loss_curve", curve, trainer.global_step)
 
     def on_exception(self, trainer, pl_module, exception) -> None:
         # not a collective, unlike trainer.log_dir

@@ -23,6 +23,7 @@ from ..data.condition import condition_channels, condition_kind
 from .estimate import estimate
 from .module import DiffusionModule
 from .posthoc_ema import PostHocEMA
+from .trackers import added_loggers
 from .runs import AtomicCheckpointIO, RunLogger, newest_last_checkpoint, resume_config_name, run_version
 from ..safe_load import refusal
 from .speed import Speed, choose_precision
@@ -89,7 +90,7 @@ class DffCLI(LightningCLI):
                 ckpt = str(newest_last_checkpoint(root))
                 self.config_init[self.subcommand]["ckpt_path"] = ckpt
             version = run_version(ckpt, root)
-        if cfg.get("logger") in (None, True):
+        if cfg.get("logger") is not False:  # dff's loggers first (the run folder), then any the config adds
             csv_logger = RunLogger(root, name="", version=version)
             if version is None:
                 type(self).new_run = root / f"version_{csv_logger.version}"  # removed again if fit fails empty
@@ -100,7 +101,7 @@ class DffCLI(LightningCLI):
             if importlib.util.find_spec("tensorboard") is not None:
                 from lightning.pytorch.loggers import TensorBoardLogger
                 loggers.append(TensorBoardLogger(root, name="", version=csv_logger.version))
-            kwargs["logger"] = loggers
+            kwargs["logger"] = loggers + added_loggers(cfg.get("logger"))
         # trainer.precision: null (the default) picks per device; a precision the device cannot honour falls back
         # (bf16 on an AMX CPU, measured for pixel and latent diffusion and the autoencoder; docs/benchmarks.md)
         kwargs["precision"] = choose_precision(cfg.get("precision"), cfg.get("accelerator"))
