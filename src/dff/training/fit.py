@@ -23,6 +23,7 @@ from ..data.condition import condition_channels, condition_kind
 from .estimate import estimate
 from .module import DiffusionModule
 from .posthoc_ema import PostHocEMA
+from .quality import QualityEval
 from .trackers import added_loggers
 from .runs import AtomicCheckpointIO, RunLogger, newest_last_checkpoint, resume_config_name, run_version
 from ..safe_load import refusal
@@ -58,6 +59,8 @@ class DffCLI(LightningCLI):
                              "checkpoint.save_top_k": 3, "checkpoint.monitor": "step", "checkpoint.mode": "max",
                              "checkpoint.filename": "step_{step:06d}", "checkpoint.auto_insert_metric_name": False})
         parser.add_lightning_class_args(SampleGrid, "samples")
+        if not self.autoencoder_mode:
+            parser.add_lightning_class_args(QualityEval, "eval")  # FID/KID every eval.every_n_steps (quality.py)
         if not self.autoencoder_mode:
             parser.add_lightning_class_args(PostHocEMA, "posthoc_ema")  # power-function EMA snapshots (EDM2)
         # compile, channels_last, tf32, cudnn_benchmark, checkpointing (speed.py)

@@ -18,7 +18,7 @@ from typing import Optional
 
 import torch
 
-from ..viz import plot_loss
+from ..viz import plot_loss, plot_quality
 
 REPORT = "report.html"
 MAX_GRIDS = 12  # sample grids shown, evenly spaced over the run, the last one always among them
@@ -65,10 +65,10 @@ def metrics_table(csv_path: Path) -> dict[str, tuple[int, float]]:
     return last
 
 
-def loss_png(csv_path: Path) -> Optional[bytes]:
-    """The loss curve as PNG bytes, or None before the first logged loss."""
+def loss_png(csv_path: Path, plot=plot_loss) -> Optional[bytes]:
+    """The loss curve (or another plot of metrics.csv) as PNG bytes, or None before its first logged value."""
     try:
-        fig = plot_loss(csv_path)
+        fig = plot(csv_path)
     except (FileNotFoundError, ValueError):
         return None
     buf = io.BytesIO()
@@ -120,6 +120,10 @@ def write_report(run: str | Path, *, status: str, info: Optional[dict[str, str]]
     others = {k: f"{v:.5g} (step {s})" for k, (s, v) in metrics_table(run / "metrics.csv").items()
               if not k.startswith("train/loss")}
     parts.append(section("Loss", figure(png, "training loss against the step") if png else "<p>no loss logged yet</p>"))
+    quality = loss_png(run / "metrics.csv", plot_quality)
+    if quality:
+        parts.append(section("Quality while training", figure(quality, "FID and KID of the EMA samples against the "
+                                                                   "step (eval.every_n_steps)")))
     evals = {}
     for f in sorted(run.glob("eval*.json")):
         try:

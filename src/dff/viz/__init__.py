@@ -8,13 +8,13 @@ notebook) and writes a file only when given `path=`; nothing here switches matpl
 """
 from .images import (make_grid, save_gif, save_grid, save_images, show_condition, to_pil, translation_grid,
                      viewing_scale)
-from .plots import plot_loss, plot_trajectory, read_metric, save_figure, show_image
+from .plots import plot_loss, plot_quality, plot_trajectory, read_metric, save_figure, show_image
 from .sandbox import (forward_process_figure, oracle_chain, reverse_chain_figure, schedules_figure, steps_vs_jump,
                       steps_vs_jump_figure, x0_prediction_figure)
 
 __all__ = [
     "make_grid", "to_pil", "save_grid", "save_images", "save_gif", "show_condition", "translation_grid",
-    "viewing_scale", "plot_trajectory", "plot_loss", "read_metric", "save_figure", "show_image",
+    "viewing_scale", "plot_trajectory", "plot_loss", "plot_quality", "read_metric", "save_figure", "show_image",
     "forward_process_figure", "steps_vs_jump", "steps_vs_jump_figure", "schedules_figure",
     "x0_prediction_figure", "oracle_chain", "reverse_chain_figure",
 ]

@@ -58,6 +58,24 @@ def read_metric(csv_path: str | Path, key: str) -> tuple[list[int], list[float]]
     return steps, values
 
 
+def plot_quality(csv_path: str | Path, path: Optional[str | Path] = None) -> Figure:
+    """FID (left axis, log scale) and KID (right axis) against the step, as `eval.every_n_steps` logged them."""
+    steps, fid = read_metric(csv_path, "eval/fid")
+    if not steps:
+        raise ValueError(f"no 'eval/fid' values in {csv_path}")
+    kid_steps, kid = read_metric(csv_path, "eval/kid")
+    fig = Figure(figsize=(6, 3.5))
+    ax = fig.subplots()
+    ax.plot(steps, fid, "o-", color="C0", label="FID")
+    ax.set_yscale("log"), ax.set_xlabel("step"), ax.set_ylabel("FID", color="C0"), ax.grid(alpha=0.3)
+    if kid_steps:
+        ax2 = ax.twinx()
+        ax2.plot(kid_steps, kid, "s--", color="C1", label="KID")
+        ax2.set_ylabel("KID", color="C1")
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
 def plot_loss(csv_path: str | Path, path: Optional[str | Path] = None, key: str = "train/loss") -> Figure:
     """The training loss against the step, raw and smoothed, on a log scale."""
     steps, values = read_metric(csv_path, key)
