@@ -23,7 +23,7 @@ from typing import Optional, Sequence
 
 from . import __version__
 from .commands import (data_command, demo_command, doctor_command, estimate_command, eval_command, export_command,
-                       explore_command, posthoc_ema_command, sample_command, translate_command)
+                       explore_command, posthoc_ema_command, push_command, sample_command, translate_command)
 from .diffusion import SAMPLERS, default_steps
 from .diffusion.guidance import DEFAULT_INTERVAL
 from .training.fit import fit
@@ -177,6 +177,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the pipeline's scheduler: ddim (DDIMPipeline), ddpm or dpmpp_2m (DDPMPipeline)")
     y.add_argument("--overwrite", action="store_true", help="replace a folder that already holds files")
 
+    u = sub.add_parser("push", help="upload a run's export to the Hugging Face Hub with a model card (and the "
+                                    "diffusers pipeline, where the model has one)")
+    u.add_argument("weights", help="a run folder or an export folder")
+    u.add_argument("repo_id", help="the hub repository, owner/name (created if missing)")
+    u.add_argument("--private", action="store_true", help="create the repository private")
+    u.add_argument("--token", default=None, help="a hub token (default: HF_TOKEN or `huggingface-cli login`'s)")
+    u.add_argument("--scheduler", default="ddim", choices=["ddim", "ddpm", "dpmpp_2m"],
+                   help="the diffusers pipeline's scheduler")
+
     h = sub.add_parser("posthoc-ema", help="exports of a run averaged with other EMA lengths, reconstructed from the "
                                            "snapshots that posthoc_ema.every_n_steps wrote (EDM2's post-hoc EMA)")
     h.add_argument("run", help="a run folder written by dff fit with posthoc_ema.every_n_steps > 0")
@@ -204,7 +213,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     args = build_parser().parse_args(argv)
     commands = {"sample": sample_command, "translate": translate_command, "eval": eval_command,
                 "data": data_command, "doctor": doctor_command, "demo": demo_command,
-                "explore": explore_command, "posthoc-ema": posthoc_ema_command, "export": export_command}
+                "explore": explore_command, "posthoc-ema": posthoc_ema_command, "export": export_command,
+                "push": push_command}
     if args.command in commands:
         commands[args.command](args)
     else:

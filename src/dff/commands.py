@@ -317,6 +317,18 @@ def export_command(args: argparse.Namespace) -> Path:
     return out
 
 
+def push_command(args: argparse.Namespace) -> str:
+    """`dff push RUN OWNER/NAME`: the export, its model card (and diffusers pipeline) to the hub."""
+    from .models.hub import push
+
+    try:
+        url = push(args.weights, args.repo_id, private=args.private, token=args.token, scheduler=args.scheduler)
+    except (ValueError, FileNotFoundError, OSError) as e:
+        raise SystemExit(f"dff push: {str(e).splitlines()[0]}") from None
+    print(f"pushed {args.weights} to {args.repo_id}: {url}")
+    return url
+
+
 # ====================================================================== estimate
 def estimate_command(argv: Sequence[str], steps: int = 3):
     """`dff estimate --config FILE [overrides]`: the config parsed as `dff fit` parses it (nothing is trained and no

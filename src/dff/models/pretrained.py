@@ -155,7 +155,12 @@ def load_pretrained(path: Union[str, Path], device: Union[str, torch.device] = "
                     autoencoder: Optional[str] = None) -> DiffusionModel:
     """Rebuild a DiffusionModel from exported weights, a run folder or a checkpoint; in eval mode on `device`.
     An export's latent model uses the autoencoder inside the export only; `autoencoder` (a folder or a hub id)
-    replaces it when given. A checkpoint names the autoencoder its run trained with (a folder or a hub id)."""
+    replaces it when given. A checkpoint names the autoencoder its run trained with (a folder or a hub id).
+    A hub repository id (owner/name) that is no local path is a dff export on the hub (models/hub.py)."""
+    from .hub import download, is_repo_id
+
+    if isinstance(path, str) and is_repo_id(path):
+        path = download(path)
     f = find_weights(path)
     model = _load_weights_dir(f, autoencoder) if f.suffix == ".safetensors" else _load_checkpoint(f)
     return model.eval().to(device)

@@ -2,6 +2,7 @@
 report (report.html) at each checkpoint and at the end, and a checkpoint on Ctrl-C or SIGTERM."""
 from __future__ import annotations
 
+import json
 import signal
 import threading
 import time
@@ -204,6 +205,8 @@ class RunReport(L.Callback):
         if not trainer.is_global_zero or trainer.global_step == 0 or not run.is_dir():
             return None
         self.last = (run, status, self.info(trainer, pl_module))
+        # the same facts for other readers (`dff push`'s model card)
+        (run / "run_info.json").write_text(json.dumps({"status": status, **self.last[2]}, indent=1) + "\n")
         return write_report(run, status=status, info=self.last[2])
 
     def refresh(self) -> Optional[Path]:
