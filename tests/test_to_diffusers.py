@@ -65,7 +65,7 @@ def test_diffusers_pipelines_sample_what_dff_samples(tmp_path, kind, kw, steps):
 
 
 def test_a_class_conditional_export_guides_as_dff_does(tmp_path, monkeypatch):
-    """pipeline.py in the folder (classes and guidance in an interval), run by diffusers without dff."""
+    """pipeline.py in the folder (classes and guidance in an interval), run by diffusers from the folder."""
     monkeypatch.setenv("HF_MODULES_CACHE", str(tmp_path / "modules"))  # where diffusers copies pipeline.py
     m = perturbed(num_classes=4, prediction="v", schedule="cosine", timesteps=100)
     export_diffusers(m, tmp_path / "pipe")
@@ -79,6 +79,29 @@ def test_a_class_conditional_export_guides_as_dff_does(tmp_path, monkeypatch):
         torch.testing.assert_close(torch.from_numpy(theirs).permute(0, 3, 1, 2), ours, atol=5e-5, rtol=0)
 
 
+def latent_model(tmp_path, patch_size: int = 1) -> DiffusionModel:
+    from dff.autoencoders import build_autoencoder_kl
+
+    torch.manual_seed(0)
+    build_autoencoder_kl(1, latent_channels=4, block_out_channels=(8, 16), norm_num_groups=4, image_size=16,
+                         mid_attention=False, patch_size=patch_size).save_pretrained(tmp_path / f"ae{patch_size}")
+    return perturbed(autoencoder=str(tmp_path / f"ae{patch_size}"), latent_scale=0.7, prediction="v",
+                     schedule="cosine", timesteps=100)
+
+
+def test_a_latent_export_decodes_with_its_autoencoder_at_the_run_s_scale(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_MODULES_CACHE", str(tmp_path / "modules"))
+    m = latent_model(tmp_path)
+    export_diffusers(m, tmp_path / "pipe")
+    pipe = diffusers.DiffusionPipeline.from_pretrained(tmp_path / "pipe", custom_pipeline=str(tmp_path / "pipe"),
+                                                       trust_remote_code=True)
+    assert pipe.vae.config.scaling_factor == pytest.approx(0.7) and pipe.unet.config.sample_size == 8
+    theirs = pipe(batch_size=3, generator=torch.Generator().manual_seed(5), num_inference_steps=10,
+                  output_type="np").images
+    ours = m.sample(3, "ddim", steps=10, seed=5, progress=False)  # (3, 1, 16, 16): decoded
+    torch.testing.assert_close(torch.from_numpy(theirs).permute(0, 3, 1, 2), ours, atol=5e-5, rtol=0)
+
+
 def test_what_diffusers_cannot_hold_is_refused_with_the_reason(tmp_path):
     convnext = DiffusionModel(image_size=16, backbone="convnext", dim=8, dim_mults=(1, 2))
     assert "convnext backbone has no diffusers counterpart" in refusal(convnext)
@@ -86,6 +109,7 @@ def test_what_diffusers_cannot_hold_is_refused_with_the_reason(tmp_path):
     assert "v1 layout of earlier checkpoints" in refusal(v1)
     translate = DiffusionModel(image_size=16, dim=16, dim_mults=(1, 2), condition="sr2", cond_channels=3)
     assert "conditioned on an image" in refusal(translate)
+    assert "folds pixel patches into channels" in refusal(latent_model(tmp_path, patch_size=2))
     # the command says it in one line, and writes nothing
     from dff.pretrained import save_pretrained
 

@@ -125,9 +125,11 @@ def model_card(model, repo_id: str, run: Optional[Path], diffusers_kind: Optiona
               + (", labels=[0] * 16" if h.num_classes else "") + ")   # (16, C, H, W) in [0, 1]", "```", "",
               f"or `dff sample {repo_id} --num 16 --out samples/`."]
     if diffusers_kind:
+        custom = h.num_classes or model.is_latent  # pipeline.py: labels and guidance, the autoencoder
         load = (f'DiffusionPipeline.from_pretrained("{repo_id}", custom_pipeline="{repo_id}", trust_remote_code=True)'
-                if h.num_classes else f'DiffusionPipeline.from_pretrained("{repo_id}")')
+                if custom else f'DiffusionPipeline.from_pretrained("{repo_id}")')
         call = ("pipe(class_labels=[0, 1, 2], guidance_scale=1.5, num_inference_steps=50).images" if h.num_classes
+                else "pipe(batch_size=16, num_inference_steps=50).images" if custom
                 else "pipe(batch_size=16, num_inference_steps=50, eta=0.0, use_clipped_model_output=True).images")
         lines += ["", "With diffusers alone (the same weights as a UNet2DModel and the run's scheduler, "
                       f"{diffusers_kind}; the same seed gives dff's images):", "", "```python",

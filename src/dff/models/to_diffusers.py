@@ -19,10 +19,12 @@ The ADM U-Net in its diffusers layout (nn/adm.py) is diffusers' `UNet2DModel` la
 The scheduler carries the run's betas (trained_betas: the table itself, whatever the schedule), prediction type
 (epsilon | v_prediction | sample), x0 clipping and DDIM's timestep spacing, so `DiffusionPipeline.from_pretrained`
 samples what `dff sample` samples. What has no diffusers counterpart is refused with the reason: the ConvNeXt
-U-Net, the v1 layout (attention and per-layer groups of earlier checkpoints), image-conditioned models.
+U-Net, the v1 layout (attention and per-layer groups of earlier checkpoints), image-conditioned models, latent
+models whose autoencoder is patched.
 """
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 from pathlib import Path
@@ -45,8 +47,9 @@ def refusal(model: DiffusionModel) -> Optional[str]:
     if model.condition:
         return (f"the model is conditioned on an image (condition={model.condition.kind!r}); diffusers' "
                 "UNet2DModel pipelines generate from noise alone: use `dff translate`")
-    if model.is_latent:
-        return "latent models are not exported to diffusers yet: use the dff export (dff sample / load_pretrained)"
+    if model.is_latent and getattr(model.latent.autoencoder, "patch", 1) != 1:
+        return ("its autoencoder folds pixel patches into channels around diffusers' AutoencoderKL (dff's patched "
+                "autoencoder), which diffusers' pipelines do not do")
     groups = {m.num_groups for m in net.modules() if isinstance(m, torch.nn.GroupNorm)}
     if net.layout != "diffusers" and (h.attention or len(groups) > 1):
         return ("the U-Net has the v1 layout of earlier checkpoints (GroupNorm(1) attention with a bias-free 4 x 32 "
@@ -62,7 +65,8 @@ def unet_config(model: DiffusionModel) -> dict:
     groups = next(m.num_groups for m in net.modules() if isinstance(m, torch.nn.GroupNorm))
     down = ["AttnDownBlock2D" if h.attention and i == L - 1 else "DownBlock2D" for i in range(L)]
     up = ["AttnUpBlock2D" if h.attention and i == 0 else "UpBlock2D" for i in range(L)]
-    return dict(sample_size=h.image_size, in_channels=h.channels, out_channels=h.channels,
+    c = model.latent.channels  # the image's channels, or the latent's
+    return dict(sample_size=h.image_size // model.latent.factor, in_channels=c, out_channels=c,
                 block_out_channels=[dim * m for m in h.dim_mults], layers_per_block=h.num_res_blocks,
                 down_block_types=down, up_block_types=up, norm_num_groups=groups, attn_norm_num_groups=groups,
                 attention_head_dim=net.head_dim, add_attention=bool(h.attention), act_fn="silu", norm_eps=1e-5,
@@ -165,18 +169,23 @@ def to_unet(model: DiffusionModel, ema: bool = True):
 def export_diffusers(model: DiffusionModel, out: str | Path, kind: str = "ddim") -> Path:
     """Write `out` as a diffusers pipeline folder (model_index.json, unet/, scheduler/) that
     `DiffusionPipeline.from_pretrained(out)` loads: DDIMPipeline for the ddim scheduler, DDPMPipeline otherwise
-    (it runs any scheduler's step). A class-conditional model's folder also holds `pipeline.py`
-    (models/diffusers_pipeline.py: class labels and classifier-free guidance), loaded with
-    `DiffusionPipeline.from_pretrained(out, custom_pipeline=out)`."""
+    (it runs any scheduler's step). A class-conditional or latent model's folder holds `pipeline.py` instead
+    (models/diffusers_pipeline.py: class labels and classifier-free guidance, the AutoencoderKL with the run's latent
+    scale as its scaling_factor), loaded with `DiffusionPipeline.from_pretrained(out, custom_pipeline=out,
+    trust_remote_code=True)`."""
     import diffusers
 
     unet = to_unet(model)
     sched = scheduler(model, kind)
     out = Path(out)
-    if model.hparams.num_classes:
-        from .diffusers_pipeline import DffClassConditionalPipeline
+    if model.hparams.num_classes or model.is_latent:
+        from .diffusers_pipeline import DffPipeline
 
-        pipe = DffClassConditionalPipeline(unet=unet, scheduler=sched)
+        vae = None
+        if model.is_latent:  # its own copy, whose scaling_factor is the run's s (z_0 = s E(x))
+            vae = copy.deepcopy(model.latent.autoencoder.vae)
+            vae.register_to_config(scaling_factor=float(model.latent.s()))
+        pipe = DffPipeline(unet=unet, scheduler=sched, vae=vae)
         pipe.save_pretrained(out, safe_serialization=True)
         shutil.copyfile(Path(__file__).with_name("diffusers_pipeline.py"), out / "pipeline.py")
     else:
