@@ -28,7 +28,7 @@ from torch import nn
 from ..models.autoencoders import (EXPORT_SUBDIR, KLAutoencoder, build_autoencoder_kl, config_factor, patchify,
                            to_image_space, to_model_space, unpatchify)
 from ..evaluation.psnr_ssim import psnr, ssim
-from .optim import check_decay, decay_length, scheduled
+from .optim import check_decay, refresh_rate, run_schedule
 from ..files import atomic_folder
 
 
@@ -75,7 +75,7 @@ class AutoencoderModule(L.LightningModule):
         disc_dim: int = 64,  # discriminator base width
         disc_layers: int = 3,  # discriminator depth
         lr: float = 1e-4,  # Adam learning rate (generator and discriminator)
-        lr_decay: str = "none",  # none | linear | cosine: decay to 0 at trainer.max_steps
+        lr_decay: str = "none",  # none | linear | cosine: decay to 0 at trainer.max_steps (or trainer.max_time)
                                  # (dff.training.optim.lr_factor)
     ):
         super().__init__()
@@ -150,11 +150,15 @@ class AutoencoderModule(L.LightningModule):
         self.log_dict({"val/psnr": psnr(x_hat, x).mean(), "val/ssim": ssim(x_hat, x).mean()},
                       batch_size=x.shape[0], sync_dist=True)
 
+    def on_train_start(self) -> None:
+        """A time budget's rate from the time spent so far (a resumed run's budget may differ from its checkpoint's)."""
+        refresh_rate(self.lr_schedulers())
+
     def configure_optimizers(self):
         params = list(self.vae.parameters()) + (list(self.disc.parameters()) if self.disc is not None else [])
         opt = torch.optim.Adam(params, lr=self.hparams.lr, betas=(0.5, 0.9))  # latent-diffusion's betas
         decay = self.hparams.lr_decay
-        return scheduled(opt, 0, decay_length(decay, self.trainer.max_steps) if decay != "none" else 0, decay)
+        return run_schedule(self.trainer, opt, 0, decay)
 
     # ------------------------------------------------------------------ export
     def export(self, out_dir: Path) -> Path:

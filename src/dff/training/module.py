@@ -21,7 +21,8 @@ from ..evaluation.psnr_ssim import translation_scores
 from ..models.autoencoders import is_pixel_space
 from ..models.diffusion_model import DiffusionModel
 from ..models.pretrained import model_settings, model_state_dict
-from .optim import adamw, batch_scaled, check_decay, decay_length, scheduled
+from .optim import (adamw, batch_scaled, check_decay, decay_length, refresh_rate, run_schedule, scheduled,
+                    time_spent)
 
 
 def _add_model_prefix(state_dict, prefix, *args) -> None:
@@ -42,7 +43,8 @@ class DiffusionModule(L.LightningModule):
         lr: float = 1e-4,  # AdamW learning rate
         weight_decay: float = 0.0,  # AdamW weight decay
         warmup_steps: int = 0,  # linear learning-rate warm-up
-        lr_decay: str = "none",  # none | linear | cosine: decay to 0 at trainer.max_steps (lr_factor)
+        lr_decay: str = "none",  # none | linear | cosine: decay to 0 at trainer.max_steps, or at the end of
+                                 # trainer.max_time when no max_steps is set (lr_factor)
         batch_reference: Optional[int] = None,  # the batch lr, warmup_steps and ema_decay are tuned for: at another
                                                 # global batch they are rescaled (batch_scaled); None: used as given
         nonfinite_patience: int = 10,  # skip steps with non-finite gradients (on the device) and stop after this
@@ -76,6 +78,10 @@ class DiffusionModule(L.LightningModule):
     def sample(self, *args, **kwargs) -> torch.Tensor:
         """DiffusionModel.sample: images (B, C, H, W) in [0, 1]."""
         return self.model.sample(*args, **kwargs)
+
+    def on_train_start(self) -> None:
+        """A time budget's rate from the time spent so far (a resumed run's budget may differ from its checkpoint's)."""
+        refresh_rate(self.lr_schedulers())
 
     def on_fit_start(self) -> None:
         """Latent models: cache the training latents if the data asks for it, and estimate the
@@ -112,6 +118,9 @@ class DiffusionModule(L.LightningModule):
         if (self.global_step + 1) % max(every, 1) == 0:  # logged as a host tensor: the progress bar reads it for free
             self.log("train/loss", (self.loss_sum / self.loss_count).cpu(), prog_bar=True, on_step=True,
                      on_epoch=False, batch_size=batch_size)
+            if self._trainer is not None and self.trainer.optimizers:  # the rate this step used (a host float)
+                self.log("train/lr", float(self.trainer.optimizers[0].param_groups[0]["lr"]), on_step=True,
+                         on_epoch=False, batch_size=batch_size)
             self.loss_sum, self.loss_count = None, 0
 
     def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
@@ -213,6 +222,9 @@ class DiffusionModule(L.LightningModule):
                 print(f"batch {B} (recipe tuned at {h.batch_reference}): lr {lr:.3g}, warm-up {warmup} steps, "
                       f"EMA decay {self.model.ema.decay:.6g}")
         opt = adamw(self.model.net.parameters(), lr, h.weight_decay, h.nonfinite_patience)
+        if h.lr_decay != "none" and time_spent(self.trainer) is not None:  # a time budget (and maybe steps): to 0
+                                                                             # at whichever runs out first
+            return run_schedule(self.trainer, opt, warmup, h.lr_decay)
         total = decay_length(h.lr_decay, self.trainer.max_steps)
         if total:
             resumed = self.resumed_decay_total
