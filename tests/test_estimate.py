@@ -93,3 +93,25 @@ def test_fit_prints_the_counted_cost_first(tmp_path, capsys):
     assert "cost: " in out and out.index("cost: ") < out.index("speed: ")
     main(["estimate", "--help"])
     assert "usage: dff estimate --config FILE" in capsys.readouterr().out
+
+
+def test_estimate_offline_uses_a_stand_in_of_the_known_latent_shape(tmp_path, capsys, monkeypatch):
+    """latent_maps_256 names a hub autoencoder: offline (and not cached) the U-Net is estimated on a stand-in of its
+    latent shape, at once, with no connection tried; an unknown id asks for --latent-shape."""
+    import socket
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty_cache"))
+    monkeypatch.setattr(socket, "create_connection", lambda *a, **k: pytest.fail("connected while offline"))
+    args = ["--config", str(ROOT / "configs" / "latent_maps_256.yaml"), "--steps", "1", "--data.batch_size", "1",
+            "--model.dim", "8", "--trainer.default_root_dir", str(tmp_path / "runs")]
+    est = estimate_command(args)
+    out = capsys.readouterr().out
+    assert "cannot be reached: the U-Net is estimated on a stand-in of its latent shape (4 channels, factor 8)" in out
+    assert est.flops_per_image > 0
+    with pytest.raises(SystemExit, match="give its latent shape, channels and down-sampling factor: --latent-shape"):
+        estimate_command([*args, "--model.autoencoder", "someone/unknown-vae"])
+    estimate_command([*args, "--model.autoencoder", "someone/unknown-vae", "--latent-shape", "16,8"])
+    assert "(16 channels, factor 8)" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="--latent-shape '16,6': expected C,F"):
+        estimate_command([*args, "--model.autoencoder", "someone/unknown-vae", "--latent-shape", "16,6"])

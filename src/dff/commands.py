@@ -3,6 +3,7 @@ calling the library (models, tools, training, evaluation); user errors leave as 
 from __future__ import annotations
 
 import argparse
+import tempfile
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -332,18 +333,78 @@ def push_command(args: argparse.Namespace) -> str:
 # ====================================================================== estimate
 def estimate_command(argv: Sequence[str], steps: int = 3):
     """`dff estimate --config FILE [overrides]`: the config parsed as `dff fit` parses it (nothing is trained and no
-    run folder is made); `--steps N` timed steps (default 3); prints the estimate."""
-    from .training.estimate import estimate
-    from .training.module import DiffusionModule
-    from .training.speed import Speed
-
+    run folder is made); `--steps N` timed steps (default 3); `--latent-shape C,F` for an autoencoder on the hub
+    that cannot be reached (stand_in_autoencoder); prints the estimate."""
     argv = list(argv)
     if "--steps" in argv:  # ours, not a key of the config
         i = argv.index("--steps")
         steps = int(argv[i + 1])
         del argv[i:i + 2]
+    latent_shape = None
+    if "--latent-shape" in argv:  # ours: C,F of an autoencoder that cannot be reached
+        i = argv.index("--latent-shape")
+        latent_shape = argv[i + 1]
+        del argv[i:i + 2]
     if not any(a.startswith("--data.root") for a in argv):
         argv += ["--data.root", "."]  # the data are not read: a config without data.root is estimated too
+    with tempfile.TemporaryDirectory() as tmp:
+        stand_in = stand_in_autoencoder(argv, latent_shape, Path(tmp))
+        if stand_in is not None:
+            argv += stand_in
+        return estimate_run(argv, steps, stand_in is not None)
+
+
+def stand_in_autoencoder(argv: list, latent_shape: Optional[str], tmp: Path) -> Optional[list]:
+    """The overrides that estimate a latent config whose autoencoder is a hub id neither cached nor reachable: a
+    stand-in AutoencoderKL of the same latent shape (known for common hub ids, else --latent-shape C,F), so the
+    U-Net, whose cost the estimate is, sees the latents it would see. None when the autoencoder loads."""
+    from .models.autoencoders import build_autoencoder_kl, hub_reachable, load_autoencoder
+    from .training.fit import configured
+
+    spec = configured(argv, "model.autoencoder")
+    if not isinstance(spec, str) or spec in ("", "identity") or Path(spec).expanduser().exists():
+        return None
+    channels = int(configured(argv, "data.channels", 3))
+    try:
+        load_autoencoder(spec, channels, local_files_only=True)  # in the hub's cache: the real one is used
+        return None
+    except ValueError:
+        pass
+    if latent_shape is None and hub_reachable():
+        return None  # fit downloads it
+    shape = latent_shape or KNOWN_LATENT_SHAPES.get(spec)
+    if shape is None:
+        raise SystemExit(f"dff estimate: the autoencoder {spec!r} is not in the hub's cache and the hub cannot be "
+                         "reached; give its latent shape, channels and down-sampling factor: --latent-shape 4,8")
+    try:
+        c, f = (int(v) for v in str(shape).split(","))
+        if c < 1 or f < 1 or f & (f - 1):
+            raise ValueError
+    except ValueError:
+        raise SystemExit(f"dff estimate: --latent-shape {shape!r}: expected C,F, latent channels and a power-of-two "
+                         "factor, e.g. 4,8") from None
+    levels = f.bit_length()  # f = 2^(levels - 1)
+    build_autoencoder_kl(channels, latent_channels=c, block_out_channels=(8,) * levels, norm_num_groups=4,
+                         mid_attention=False).save_pretrained(tmp / "stand_in")
+    print(f"dff estimate: the autoencoder {spec!r} cannot be reached: the U-Net is estimated on a stand-in of its "
+          f"latent shape ({c} channels, factor {f}); the autoencoder's own cost is not counted")
+    overrides = ["--model.autoencoder", str(tmp / "stand_in")]
+    if configured(argv, "model.latent_scale") in (None, "null"):
+        overrides += ["--model.latent_scale", "1.0"]  # nothing to estimate it from
+    return overrides
+
+
+# latent channels and down-sampling factor of common autoencoders on the hub
+KNOWN_LATENT_SHAPES = {"stabilityai/sd-vae-ft-ema": "4,8", "stabilityai/sd-vae-ft-mse": "4,8",
+                       "stabilityai/sdxl-vae": "4,8", "madebyollin/sdxl-vae-fp16-fix": "4,8"}
+
+
+def estimate_run(argv: list, steps: int, stand_in: bool):
+    """dff estimate of a config given as `dff fit` arguments; prints and returns the estimate."""
+    from .training.estimate import estimate
+    from .training.module import DiffusionModule
+    from .training.speed import Speed
+
     cli = fit([*argv, "--trainer.logger", "false"], run=False, clean_errors=True)
     model = cli.model
     if not isinstance(model, DiffusionModule):
@@ -356,7 +417,9 @@ def estimate_command(argv: Sequence[str], steps: int = 3):
                    steps=steps, max_steps=trainer.max_steps, from_cache=bool(h.latent_cache))
     configs = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--config"]
     print(f"dff estimate: {', '.join(configs) or 'defaults'}"
-          + (" (latent cache)" if h.latent_cache else " (the VAE encodes every batch)" if model.is_latent else ""))
+          + (" (a stand-in autoencoder of the same latent shape: its encoding not counted)" if stand_in
+             else " (latent cache)" if h.latent_cache else " (the VAE encodes every batch)" if model.is_latent
+             else ""))
     for line in est.lines():
         print("  " + line)
     return est

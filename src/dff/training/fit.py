@@ -119,6 +119,27 @@ def flag_values(argv: Sequence[str], flag: str) -> list[str]:
     return values + [a.split("=", 1)[1] for a in argv if a.startswith(flag + "=")]
 
 
+def configured(argv: Sequence[str], key: str, default=None):
+    """The value of a dotted key (e.g. "model.autoencoder") as `dff fit` would take it from argv: the last
+    --key override, else the last --config file that sets it, else `default` (the values as given, unparsed)."""
+    import yaml
+
+    given = flag_values(argv, "--" + key)
+    if given:
+        return given[-1]
+    found = default
+    for path in flag_values(argv, "--config"):
+        try:
+            node = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            continue
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if node is not None:
+            found = node
+    return found
+
+
 def config_model_class_path(argv: Sequence[str]) -> Optional[str]:
     """The `model.class_path` of the --config files in argv, if any (autoencoder configs name one)."""
     import yaml
