@@ -320,7 +320,7 @@ def export_command(args: argparse.Namespace) -> Path:
 
 def push_command(args: argparse.Namespace) -> str:
     """`dff push RUN OWNER/NAME`: the export, its model card (and diffusers pipeline) to the hub."""
-    from .models.hub import push
+    from .tools.push import push
 
     try:
         url = push(args.weights, args.repo_id, private=args.private, token=args.token, scheduler=args.scheduler)
