@@ -2,10 +2,15 @@ import os
 import sys
 from pathlib import Path
 
-import numpy as np
-import pytest
-import torch
-from PIL import Image
+# Tests never touch the network: the hub client reads this once, at import, and then makes no request of its own
+# (not even the agent-registry fetch it makes when it builds headers). tests/test_hub.py points it at a local
+# stand-in server instead.
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 

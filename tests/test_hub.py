@@ -2,6 +2,7 @@
 `dff sample` take the repository id, diffusers loads the same repository. huggingface_hub's own client talks to
 a local stand-in server (tests/hub_server.py): no network."""
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from huggingface_hub import constants
+from huggingface_hub.utils import build_hf_headers
 
 from dff.cli import main
 from dff.pretrained import load_pretrained
@@ -35,7 +37,18 @@ def hub(tmp_path, monkeypatch):
         monkeypatch.setenv("HF_ENDPOINT", hub.url)
         monkeypatch.setenv("HF_TOKEN", "hf_stand_in")
         monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        # the client's one request of its own (a registry it fetches once per process, when it first builds its
+        # headers) is settled while offline (conftest.py), so that no request leaves for the real hub
+        build_hf_headers()
         monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+        connect = socket.create_connection
+
+        def local_only(address, *args, **kwargs):  # every connection goes to the stand-in, none elsewhere
+            if address[0] != "127.0.0.1":
+                raise AssertionError(f"a connection to {address} left this machine")
+            return connect(address, *args, **kwargs)
+
+        monkeypatch.setattr(socket, "create_connection", local_only)
         monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub_cache"))
         yield hub
 

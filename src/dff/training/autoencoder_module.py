@@ -152,7 +152,8 @@ class AutoencoderModule(L.LightningModule):
 
     def on_train_start(self) -> None:
         """A time budget's rate from the time spent so far (a resumed run's budget may differ from its checkpoint's)."""
-        refresh_rate(self.lr_schedulers())
+        if self._trainer is not None:
+            refresh_rate(self.lr_schedulers())
 
     def configure_optimizers(self):
         params = list(self.vae.parameters()) + (list(self.disc.parameters()) if self.disc is not None else [])

@@ -81,7 +81,8 @@ class DiffusionModule(L.LightningModule):
 
     def on_train_start(self) -> None:
         """A time budget's rate from the time spent so far (a resumed run's budget may differ from its checkpoint's)."""
-        refresh_rate(self.lr_schedulers())
+        if self._trainer is not None:
+            refresh_rate(self.lr_schedulers())
 
     def on_fit_start(self) -> None:
         """Latent models: cache the training latents if the data asks for it, and estimate the
