@@ -53,16 +53,21 @@ def test_checkpoint_monitor_keeps_the_best_by_fid(tmp_path):
     assert kept == [f"step_{int(best['step']):06d}.ckpt"]
 
 
-def test_what_eval_cannot_score_is_said_before_training(tmp_path):
+def test_what_eval_cannot_score_is_said_before_training(tmp_path, capsys):
     from conftest import write_images
 
     write_images(tmp_path / "images", 4, 16, "png")
     folder = ["--data.dataset", "folder", "--data.root", str(tmp_path / "images"), "--data.channels", "3",
               "--trainer.max_steps", "2", "--trainer.default_root_dir", str(tmp_path / "runs")]
-    with pytest.raises(SystemExit, match="eval.extractor auto knows the built-in digits and textures"):
-        main([*RUN, *folder])
+    main([*RUN, *folder])  # the recipe's eval on other data: off, with one line, and the run trains
+    assert "eval: off: eval.extractor auto knows the built-in digits and textures" in capsys.readouterr().out
+    assert not [r for r in eval_rows(tmp_path / "runs" / "version_0")]
     with pytest.raises(SystemExit, match="an image-to-image model is scored by validation"):
         main([*RUN, *folder, "--data.pairs", "sr2", "--eval.extractor", "digits"])
     with pytest.raises(SystemExit, match="needs at least 65 images per set; eval.num=20"):
         main([*RUN, "--eval.num", "20", "--trainer.max_steps", "2", "--trainer.default_root_dir",
               str(tmp_path / "runs2")])
+    with pytest.raises(SystemExit, match="eval.extractor: custom feature extractor 'no_such_module:make': cannot "
+                                         "import"):
+        main([*RUN, *folder, "--eval.extractor", "no_such_module:make", "--trainer.default_root_dir",
+              str(tmp_path / "runs3")])

@@ -159,7 +159,7 @@ class AutoencoderModule(L.LightningModule):
         params = list(self.vae.parameters()) + (list(self.disc.parameters()) if self.disc is not None else [])
         opt = torch.optim.Adam(params, lr=self.hparams.lr, betas=(0.5, 0.9))  # latent-diffusion's betas
         decay = self.hparams.lr_decay
-        return run_schedule(self.trainer, opt, 0, decay)
+        return run_schedule(self.trainer if decay != "none" else None, opt, 0, decay)  # a decay needs the Trainer
 
     # ------------------------------------------------------------------ export
     def export(self, out_dir: Path) -> Path:

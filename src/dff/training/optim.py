@@ -89,7 +89,9 @@ def refresh_rate(sched) -> None:
 def run_schedule(trainer, opt: torch.optim.Optimizer, warmup: int, decay: str):
     """The schedule of a run: the decay reaches 0 at trainer.max_steps or at the end of trainer.max_time, whichever
     budget runs out first (the run stops there)."""
-    spent = time_spent(trainer) if decay != "none" else None
+    if decay == "none":
+        return scheduled(opt, warmup, 0, decay)
+    spent = time_spent(trainer)
     if spent is not None:
         steps = trainer.max_steps if trainer.max_steps is not None and trainer.max_steps > 0 else 0
         return scheduled(opt, warmup, steps, decay, spent)

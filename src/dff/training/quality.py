@@ -4,8 +4,9 @@ evaluation/fid.py) of a fixed set of EMA samples against real training images, t
     eval.every_n_steps   0 (off) or N: score at steps N, 2N, ...
     eval.num             samples scored each time (the same noise every time, so the curve shows the model, not
                          the draw); FID is biased upwards for few images, so compare only at equal eval.num
-    eval.extractor       auto (digits / textures for the built-in sets), digits, textures, inception, or your own
-                         "module.py:factory" (any channel count: evaluation/features.py)
+    eval.extractor       auto (digits / textures for the built-in sets; on other data the evaluation is off, with a
+                         line saying so), digits, textures, inception, or your own "module.py:factory" (any
+                         channel count: evaluation/features.py)
 
 The values go to metrics.csv (`eval/fid`, `eval/kid`, `eval/seconds`: the cost of one evaluation) and to every
 logger, report.html draws them against the step, and `--checkpoint.monitor eval/fid --checkpoint.mode min` (with
@@ -59,6 +60,13 @@ class QualityEval(L.Callback):
         if pl_module.condition:
             raise ValueError("eval.every_n_steps scores generation from noise (FID/KID); an image-to-image model is "
                              "scored by validation (PSNR/SSIM): set eval.every_n_steps 0")
+        dataset = getattr(getattr(trainer.datamodule, "hparams", None), "dataset", None)
+        if self.extractor_name == "auto" and dataset not in AUTO:  # a recipe's default, on data it has no judge for
+            self.every_n_steps = 0
+            if trainer.is_global_zero:
+                print(f"eval: off: eval.extractor auto knows the built-in digits and textures, not data.dataset "
+                      f"{dataset!r}; give eval.extractor (inception for RGB photos, or your own module.py:factory)")
+            return
         if trainer.is_global_zero:
             self.extractor = self.make_extractor(trainer).to(pl_module.device)
             self.reference = self.features(self.reference_images(trainer), pl_module.device)  # (N, D)
@@ -70,13 +78,11 @@ class QualityEval(L.Callback):
     def make_extractor(self, trainer: L.Trainer) -> torch.nn.Module:
         name = self.extractor_name
         if name == "auto":
-            dataset = getattr(getattr(trainer.datamodule, "hparams", None), "dataset", None)
-            if dataset not in AUTO:
-                raise ValueError(f"eval.extractor auto knows the built-in digits and textures; for data.dataset "
-                                 f"{dataset!r} give eval.extractor: inception (RGB photos, needs torch-fidelity) or "
-                                 "your own module.py:factory")
-            name = AUTO[dataset]
-        return get_extractor(name, self.weights)
+            name = AUTO[trainer.datamodule.hparams.dataset]
+        try:
+            return get_extractor(name, self.weights)
+        except (ImportError, AttributeError, TypeError, OSError) as e:  # a custom extractor that cannot be made
+            raise ValueError(f"eval.extractor: {e}") from e
 
     def reference_images(self, trainer: L.Trainer) -> torch.Tensor:
         """Up to reference_num training images (C, H, W) in [0, 1], evenly spread over the data set (cached latents
