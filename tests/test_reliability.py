@@ -378,3 +378,30 @@ def test_bad_settings_end_in_one_line(tmp_path, args, message):
         main(["fit", "--config", str(ROOT / "configs" / "pixel_digits.yaml"), *args, "--trainer.max_steps", "1",
               "--trainer.default_root_dir", str(tmp_path / "runs")])
     assert not (tmp_path / "runs" / "version_0").exists()  # nothing left behind
+
+
+# ---------------------------------------------------------------------- hostile files (issue 35: 10)
+def test_a_yaml_alias_bomb_and_deep_json_are_refused_in_one_line(tmp_path):
+    """A 1 KB "billion laughs" config (9 levels of 9 aliases: 387 M values once expanded) is refused before it is
+    built, at once; so are a config and an export's config.json nested too deeply."""
+    import time
+
+    from dff.cli import main
+    from dff.pretrained import load_pretrained
+
+    lines = ['a0: &a0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    lines += [f"a{i}: &a{i} [{','.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 9)]
+    (tmp_path / "bomb.yaml").write_text("\n".join(lines) + "\n")
+    assert (tmp_path / "bomb.yaml").stat().st_size < 1024
+    t0 = time.perf_counter()
+    with pytest.raises(SystemExit, match=r"bomb.yaml: its aliases expand to more than 100,000 values"):
+        main(["fit", "--config", str(ROOT / "configs" / "pixel_digits.yaml"), "--config", str(tmp_path / "bomb.yaml")])
+    assert time.perf_counter() - t0 < 10
+    (tmp_path / "deep.yaml").write_text("a: " + "[" * 500 + "]" * 500 + "\n")
+    with pytest.raises(SystemExit, match=r"deep.yaml: (nested too deeply to read|its aliases expand to more than)"):
+        main(["fit", "--config", str(tmp_path / "deep.yaml")])
+    (tmp_path / "export").mkdir()
+    (tmp_path / "export" / "model.safetensors").write_bytes(b"")
+    (tmp_path / "export" / "config.json").write_text('{"hparams": ' + "[" * 200_000 + "]" * 200_000 + "}")
+    with pytest.raises(ValueError, match="config.json: nested too deeply to be a dff config"):
+        load_pretrained(tmp_path / "export")

@@ -88,6 +88,8 @@ def _load_weights_dir(weights: Path, autoencoder: Optional[str] = None) -> Diffu
         model_class, hparams = cfg["model_class"], cfg["hparams"]
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise ValueError(f"{cfg_path}: not a dff config (expected JSON with 'model_class' and 'hparams'): {e}") from e
+    except RecursionError:
+        raise ValueError(f"{cfg_path}: nested too deeply to be a dff config") from None
     hparams = {**hparams, "autoencoder": own_autoencoder(hparams.get("autoencoder"), cfg_path, autoencoder)}
     model = _build(model_class, hparams, cfg_path)
     state = load_file(weights)

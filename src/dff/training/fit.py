@@ -224,11 +224,51 @@ def remove_if_empty(folder: Optional[Path]) -> None:
         folder.rmdir()
 
 
+YAML_VALUES = 100_000  # the most values a config may hold once its aliases are expanded
+YAML_DEPTH = 100  # and its deepest nesting
+
+
+def yaml_size(text: str) -> tuple[int, int]:
+    """(values, depth) of a YAML document with its aliases expanded, counted on the node graph (yaml.compose keeps
+    an alias as a reference to its anchor's node), so an alias bomb is measured without being built."""
+    import yaml
+
+    root = yaml.compose(text, Loader=yaml.SafeLoader)
+    sizes: dict[int, tuple[int, int]] = {}  # id(node) -> (values, depth) below it
+
+    def walk(node, seen: int) -> tuple[int, int]:
+        if id(node) in sizes:
+            return sizes[id(node)]
+        if seen > YAML_DEPTH:
+            return 1, seen
+        children = (node.value if isinstance(node, yaml.SequenceNode) else
+                    [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else [])
+        total, depth = 1, 0
+        for child in children:
+            v, d = walk(child, seen + 1)
+            total, depth = min(total + v, YAML_VALUES + 1), max(depth, d)
+        sizes[id(node)] = (total, depth + 1)
+        return sizes[id(node)]
+
+    return walk(root, 0) if root is not None else (0, 0)
+
+
 def check_configs(argv: Sequence[str]) -> None:
-    """Each --config file exists and is a text file: one clear line instead of a decoding traceback."""
+    """Each --config file exists and is a text file of a reasonable size once its YAML aliases are expanded: one
+    clear line instead of a decoding traceback, or instead of gigabytes and minutes for a "billion laughs" file."""
+    import yaml
+
     for path in flag_values(argv, "--config"):
         try:
-            Path(path).read_text()
+            text = Path(path).read_text()
+            values, depth = yaml_size(text)
+            if values > YAML_VALUES or depth > YAML_DEPTH:
+                raise SystemExit(f"dff: --config {path}: its aliases expand to more than {YAML_VALUES:,} values or "
+                                 f"{YAML_DEPTH} levels; a config that large is refused (an alias bomb?)")
+        except yaml.YAMLError:
+            continue  # LightningCLI names the syntax error
+        except RecursionError:
+            raise SystemExit(f"dff: --config {path}: nested too deeply to read") from None
         except FileNotFoundError:
             raise SystemExit(f"dff: --config {path}: no such file") from None
         except IsADirectoryError:
