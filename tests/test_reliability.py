@@ -405,3 +405,55 @@ def test_a_yaml_alias_bomb_and_deep_json_are_refused_in_one_line(tmp_path):
     (tmp_path / "export" / "config.json").write_text('{"hparams": ' + "[" * 200_000 + "]" * 200_000 + "}")
     with pytest.raises(ValueError, match="config.json: nested too deeply to be a dff config"):
         load_pretrained(tmp_path / "export")
+
+
+# ---------------------------------------------------------------------- concurrent runs (issue 35: 12)
+def test_runs_started_together_into_one_root_each_claim_a_folder(tmp_path):
+    """16 claims racing from 8 threads get 16 distinct version_N folders (one atomic mkdir each); then two dff fit
+    processes started at once into one root both finish, each in a folder of its own."""
+    import threading
+
+    from dff.training.runs import claim_version
+
+    start, got = threading.Barrier(8), []
+
+    def claim():
+        start.wait()
+        got.extend(claim_version(tmp_path / "race") for _ in range(2))
+
+    threads = [threading.Thread(target=claim) for _ in range(8)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert sorted(got) == list(range(16))
+    cmd = [sys.executable, "-m", "dff.cli", "fit", "--config", str(ROOT / "configs" / "pixel_digits.yaml"),
+           "--model.dim", "8", "--trainer.max_steps", "2", "--samples.every_n_steps", "0",
+           "--eval.every_n_steps", "0", "--trainer.enable_progress_bar", "false",
+           "--trainer.default_root_dir", str(tmp_path / "runs")]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=240) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [o[1][-1500:] for o in outs]
+    for n in (0, 1):
+        run = tmp_path / "runs" / f"version_{n}"
+        assert (run / "config.yaml").exists() and (run / "export" / "model.safetensors").exists()
+    assert not (tmp_path / "runs" / "version_2").exists()
+
+
+def test_a_read_only_root_is_one_line(tmp_path, monkeypatch):
+    """A default_root_dir that cannot be written (PermissionError from the OS: read-only, or another user's; raised
+    here on purpose, since the tests may run as root, whom chmod does not stop)."""
+    import pathlib
+
+    from dff.cli import main
+
+    mkdir = pathlib.Path.mkdir
+
+    def refuse(self, *args, **kwargs):
+        if "ro" in self.parts:
+            raise PermissionError(13, "Permission denied", str(self))
+        return mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(pathlib.Path, "mkdir", refuse)
+    with pytest.raises(SystemExit, match="ro: a run folder cannot be created there"):
+        main(["fit", "--config", str(ROOT / "configs" / "pixel_digits.yaml"), "--trainer.max_steps", "1",
+              "--trainer.default_root_dir", str(tmp_path / "ro")])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 import pickle
 import warnings
 from pathlib import Path
@@ -25,7 +26,8 @@ from .module import DiffusionModule
 from .posthoc_ema import PostHocEMA
 from .quality import QualityEval
 from .trackers import added_loggers
-from .runs import AtomicCheckpointIO, RunLogger, newest_last_checkpoint, resume_config_name, run_version
+from .runs import (AtomicCheckpointIO, RunLogger, claim_version, newest_last_checkpoint, resume_config_name,
+                   run_version)
 from ..safe_load import refusal
 from .speed import Speed, choose_precision
 
@@ -93,9 +95,12 @@ class DffCLI(LightningCLI):
                 ckpt = str(newest_last_checkpoint(root))
                 self.config_init[self.subcommand]["ckpt_path"] = ckpt
             version = run_version(ckpt, root)
+        resumed = version is not None
+        if cfg.get("logger") is not False and not resumed:  # a new run: claim its folder
+            version = new_version(root)
         if cfg.get("logger") is not False:  # dff's loggers first (the run folder), then any the config adds
             csv_logger = RunLogger(root, name="", version=version)
-            if version is None:
+            if not resumed:
                 type(self).new_run = root / f"version_{csv_logger.version}"  # removed again if fit fails empty
             else:
                 self.save_config_kwargs = {**self.save_config_kwargs,
@@ -111,6 +116,19 @@ class DffCLI(LightningCLI):
         if not cfg.get("plugins"):  # given here, not as a default, so that config.yaml stays loadable
             kwargs["plugins"] = [AtomicCheckpointIO()]
         return super().instantiate_trainer(**kwargs)
+
+
+def new_version(root: Path) -> Optional[int]:
+    """The version_N of a new run: claimed (created) by the first process; DDP processes that Lightning starts later
+    from this one take the same N from the environment it leaves them; other ranks started on their own (torchrun,
+    SLURM) leave it to Lightning (None)."""
+    rank = int(os.environ.get("RANK") or os.environ.get("LOCAL_RANK") or 0) + int(os.environ.get("NODE_RANK") or 0)
+    if rank == 0:
+        version = claim_version(root)
+        os.environ["DFF_RUN_VERSION"] = str(version)  # for the processes Lightning starts for the other ranks
+        return version
+    given = os.environ.get("DFF_RUN_VERSION")
+    return int(given) if given is not None else None
 
 
 def flag_values(argv: Sequence[str], flag: str) -> list[str]:

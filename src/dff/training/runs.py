@@ -21,6 +21,25 @@ from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 
 
+def claim_version(root: Union[str, Path]) -> int:
+    """The next <root>/version_N, created here with one mkdir (atomic: of two runs started together into one root,
+    each gets a folder of its own). A root that cannot be written is one clear error."""
+    root = Path(root)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        taken = [int(m.group(1)) for p in root.iterdir() if (m := re.fullmatch(r"version_(\d+)", p.name))]
+        n = max(taken, default=-1) + 1
+        while True:
+            try:
+                (root / f"version_{n}").mkdir()
+                return n
+            except FileExistsError:  # claimed by another run a moment ago
+                n += 1
+    except PermissionError:
+        raise ValueError(f"trainer.default_root_dir {root}: a run folder cannot be created there (permission "
+                         "denied); choose a folder you can write") from None
+
+
 def run_dir(trainer) -> Path:
     """The folder of this run: the logger's version folder, else the trainer's root. Under DDP this is a
     collective (Trainer.log_dir broadcasts rank 0's folder): call it on every rank, never on one alone."""
