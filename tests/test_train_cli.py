@@ -76,12 +76,57 @@ def test_cli_fit_and_sample(tmp_path, image_folder, capsys):
     main(["sample", str(run), "--num", "5", "--steps", "4", "--batch-size", "2", "--out", str(tmp_path / "s"),
           "--no-progress"])
     files = sorted(p.name for p in (tmp_path / "s").iterdir())
-    assert files == ["grid.png"] + [f"sample_{i:04d}.png" for i in range(5)]
-    # nothing is overwritten silently
+    assert files == ["grid.png"] + [f"sample_{i:04d}.png" for i in range(5)] + ["samples.json"]
+    # nothing is overwritten silently: other settings into a folder that holds samples
     with pytest.raises(SystemExit, match="already holds files"):
         main(["sample", str(run), "--num", "1", "--out", str(tmp_path / "s")])
+    (tmp_path / "s" / "mine.txt").write_text("the user's")
     main(["sample", str(run), "--num", "1", "--steps", "2", "--out", str(tmp_path / "s"), "--overwrite",
-          "--no-progress"])
+          "--no-progress"])  # the earlier samples go, with their grid; the user's other files stay
+    files = sorted(p.name for p in (tmp_path / "s").iterdir())
+    assert files == ["grid.png", "mine.txt", "sample_0000.png", "samples.json"]
+
+
+def test_a_large_sample_run_writes_as_it_goes_and_an_interrupted_one_continues(tmp_path, image_folder, monkeypatch):
+    """Batches are written one by one, each from its own seed; a run stopped part way, started again with the same
+    settings, draws only what is missing, and ends with the images an uninterrupted run writes; grid.png holds at
+    most 64 images whatever --num."""
+    import numpy as np
+    from PIL import Image
+
+    from dff.models.diffusion_model import DiffusionModel
+
+    main(["fit", "--data.dataset", "folder", "--data.root", str(image_folder), "--trainer.default_root_dir",
+          str(tmp_path / "r"), "--trainer.max_steps", "2", *TINY])
+    run, args = tmp_path / "r", ["--num", "70", "--steps", "2", "--batch-size", "16", "--no-progress"]
+    main(["sample", str(run), *args, "--out", str(tmp_path / "whole")])
+    sample = DiffusionModel.sample
+    calls, stopped = [], []
+
+    def stop_after_two(self, n, *a, **k):  # Ctrl-C during the third batch of the first try
+        calls.append(n)
+        if len(calls) == 3 and not stopped:
+            stopped.append(True)
+            raise KeyboardInterrupt
+        return sample(self, n, *a, **k)
+
+    monkeypatch.setattr(DiffusionModel, "sample", stop_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        main(["sample", str(run), *args, "--out", str(tmp_path / "part")])
+    assert len(list((tmp_path / "part").glob("sample_*.png"))) == 32  # two batches, on disk before the stop
+    calls.clear()
+    main(["sample", str(run), *args, "--out", str(tmp_path / "part")])  # the same settings: it continues
+    assert calls == [16, 16, 16, 16, 6]  # batches 2-4 anew; 0-1 again only for the grid's first 64 images
+    for i in range(70):
+        a, b = (np.asarray(Image.open(tmp_path / d / f"sample_{i:04d}.png")) for d in ("whole", "part"))
+        assert np.array_equal(a, b), i
+    from dff.viz import save_grid
+
+    first = torch.stack([torch.from_numpy(np.asarray(Image.open(tmp_path / "whole" / f"sample_{i:04d}.png"))
+                                          .copy()) for i in range(64)])  # (64, H, W[, C]) uint8
+    first = (first[:, None] if first.dim() == 3 else first.permute(0, 3, 1, 2)) / 255.0
+    save_grid(first, tmp_path / "grid64.png")
+    assert Image.open(tmp_path / "whole" / "grid.png").size == Image.open(tmp_path / "grid64.png").size
 
 
 def test_cli_sample_errors(tmp_path, image_folder):

@@ -10,6 +10,7 @@ from typing import Optional, Sequence
 import torch
 
 from . import files
+from .data.stream import draw_seed
 from .diffusion import default_steps
 from .training.fit import fit
 
@@ -45,37 +46,76 @@ def check_positive(**values: Optional[int]) -> None:
             raise SystemExit(f"dff: --{name.replace('_', '-')} must be at least 1, got {v}")
 
 
+GRID_MAX = 64  # images in grid.png, whatever --num
+MANIFEST = "samples.json"  # what a `dff sample` folder was drawn with, and how far it got
+
+
 def sample_command(args: argparse.Namespace) -> list[Path]:
+    """`dff sample`: batches drawn and written one at a time (batch k from its own seed), under one progress bar; a
+    folder that holds an interrupted run of the same settings (samples.json) is continued, not refused."""
+    import json
+
+    from tqdm import tqdm
+
     from .viz import save_grid, save_images
     from .viz.images import parse_bands, preview
 
     check_positive(num=args.num, batch_size=args.batch_size, steps=args.steps)
     out = Path(args.out)
-    check_out_dir(out, args.overwrite)
-    model = load_model(args.weights, args.device)
-    g = torch.Generator().manual_seed(args.seed)
-    images = []
-    for start in range(0, args.num, args.batch_size):
-        n = min(args.batch_size, args.num - start)
+    settings = {"weights": str(args.weights), "sampler": args.sampler, "steps": args.steps, "eta": args.eta,
+                "spacing": args.spacing, "seed": args.seed, "class": args.class_, "guidance": args.guidance,
+                "guidance_interval": list(args.guidance_interval), "batch_size": args.batch_size,
+                "format": args.format, "preview_bands": args.preview_bands}
+    done, width = 0, max(4, len(str(args.num - 1)))
+    manifest = out / MANIFEST
+    if args.overwrite and out.is_dir():  # the files an earlier `dff sample` wrote go; nothing else is touched
+        for f in [*out.glob("sample_*"), out / "grid.png", manifest]:
+            if f.is_file():
+                f.unlink()
+    elif manifest.is_file():
         try:
-            images.append(model.sample(n, args.sampler, steps=args.steps, eta=args.eta, spacing=args.spacing,
-                                       generator=g, labels=args.class_, guidance=args.guidance,
-                                       guidance_interval=args.guidance_interval,
-                                       progress=not args.no_progress).cpu())
-        except ValueError as e:
-            raise SystemExit(f"dff: {e}")
-    x = torch.cat(images)  # (num, C, H, W) in [0, 1]
-    names = [f"sample_{i:04d}" for i in range(len(x))]
-    arrays = write_arrays(model, x, out, names, args.format)
+            saved = json.loads(manifest.read_text())
+        except (ValueError, OSError):
+            saved = {}
+        if saved.get("settings") == settings:  # the same run, interrupted or shorter: go on from where it stopped
+            done, width = min(int(saved.get("done", 0)), args.num), int(saved.get("width", width))
+    if not done:
+        check_out_dir(out, args.overwrite)
+    model = load_model(args.weights, args.device)
     try:
-        shown = preview(x, parse_bands(args.preview_bands))
+        bands = parse_bands(args.preview_bands)
     except ValueError as e:
         raise SystemExit(f"dff: {e}")
-    paths = save_images(shown, out, names)
-    grid = save_grid(shown, out / "grid.png")
-    print(f"wrote {len(arrays) or len(paths)} samples" + (f" as .{arrays[0].suffix[1:]} in the data's units and PNG "
-                                                          "previews" if arrays else "") + f", and {grid}")
-    return arrays or paths
+    out.mkdir(parents=True, exist_ok=True)
+    written, grid = [], []
+    bar = tqdm(total=args.num, initial=done, unit="image", desc="dff sample", disable=args.no_progress)
+    for k, start in enumerate(range(0, args.num, args.batch_size)):
+        n = min(args.batch_size, args.num - start)
+        if start + n <= done and start >= GRID_MAX:
+            continue  # written by the earlier run, and not needed for the grid
+        g = torch.Generator().manual_seed(args.seed if k == 0 else draw_seed(args.seed, k))  # batch k's own noise
+        try:
+            x = model.sample(n, args.sampler, steps=args.steps, eta=args.eta, spacing=args.spacing, generator=g,
+                             labels=args.class_, guidance=args.guidance, guidance_interval=args.guidance_interval,
+                             progress=False).cpu()  # (n, C, H, W) in [0, 1]
+            shown = preview(x, bands)
+        except ValueError as e:
+            raise SystemExit(f"dff: {e}")
+        grid.append(shown[:max(0, GRID_MAX - start)])
+        if start + n > done:
+            names = [f"sample_{i:0{width}d}" for i in range(start, start + n)]
+            arrays = write_arrays(model, x, out, names, args.format)  # none for PNG output
+            pngs = save_images(shown, out, names)  # the samples, or the previews of the arrays
+            written += arrays or pngs
+            done = start + n
+            manifest.write_text(json.dumps({"settings": settings, "done": done, "width": width}, indent=1) + "\n")
+            bar.update(n)
+    bar.close()
+    path = save_grid(torch.cat(grid)[:GRID_MAX], out / "grid.png")
+    arrays = [p for p in written if p.suffix != ".png"]
+    print(f"wrote {len(written)} samples" + (f" as .{arrays[0].suffix[1:]} in the data's units and PNG previews"
+                                            if arrays else "") + f" ({done} in {out} in all), and {path}")
+    return written
 
 
 def write_arrays(model, x: torch.Tensor, out: Path, names: list[str], fmt: str) -> list[Path]:
