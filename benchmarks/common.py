@@ -55,9 +55,10 @@ def recipe_args(steps: int, root: Path, seed: int) -> list[str]:
             "--trainer.enable_progress_bar", "false", "--seed_everything", str(seed)]
 
 
-def score_digits(export: Path, steps: int, num: int = 1000) -> dict:
+def score_digits(export: Path, steps: int, num: int = 1000, precision: str = "32") -> dict:
     """FID and KID (digits features, against the 1,797 digits) of `num` samples of DPM-Solver++(2M) at `steps`
-    steps (generator seeded 0, batches of 250) from the exported digits model at `export`."""
+    steps (generator seeded 0, batches of 250) from the exported digits model at `export`; precision "bf16": the
+    network's calls in bf16 autocast."""
     import torch
 
     from dff.data import load_digits_tensor
@@ -66,8 +67,8 @@ def score_digits(export: Path, steps: int, num: int = 1000) -> dict:
 
     model = load_pretrained(export)
     g = torch.Generator().manual_seed(0)
-    x = torch.cat([model.sample(min(250, num - i), "dpmpp_2m", steps=steps, generator=g, progress=False)
-                   for i in range(0, num, 250)])
+    x = torch.cat([model.sample(min(250, num - i), "dpmpp_2m", steps=steps, generator=g, progress=False,
+                                precision=precision) for i in range(0, num, 250)])
     r = evaluate_generation(x, load_digits_tensor(16, 1)[0], "digits")
     return {"fid": r["fid"], "kid": r["kid_mean"], "kid_std": r["kid_std"]}
 

@@ -167,3 +167,24 @@ def test_the_condition_is_described_once_by_the_data_and_the_model_gives_it_back
               run=False)
     assert cli.datamodule.condition == cli.model.model.condition == Condition("inpaint", 2)
     assert cli.model.model.net.cond_channels == 2
+
+
+def test_sampling_in_bf16_runs_the_network_in_bf16_and_stays_close_to_float32():
+    """precision="bf16": the network's calls under bf16 autocast, the sampler in float32; the samples differ from
+    float32's by bf16 rounding only (the FID comparison is benchmarks/studies/sample_precision.py)."""
+    from dff.models.diffusion_model import DiffusionModel
+
+    torch.manual_seed(0)
+    m = DiffusionModel(image_size=8, channels=1, dim=8, dim_mults=(1, 2), num_res_blocks=1, timesteps=50,
+                       num_classes=3)
+    with torch.no_grad():  # random weights everywhere (the zero-initialised output would make every sample alike)
+        for p in m.ema.model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    seen = []
+    m.ema.model.init_conv.register_forward_hook(lambda mod, inp, out: seen.append(out.dtype))
+    a = m.sample(4, "dpmpp_2m", steps=5, seed=0, labels=[0, 1, 2, 0], progress=False)
+    b = m.sample(4, "dpmpp_2m", steps=5, seed=0, labels=[0, 1, 2, 0], progress=False, precision="bf16")
+    assert seen[0] == torch.float32 and seen[-1] == torch.bfloat16 and b.dtype == torch.float32
+    assert not torch.equal(a, b) and (a - b).abs().max() < 0.05
+    with pytest.raises(ValueError, match="sampling precision 'fp8'"):
+        m.sample(1, "ddim", steps=2, precision="fp8")

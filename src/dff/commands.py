@@ -65,7 +65,7 @@ def sample_command(args: argparse.Namespace) -> list[Path]:
     settings = {"weights": str(args.weights), "sampler": args.sampler, "steps": args.steps, "eta": args.eta,
                 "spacing": args.spacing, "seed": args.seed, "class": args.class_, "guidance": args.guidance,
                 "guidance_interval": list(args.guidance_interval), "batch_size": args.batch_size,
-                "format": args.format, "preview_bands": args.preview_bands}
+                "format": args.format, "preview_bands": args.preview_bands, "precision": args.precision}
     done, width = 0, max(4, len(str(args.num - 1)))
     manifest = out / MANIFEST
     if args.overwrite and out.is_dir():  # the files an earlier `dff sample` wrote go; nothing else is touched
@@ -97,7 +97,7 @@ def sample_command(args: argparse.Namespace) -> list[Path]:
         try:
             x = model.sample(n, args.sampler, steps=args.steps, eta=args.eta, spacing=args.spacing, generator=g,
                              labels=args.class_, guidance=args.guidance, guidance_interval=args.guidance_interval,
-                             progress=False).cpu()  # (n, C, H, W) in [0, 1]
+                             progress=False, precision=args.precision).cpu()  # (n, C, H, W) in [0, 1]
             shown = preview(x, bands)
         except ValueError as e:
             raise SystemExit(f"dff: {e}")
@@ -172,10 +172,12 @@ def generation_scores(model, args: argparse.Namespace) -> dict:
     num = args.num or 1000
     g = torch.Generator().manual_seed(args.seed)
     samples = torch.cat([model.sample(min(args.batch_size, num - i), args.sampler, steps=args.steps, generator=g,
-                                      progress=False).cpu() for i in range(0, num, args.batch_size)])
+                                      progress=False, precision=args.precision).cpu()
+                         for i in range(0, num, args.batch_size)])
     res = evaluate_generation(samples, reference, args.extractor, weights=args.extractor_weights)
     steps = default_steps(args.sampler) if args.steps is None else args.steps
-    res.update(sampler=args.sampler, steps=steps or model.hparams.timesteps, data=args.data, extractor=args.extractor)
+    res.update(sampler=args.sampler, steps=steps or model.hparams.timesteps, data=args.data, extractor=args.extractor,
+               precision=args.precision)
     return res
 
 
