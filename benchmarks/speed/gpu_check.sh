@@ -14,7 +14,9 @@
 #    commits them when run inside a git checkout (DFF_COMMIT=0 to skip).
 # Budgets: SPEED_BUDGET_S (default 330) for the speed table, GATE_TIMEOUT_S (default 240: the fast run compiles)
 # for the gate.
-# Parts: GPU_CHECK_PARTS (default "speed gate data") runs only those, e.g. two calls of a leased machine that
+# 5. benchmarks/speed/sample_speed.py (part "sample"): DPM-Solver++ 20 at batch 256 in float32, bf16 and
+#    bf16 + channels_last for the 64x64 and the latent U-Net (issue 34 item 1's targets: >= 1,500 and >= 5,000 images/s).
+# Parts: GPU_CHECK_PARTS (default "speed gate data sample") runs only those, e.g. two calls of a leased machine that
 # limits one command's time: GPU_CHECK_PARTS=speed, then GPU_CHECK_PARTS="gate data". In a 15-minute lease of an
 # H200 (2026-11-29) a first call of SPEED_BUDGET_S=400 took 7.3 min and two more single variants 2.6 and 2.9.
 set -u -o pipefail
@@ -43,7 +45,7 @@ RESULTS=benchmarks/results
 mkdir -p "$RESULTS"
 LOG=${OUT:-/tmp}/gpu_check.log
 start=$(date +%s)
-PARTS=" ${GPU_CHECK_PARTS:-speed gate data} "
+PARTS=" ${GPU_CHECK_PARTS:-speed gate data sample} "
 
 [[ $PARTS == *" speed "* ]] && { timeout $(( ${SPEED_BUDGET_S:-330} + 60 )) "$PY" benchmarks/speed/train_speed.py --budget-s "${SPEED_BUDGET_S:-330}" \
   --out "$RESULTS/speed-$SLUG.json" 2>&1 | tee "$LOG"
@@ -53,6 +55,9 @@ echo "speed benchmark: $(( $(date +%s) - start )) s" | tee -a "$LOG"; }
   timeout "${GATE_TIMEOUT_S:-240}" "$PY" benchmarks/gates/quality_gate.py --parallel \
   --out /tmp/dff-quality-gate 2>&1 | grep -v "it/s" | tail -n 20 | tee -a "$LOG"
 [ -f /tmp/dff-quality-gate/quality_gate.json ] && cp /tmp/dff-quality-gate/quality_gate.json "$RESULTS/quality_gate-$SLUG.json"; }
+[[ $PARTS == *" sample "* ]] && timeout 240 "$PY" benchmarks/speed/sample_speed.py --configs pixel_64 latent_maps_256 \
+  --batch 256 --variants fp32 bf16 bf16_cl --rounds 3 --out "$RESULTS/sample_speed-$SLUG.json" 2>&1 | tail -n 4 \
+  | tee -a "$LOG"
 [[ $PARTS == *" data "* ]] && timeout 90 "$PY" benchmarks/speed/data_speed.py --num 2000 --batch 256 --batches 20 2>&1 \
   | tail -n 4 | tee -a "$LOG"
 echo "gpu_check: $(( $(date +%s) - start )) s in all" | tee -a "$LOG"
@@ -60,6 +65,7 @@ echo "gpu_check: $(( $(date +%s) - start )) s in all" | tee -a "$LOG"
 if [ -n "${OUT:-}" ]; then  # what this call measured
   [[ $PARTS == *" speed "* ]] && cp "$RESULTS/speed-$SLUG.json" "$OUT/" 2>/dev/null
   [[ $PARTS == *" gate "* && -f /tmp/dff-quality-gate/quality_gate.json ]] && cp "$RESULTS/quality_gate-$SLUG.json" "$OUT/"
+  [[ $PARTS == *" sample "* ]] && cp "$RESULTS/sample_speed-$SLUG.json" "$OUT/" 2>/dev/null
 fi
 if [ "${DFF_COMMIT:-1}" = 1 ] && git rev-parse --git-dir >/dev/null 2>&1; then
   git add "$RESULTS"/*-"$SLUG".json && git commit -qm "GPU check on $SLUG: speed table and quality gate" -- "$RESULTS" \
