@@ -457,3 +457,34 @@ def test_a_read_only_root_is_one_line(tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match="ro: a run folder cannot be created there"):
         main(["fit", "--config", str(ROOT / "configs" / "pixel_digits.yaml"), "--trainer.max_steps", "1",
               "--trainer.default_root_dir", str(tmp_path / "ro")])
+
+
+# ---------------------------------------------------------------------- what photos mean (issue 35: 11)
+def test_exif_rotated_photos_train_upright_and_transparency_is_composited(tmp_path):
+    """A photo stored sideways with EXIF orientation 6 (turn 90 degrees clockwise to view) is trained as a viewer
+    shows it, unless data.exif_orientation is false; transparent pixels become the stated white background,
+    not the colour hidden under them."""
+    from dff.data.datamodule import ImageDataModule
+    from dff.data.folder import BACKGROUND, load_image
+
+    root = tmp_path / "photos"
+    root.mkdir()
+    a = np.zeros((16, 32, 3), np.uint8)  # stored 32 wide, 16 high: left half white
+    a[:, :16] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(a).save(root / "sideways.jpg", exif=exif, quality=95)
+    up = np.asarray(load_image(root / "sideways.jpg", 3))
+    assert up.shape == (32, 16, 3) and up[:16].mean() > 200 and up[16:].mean() < 50  # the white half on top
+    assert np.asarray(load_image(root / "sideways.jpg", 3, exif=False)).shape == (16, 32, 3)
+    for exif_orientation, top_white in ((True, True), (False, False)):
+        dm = ImageDataModule("folder", str(root), image_size=16, channels=3, crop="resize", hflip=False,
+                             exif_orientation=exif_orientation, num_workers=0)
+        dm.setup()
+        x = dm.train_set[0]["image"]  # (3, 16, 16): the whole image resized, its shorter side to 16
+        assert (x[:, :8].mean() > 0.8) == top_white, exif_orientation
+    rgba = np.zeros((8, 8, 4), np.uint8)
+    rgba[..., 0] = 255  # red, hidden: alpha 0 everywhere
+    Image.fromarray(rgba, "RGBA").save(root / "clear.png")
+    assert np.all(np.asarray(load_image(root / "clear.png", 3)) == BACKGROUND)
+    assert np.all(np.asarray(load_image(root / "clear.png", 4))[..., 0] == 255)  # RGBA kept as RGBA

@@ -29,7 +29,8 @@ NOTES = {
     "palette": "palette image: converted to grayscale/RGB(A) by its palette",
     "CMYK": "CMYK: converted to RGB by PIL (colours may shift)",
     "LA": "grayscale with alpha: the alpha channel is dropped unless data.channels is 4",
-    "EXIF-rotated": "EXIF orientation set: trained as stored, not as a photo viewer shows it",
+    "EXIF-rotated": "EXIF orientation set: turned upright for training, as a photo viewer shows it "
+                    "(data.exif_orientation: false keeps them as stored)",
     "very large": "above PIL's decompression-bomb warning limit (89 M pixels)",
     "upscaled": "smaller than the training size: crop resize upscales it",
     "narrow range": "values fill under 1/8 of their dtype's range: with data.normalize dtype they would use a "

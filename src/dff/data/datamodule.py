@@ -85,6 +85,7 @@ class ImageDataModule(L.LightningDataModule):
                                              # e.g. [0, 4095] for 12-bit data in 16-bit files; overrides normalize
                                              # (pairs: for the generated side; the condition follows normalize)
         cond_bands: Optional[list[int]] = None,  # pairs of arrays (pairs=folders): the condition's bands, from 1
+        exif_orientation: bool = True,  # image files: turned upright by their EXIF orientation (False: as stored)
     ):
         super().__init__()
         if dataset not in DATASETS:
@@ -271,11 +272,12 @@ class ImageDataModule(L.LightningDataModule):
                 pairs = PairFolder(root, h.pairs, image_size=h.image_size, channels=h.channels,
                                    cond_channels=self.condition.channels, direction=h.direction, crop=crop, hflip=hflip,
                                    vflip=vflip, repeat=repeat, crop_scale=h.crop_scale, on_bad_file=h.on_bad_file,
-                                   checked=checked)
+                                   checked=checked, exif_orientation=h.exif_orientation)
                 self.skipped += pairs.skipped
                 return pairs
             kw = dict(crop=crop, hflip=hflip, vflip=vflip, repeat=repeat, labels=h.labels and h.pairs == "none",
-                      half=h.half, on_bad_file=h.on_bad_file, check_workers=self.workers, checked=checked)
+                      half=h.half, on_bad_file=h.on_bad_file, check_workers=self.workers, checked=checked,
+                      exif_orientation=h.exif_orientation)
             # a folder packed by `dff data pack` (its items checked then, read from its shards) or a plain one
             folder = folder_class(root, self.reads_arrays)
             if self.reads_arrays:  # the training files' range, for validation files too

@@ -28,7 +28,7 @@ def decode(folder: ImageFolder, workers: Optional[int] = None) -> torch.Tensor:
     """Every file of `folder` once, in parallel threads (PIL decodes without the GIL): (N, C, H, W) uint8."""
 
     def one(path) -> np.ndarray:
-        im = load_image(path, folder.channels)
+        im = load_image(path, folder.channels, getattr(folder, "exif", True))
         if im.mode not in ("L", "RGB", "RGBA"):
             raise Unsuitable(f"{path} is {im.mode}, not 8-bit: 16-bit and float images keep the PIL path")
         if folder.half is not None:

@@ -15,7 +15,7 @@ from typing import Callable, Literal, Optional, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from .stream import item_rng
 
@@ -60,14 +60,21 @@ HIGH_DEPTH: dict[str, float] = {"I;16": 65535.0, "I;16L": 65535.0, "I;16B": 6553
                                 "I": 65535.0, "F": 1.0}
 
 
+BACKGROUND = (255, 255, 255)  # what transparent pixels become when an image with alpha is read as L or RGB
+
+
 def convert_image(im: Image.Image, channels: int) -> Image.Image:
-    """An image as L (1 channel), RGB (3) or RGBA (4). Grayscale images of more than 8 bits are not
-    clipped at 255 (as PIL's convert would do) but scaled to [0, 1] by their range: 16-bit (and 32-bit
-    integer, as PIL reads 16-bit files) by 65535, float (TIFF) as they are, both clipped to [0, 1]; with
-    channels=1 they stay at full precision (a float image, mode F), with 3 or 4 channels they are
-    rounded to 8 bits."""
+    """An image as L (1 channel), RGB (3) or RGBA (4). An image with transparency read as L or RGB is composited
+    onto white (BACKGROUND), not stripped of its alpha, which would show the colour hidden under transparent
+    pixels. Grayscale images of more than 8 bits are not clipped at 255 (as PIL's convert would do) but scaled
+    to [0, 1] by their range: 16-bit (and 32-bit integer, as PIL reads 16-bit files) by 65535, float (TIFF) as
+    they are, both clipped to [0, 1]; with channels=1 they stay at full precision (a float image, mode F), with
+    3 or 4 channels they are rounded to 8 bits."""
     if channels not in MODES:
         raise ValueError(f"channels must be one of {sorted(MODES)} for image files, got {channels}")
+    if channels != 4 and (im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        im = Image.alpha_composite(Image.new("RGBA", rgba.size, (*BACKGROUND, 255)), rgba)
     if im.mode not in HIGH_DEPTH:
         return im.convert(MODES[channels])
     a = np.clip(np.asarray(im, dtype=np.float32) / HIGH_DEPTH[im.mode], 0.0, 1.0)  # (H, W) in [0, 1]
@@ -82,13 +89,14 @@ def opened(path):
     return path.open() if isinstance(path, str) and hasattr(path, "open") else path
 
 
-def load_image(path: Path, channels: int) -> Image.Image:
-    """Decode an image fully and convert it to `channels` (see convert_image)."""
+def load_image(path: Path, channels: int, exif: bool = True) -> Image.Image:
+    """Decode an image fully, turn it upright by its EXIF orientation (as a photo viewer shows it; exif=False:
+    as stored) and convert it to `channels` (see convert_image)."""
     if channels not in MODES:
         raise ValueError(f"channels must be one of {sorted(MODES)} for image files, got {channels}")
     with Image.open(opened(path)) as im:
         im.load()
-        return convert_image(im, channels)
+        return convert_image(ImageOps.exif_transpose(im) if exif else im, channels)
 
 
 def is_16_bit_colour_png(path: Path) -> bool:
@@ -232,6 +240,7 @@ class ImageFolder(torch.utils.data.Dataset):
         on_bad_file: Literal["stop", "skip"] = "stop",  # unreadable or too small files: stop (naming them) or leave
                                                         # them out
         check_workers: int = 1,  # processes that decode the files once to check them (large folders)
+        exif_orientation: bool = True,  # turn photos upright by their EXIF orientation (False: as stored)
         checked: Optional[list] = None,  # the check's verdict from another process, [(file, why)] to leave out:
                                          # DDP ranks other than 0 take rank 0's instead of decoding every file again
     ):
@@ -241,7 +250,7 @@ class ImageFolder(torch.utils.data.Dataset):
         if crop not in ("random", "center", "resize"):
             raise ValueError(f"unknown crop {crop!r}: expected 'random', 'center' or 'resize'")
         self.image_size, self.channels, self.crop, self.hflip, self.vflip = image_size, channels, crop, hflip, vflip
-        self.repeat = repeat
+        self.repeat, self.exif = repeat, exif_orientation
         self.check_channels(channels)
         if on_bad_file not in ("stop", "skip"):
             raise ValueError(f"unknown on_bad_file {on_bad_file!r}: expected 'stop' or 'skip'")
@@ -310,7 +319,7 @@ class ImageFolder(torch.utils.data.Dataset):
 
     def load(self, path: Path, rng: random.Random) -> torch.Tensor:
         """One file as a training image (C, size, size) in [0, 1]: decoded, converted, cropped and flipped."""
-        im = load_image(path, self.channels)
+        im = load_image(path, self.channels, self.exif)
         if self.half is not None:  # pix2pix files: A | B side by side
             w, h = im.size
             im = im.crop((0, 0, w // 2, h) if self.half == "A" else (w // 2, 0, 2 * (w // 2), h))

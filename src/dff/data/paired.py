@@ -23,7 +23,7 @@ from typing import Literal, Optional
 
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageOps
 
 from .folder import (IMAGE_EXTENSIONS, MODES, Crop, check_images, convert_image, find_images, inspect_image,
                      to_tensor, transform_same)
@@ -117,6 +117,7 @@ class PairFolder(torch.utils.data.Dataset):
         on_bad_file: Literal["stop", "skip"] = "stop",  # a pair with an unreadable, odd or too small file: stop or
                                                         # leave it out
         checked: Optional[list] = None,  # the check's verdict from another process (ImageFolder's `checked`)
+        exif_orientation: bool = True,  # turn photos upright by their EXIF orientation (False: as stored)
     ):
         if layout not in ("side_by_side", "folders"):
             raise ValueError(f"unknown pair layout {layout!r}: expected 'side_by_side' or 'folders'")
@@ -140,7 +141,7 @@ class PairFolder(torch.utils.data.Dataset):
         self.image_size, self.channels, self.cond_channels = image_size, channels, cond_channels
         self.direction, self.crop, self.hflip, self.vflip, self.repeat = direction, crop, hflip, vflip, repeat
         self.rng = random.Random(seed) if seed is not None else random
-        self.crop_scale = crop_scale
+        self.crop_scale, self.exif = crop_scale, exif_orientation
 
     def __len__(self) -> int:
         return len(self.pairs) * self.repeat
@@ -148,14 +149,16 @@ class PairFolder(torch.utils.data.Dataset):
     def load_pair(self, i: int) -> tuple[Image.Image, Image.Image]:
         """(A, B) as full-resolution PIL images (A converted later, once its role is known)."""
         a, b = self.pairs[i % len(self.pairs)]
+        upright = ImageOps.exif_transpose if self.exif else (lambda im: im)
         if b is None:
             with Image.open(a) as im:
                 im.load()
+                im = upright(im)
                 w, h = im.size
                 return im.crop((0, 0, w // 2, h)), im.crop((w // 2, 0, w, h))
         with Image.open(a) as im_a, Image.open(b) as im_b:
             im_a.load(), im_b.load()
-            return im_a.copy(), im_b.copy()
+            return upright(im_a).copy(), upright(im_b).copy()
 
     def __getitem__(self, i: int) -> dict:
         i, rng = item_rng(i, self.rng)  # a Key from the training Stream brings its own draws
