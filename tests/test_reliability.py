@@ -488,3 +488,23 @@ def test_exif_rotated_photos_train_upright_and_transparency_is_composited(tmp_pa
     Image.fromarray(rgba, "RGBA").save(root / "clear.png")
     assert np.all(np.asarray(load_image(root / "clear.png", 3)) == BACKGROUND)
     assert np.all(np.asarray(load_image(root / "clear.png", 4))[..., 0] == 255)  # RGBA kept as RGBA
+
+
+# ---------------------------------------------------------------------- messages that say what happened (35: 13)
+def test_a_float_rgb_tiff_is_not_called_corrupt_and_an_unwritable_checkpoint_folder_is_named(tmp_path, monkeypatch):
+    import os
+
+    import tifffile
+
+    from dff.data.folder import inspect_image
+    from dff.training.runs import AtomicCheckpointIO
+
+    tifffile.imwrite(tmp_path / "float_rgb.tif", np.random.default_rng(0).random((16, 16, 3), dtype=np.float32))
+    why = inspect_image(tmp_path / "float_rgb.tif")["error"]
+    assert why.startswith("a valid TIFF (16x16x3, float32)") and "data.reader: array" in why
+    (tmp_path / "ckpt").mkdir()
+    access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if str(p).endswith("ckpt") else access(p, mode))
+    with pytest.raises(PermissionError, match=r"checkpoints cannot be written into .*ckpt: permission denied"):
+        AtomicCheckpointIO().save_checkpoint({"step": torch.zeros(1)}, tmp_path / "ckpt" / "last.ckpt")
+    assert not (tmp_path / "ckpt" / "last.ckpt.partial").exists()

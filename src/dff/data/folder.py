@@ -126,9 +126,26 @@ def inspect_image(path: Path) -> dict:
                 im.load()
                 info = {"error": None, "mode": im.mode, "size": im.size, "orientation": im.getexif().get(0x0112, 1)}
     except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError...
-        return {"error": f"{type(e).__name__}: {e}"}
+        return {"error": tiff_hint(path) or f"{type(e).__name__}: {e}"}
     info["bomb"] = any(issubclass(w.category, Image.DecompressionBombWarning) for w in caught)
     return info
+
+
+def tiff_hint(path: Path) -> Optional[str]:
+    """For a TIFF that PIL cannot decode but tifffile can (float RGB, many bands, ...): what it is and how to read
+    it, instead of calling a valid file corrupt."""
+    if path.suffix.lower() not in (".tif", ".tiff"):
+        return None
+    try:
+        import tifffile
+
+        with tifffile.TiffFile(path) as tif:
+            s = tif.series[0]
+            shape, dtype = s.shape, s.dtype
+    except Exception:
+        return None
+    return (f"a valid TIFF ({'x'.join(map(str, shape))}, {dtype}) that the image reader (PIL) cannot decode: read "
+            "the folder as arrays (data.reader: array, at full precision)")
 
 
 def inspect_all(files: Sequence[Path], inspect: Callable[[Path], dict], workers: int = 1) -> list[dict]:

@@ -221,7 +221,7 @@ def fit(argv: Sequence[str], run: bool = True, clean_errors: bool = False) -> Df
             raise
         path = (flag_values(argv, "--ckpt_path") or [""])[-1]
         raise SystemExit(f"dff: --ckpt_path {refusal(path, e)}") from None
-    except (ValueError, FileNotFoundError, NotADirectoryError) as e:
+    except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as e:
         # the data's and the model's checks of the user's settings, also those run while fit sets up its
         # data (a missing or empty folder, corrupt or too small images): one line on the command line
         remove_if_empty(cli_class.new_run)

@@ -103,5 +103,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
         partial = Path(str(path) + ".partial")
+        folder = partial.parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise OSError(f"cannot create the checkpoint folder {folder}: {e.strerror or e}") from None
+        if not os.access(folder, os.W_OK):  # said as it is, not as a missing NAME.partial
+            raise PermissionError(f"checkpoints cannot be written into {folder}: permission denied")
         super().save_checkpoint(checkpoint, partial, storage_options)
         os.replace(partial, path)
