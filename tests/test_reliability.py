@@ -508,3 +508,60 @@ def test_a_float_rgb_tiff_is_not_called_corrupt_and_an_unwritable_checkpoint_fol
     with pytest.raises(PermissionError, match=r"checkpoints cannot be written into .*ckpt: permission denied"):
         AtomicCheckpointIO().save_checkpoint({"step": torch.zeros(1)}, tmp_path / "ckpt" / "last.ckpt")
     assert not (tmp_path / "ckpt" / "last.ckpt.partial").exists()
+
+
+# ---------------------------------------------------------------------- a file lost during training (35: 8)
+def test_a_file_lost_during_training_is_retried_then_skipped_or_stops_the_run_with_a_checkpoint(tmp_path,
+                                                                                                monkeypatch):
+    import lightning as L
+
+    import dff
+    import dff.data.folder as folder
+    from conftest import write_images
+    from dff.data.folder import UnreadableFile
+    from dff.data.stream import Key
+
+    monkeypatch.setattr(folder, "READ_WAIT_S", 0.0)
+    write_images(tmp_path / "images", 3, 12, "png")
+    files = sorted((tmp_path / "images").iterdir())
+    stop = ImageFolder(tmp_path / "images", 8, 3, seed=0)
+    skip = ImageFolder(tmp_path / "images", 8, 3, seed=0, on_bad_file="skip")
+    skip.skip_log = tmp_path / "skipped_files.txt"
+    # a hiccup: the first read fails, the retry reads it (the same crop: the item is what it would have been)
+    before = stop[Key(1, 7)]["image"]
+    load, failed = ImageFolder.load, []
+
+    def flaky(self, path, rng):
+        if not failed:
+            failed.append(path)
+            raise OSError("Stale file handle")
+        return load(self, path, rng)
+
+    monkeypatch.setattr(ImageFolder, "load", flaky)
+    assert torch.equal(stop[Key(1, 7)]["image"], before) and failed == [files[1]]
+    monkeypatch.setattr(ImageFolder, "load", load)
+    files[1].write_bytes(b"gone bad")  # for good: stop names it; skip lists it and the next file stands in
+    with pytest.raises(UnreadableFile, match=f"{files[1].name} could not be read during training \\(3 tries"):
+        stop[Key(1, 7)]
+    assert torch.equal(skip[Key(1, 7)]["image"], skip[Key(2, 7)]["image"])
+    assert f"{files[1]}\tduring training:" in skip.skip_log.read_text()
+    # in a run: the step before the loss is saved, and the run resumes from it
+    write_images(tmp_path / "run_images", 8, 12, "png")
+
+    class LoseTheFiles(L.Callback):
+        def on_train_batch_end(self, trainer, *args):
+            if trainer.global_step == 2:
+                for p in (tmp_path / "run_images").iterdir():
+                    p.write_bytes(b"")
+
+    cli = dff.fit(["--config", str(ROOT / "configs" / "pixel_digits.yaml"), "--model.dim", "8", "--data.dataset",
+                   "folder", "--data.root", str(tmp_path / "run_images"), "--data.channels", "3",
+                   "--data.image_size", "8", "--data.batch_size", "2", "--data.num_workers", "0",
+                   "--trainer.max_steps", "6", "--samples.every_n_steps", "0", "--eval.every_n_steps", "0",
+                   "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(tmp_path / "runs")],
+                  run=False)
+    cli.trainer.callbacks.append(LoseTheFiles())
+    with pytest.raises(UnreadableFile, match="could not be read during training"):
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    last = tmp_path / "runs" / "version_0" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["global_step"] == 2

@@ -293,6 +293,9 @@ class ImageDataModule(L.LightningDataModule):
         if self.train_set is None:
             self.train_set, self.val_set = self.make_checked_once()
             self.train_set = self.maybe_on_device(self.train_set)
+            if self.trainer is not None and hasattr(self.train_set, "skip_log"):  # files lost mid-run are listed
+                self.train_set.skip_log = Path(self.trainer.log_dir or self.trainer.default_root_dir) / \
+                    "skipped_files.txt"
             if self.skipped and self.trainer is not None:
                 self.write_skipped(Path(self.trainer.log_dir or self.trainer.default_root_dir))  # log_dir: every rank
 

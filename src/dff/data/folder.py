@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import random
+import time
 import warnings
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -22,6 +23,13 @@ from .stream import item_rng
 IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 MODES: dict[int, str] = {1: "L", 3: "RGB", 4: "RGBA"}
 Crop = Literal["random", "center", "resize"]
+
+
+READ_TRIES, READ_WAIT_S = 3, 0.5  # a file that fails mid-run: tries, and the wait before the second (then twice it)
+
+
+class UnreadableFile(OSError):
+    """A data file that could not be read during training, after its retries (data.on_bad_file: stop)."""
 
 
 def walk_files(root: Path) -> list[Path]:
@@ -271,6 +279,7 @@ class ImageFolder(torch.utils.data.Dataset):
         self.check_channels(channels)
         if on_bad_file not in ("stop", "skip"):
             raise ValueError(f"unknown on_bad_file {on_bad_file!r}: expected 'stop' or 'skip'")
+        self.on_bad_file = on_bad_file
         self.files = self.list_files(root)
         self.skipped = checked if checked is not None else self.check_files(
             image_size, crop, skip=on_bad_file == "skip", workers=check_workers)  # [(file, why)]
@@ -329,10 +338,48 @@ class ImageFolder(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict:
         i, rng = item_rng(i, self.rng)  # a Key from the training Stream brings its own draws
         i = i % len(self.files)
-        item = {"image": self.load(self.files[i], rng)}
+        i, image = self.read(i, rng)
+        item = {"image": image}
         if self.labels is not None:
             item["label"] = self.labels[i]
         return item
+
+    on_bad_file: str = "stop"
+    skip_log: Optional[Path] = None  # the run's skipped_files.txt (set by the data module), for files lost mid-run
+
+    def read(self, i: int, rng: random.Random) -> tuple[int, torch.Tensor]:
+        """(index, image) of item i. A file that fails to read during training (a network-storage hiccup) is tried
+        READ_TRIES times, READ_WAIT_S apart (then twice that); then, with on_bad_file "skip", it is listed in
+        skip_log and the next readable file stands in (up to READ_TRIES more files); with "stop", UnreadableFile
+        names it."""
+        for k in range(min(len(self.files), READ_TRIES + 1)):
+            j = (i + k) % len(self.files)
+            try:
+                return j, self.load_with_retries(self.files[j], rng)
+            except Exception as e:  # OSError, PIL's and tifffile's errors, a file cut short...
+                path, why = self.files[j], f"{type(e).__name__}: {e}"
+            if self.on_bad_file != "skip":
+                raise UnreadableFile(f"{path} could not be read during training ({READ_TRIES} tries: {why}); fix it "
+                                     "and resume with --ckpt_path last, or set data.on_bad_file: skip to leave such "
+                                     "files out")
+            warnings.warn(f"{path} could not be read during training ({why}): left out, listed in skipped_files.txt")
+            if self.skip_log is not None:
+                with open(self.skip_log, "a", errors="surrogateescape") as f:
+                    f.write(f"{path}\tduring training: {why}\n")
+        raise UnreadableFile(f"{self.files[i]} and the files after it could not be read during training: is the "
+                             "storage still there?")
+
+    def load_with_retries(self, path: Path, rng: random.Random) -> torch.Tensor:
+        for attempt in range(READ_TRIES):
+            state = rng.getstate()  # the same crop and flips on every try
+            try:
+                return self.load(path, rng)
+            except Exception:
+                if attempt + 1 == READ_TRIES:
+                    raise
+                rng.setstate(state)
+                time.sleep(READ_WAIT_S * (attempt + 1))
+        raise AssertionError("unreachable")
 
     def load(self, path: Path, rng: random.Random) -> torch.Tensor:
         """One file as a training image (C, size, size) in [0, 1]: decoded, converted, cropped and flipped."""

@@ -133,6 +133,20 @@ class SaveOnSignal(L.Callback):
             print(f"dff: stopped by {name} at step {trainer.global_step}: saved {path}; resume with the same "
                   "command and --ckpt_path last", flush=True)
 
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        """A data file lost during training (data.on_bad_file: stop) stops the run after its last whole step: that
+        step is saved as last.ckpt, so the run resumes from it once the file is back (one process; under DDP the
+        periodic checkpoints are what is there)."""
+        from ..data.folder import UnreadableFile
+
+        if not isinstance(exception, UnreadableFile) or trainer.world_size > 1 or trainer.global_step == 0:
+            return
+        cb = trainer.checkpoint_callback
+        path = (Path(cb.dirpath) if cb is not None else run_dir(trainer) / "checkpoints") / "last.ckpt"
+        trainer.save_checkpoint(path)
+        print(f"dff: a data file could not be read at step {trainer.global_step}: saved {path}; resume with the "
+              "same command and --ckpt_path last", flush=True)
+
     def teardown(self, trainer, pl_module, stage: str) -> None:
         self._restore()
 

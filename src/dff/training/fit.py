@@ -28,6 +28,7 @@ from .quality import QualityEval
 from .trackers import added_loggers
 from .runs import (AtomicCheckpointIO, RunLogger, claim_version, newest_last_checkpoint, resume_config_name,
                    run_version)
+from ..data.folder import UnreadableFile
 from ..safe_load import refusal
 from .speed import Speed, choose_precision
 
@@ -221,13 +222,15 @@ def fit(argv: Sequence[str], run: bool = True, clean_errors: bool = False) -> Df
             raise
         path = (flag_values(argv, "--ckpt_path") or [""])[-1]
         raise SystemExit(f"dff: --ckpt_path {refusal(path, e)}") from None
-    except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as e:
+    except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, UnreadableFile) as e:
         # the data's and the model's checks of the user's settings, also those run while fit sets up its
         # data (a missing or empty folder, corrupt or too small images): one line on the command line
         remove_if_empty(cli_class.new_run)
         if not clean_errors:
             raise
-        raise SystemExit(f"dff: {e}") from None
+        # an error re-raised from a DataLoader worker carries the worker's traceback: its last line is the message
+        message = str(e).strip().splitlines()[-1] if "Original Traceback" in str(e) else str(e)
+        raise SystemExit(f"dff: {message.split(': ', 1)[1] if message.startswith('dff.') else message}") from None
 
 
 def remove_if_empty(folder: Optional[Path]) -> None:
