@@ -565,3 +565,31 @@ def test_a_file_lost_during_training_is_retried_then_skipped_or_stops_the_run_wi
         cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     last = tmp_path / "runs" / "version_0" / "checkpoints" / "last.ckpt"
     assert torch.load(last, weights_only=True)["global_step"] == 2
+
+
+def test_broken_exports_are_one_line(tmp_path):
+    """An export cut short, one whose safetensors header claims 2^63 bytes, and one whose config.json describes
+    another network than its weights: one dff: line each, naming the file."""
+    import json
+    import shutil
+    import struct
+
+    from dff.cli import main
+    from dff.models.diffusion_model import DiffusionModel
+    from dff.pretrained import save_pretrained
+
+    save_pretrained(DiffusionModel(image_size=8, channels=1, dim=8, dim_mults=(1, 2)), tmp_path / "good")
+    for name in ("cut", "huge", "other"):
+        shutil.copytree(tmp_path / "good", tmp_path / name)
+    w = tmp_path / "cut" / "model.safetensors"
+    w.write_bytes(w.read_bytes()[:3000])
+    (tmp_path / "huge" / "model.safetensors").write_bytes(struct.pack("<Q", 2**63) + b"{}")
+    cfg = json.loads((tmp_path / "other" / "config.json").read_text())
+    cfg["hparams"]["dim"] = 16
+    (tmp_path / "other" / "config.json").write_text(json.dumps(cfg))
+    for name, message in (("cut", "cut/model.safetensors: not a readable safetensors file"),
+                          ("huge", "huge/model.safetensors: not a readable safetensors file .*header too large"),
+                          ("other", "other/model.safetensors: the weights do not fit the network .*config.json "
+                                    "describes \\(size mismatch")):
+        with pytest.raises(SystemExit, match=message):
+            main(["sample", str(tmp_path / name), "--num", "1", "--out", str(tmp_path / f"o_{name}")])

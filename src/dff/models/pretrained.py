@@ -92,8 +92,16 @@ def _load_weights_dir(weights: Path, autoencoder: Optional[str] = None) -> Diffu
         raise ValueError(f"{cfg_path}: nested too deeply to be a dff config") from None
     hparams = {**hparams, "autoencoder": own_autoencoder(hparams.get("autoencoder"), cfg_path, autoencoder)}
     model = _build(model_class, hparams, cfg_path)
-    state = load_file(weights)
-    missing, unexpected = model.net.load_state_dict(state, strict=False)
+    try:
+        state = load_file(weights)
+    except Exception as e:  # safetensors' errors: a file cut short, a header claiming too much, not safetensors
+        raise ValueError(f"{weights}: not a readable safetensors file ({str(e).splitlines()[0]}); it may have been cut "
+                         "short: export or download it again") from None
+    try:
+        missing, unexpected = model.net.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # tensors of other shapes: config.json and the weights describe different networks
+        first = next((line.strip() for line in str(e).splitlines() if "size mismatch" in line), str(e)[:200])
+        raise ValueError(f"{weights}: the weights do not fit the network {cfg_path} describes ({first})") from None
     if missing or unexpected:
         raise ValueError(f"{weights}: weights do not match {model_class} with {cfg_path}: "
                          f"missing {missing[:5]}, unexpected {unexpected[:5]}")
