@@ -593,3 +593,19 @@ def test_broken_exports_are_one_line(tmp_path):
                                     "describes \\(size mismatch")):
         with pytest.raises(SystemExit, match=message):
             main(["sample", str(tmp_path / name), "--num", "1", "--out", str(tmp_path / f"o_{name}")])
+
+
+def test_an_export_is_readable_as_any_new_file_is(tmp_path):
+    """safetensors writes its files 0600; an export gets the permissions of any new file (0666 less the umask)."""
+    import os
+    import stat
+
+    from dff.models.diffusion_model import DiffusionModel
+    from dff.pretrained import save_pretrained
+
+    mask = os.umask(0o022)
+    try:
+        out = save_pretrained(DiffusionModel(image_size=8, channels=1, dim=8, dim_mults=(1, 2)), tmp_path / "e")
+    finally:
+        os.umask(mask)
+    assert stat.S_IMODE(os.stat(tmp_path / "e" / "model.safetensors").st_mode) == 0o644, out

@@ -1,6 +1,7 @@
 """Files written whole or not at all, and output folders that never overwrite what the user had."""
 from __future__ import annotations
 
+import os
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,6 +28,15 @@ def atomic_folder(folder: Union[str, Path]) -> Iterator[Path]:
         shutil.rmtree(old)
     else:
         partial.rename(folder)
+
+
+def usual_mode(path: Union[str, Path]) -> Path:
+    """Give a file the permissions a new file gets here (0666 less the umask): safetensors writes 0600, which would
+    keep an export from the other users of a shared machine."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
+    return Path(path)
 
 
 def check_out_dir(out: Path, overwrite: bool) -> None:

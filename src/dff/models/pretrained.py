@@ -19,7 +19,7 @@ from typing import Optional, Union
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..files import atomic_folder
+from ..files import atomic_folder, usual_mode
 from ..safe_load import load_tensors
 from .autoencoders import EXPORT_SUBDIR, is_pixel_space
 from .diffusion_model import DiffusionModel
@@ -62,6 +62,7 @@ def save_pretrained(model, out_dir: Union[str, Path]) -> Path:
     hparams = {k: (list(v) if isinstance(v, tuple) else v) for k, v in model.hparams.items()}
     with atomic_folder(out_dir) as tmp:
         save_file(state, tmp / WEIGHTS)
+        usual_mode(tmp / WEIGHTS)
         if model.is_latent:
             # self-contained: the autoencoder travels with the weights, the estimated scale in the config
             model.latent.autoencoder.save_pretrained(tmp / EXPORT_SUBDIR)

@@ -31,6 +31,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from ..files import usual_mode
 from ..models.ema import SIGMA_REL_MAX, beta, gamma_from_sigma_rel, posthoc_weights, profile_dot, sigma_rel_from_gamma  # noqa: F401 (the math, re-exported)
 from ..models.pretrained import load_pretrained, save_pretrained
 from .runs import run_dir
@@ -106,7 +107,7 @@ class PostHocEMA(L.Callback):
         path = folder / f"step_{self.t:06d}.safetensors"
         tmp = path.with_suffix(".tmp")
         save_file(tensors, tmp, metadata=meta)
-        tmp.replace(path)
+        usual_mode(tmp).replace(path)
         return path
 
 
