@@ -115,3 +115,21 @@ def test_estimate_offline_uses_a_stand_in_of_the_known_latent_shape(tmp_path, ca
     assert "(16 channels, factor 8)" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="--latent-shape '16,6': expected C,F"):
         estimate_command([*args, "--model.autoencoder", "someone/unknown-vae", "--latent-shape", "16,6"])
+
+
+def test_estimate_says_when_a_config_does_not_fit_without_running_its_batch(tmp_path, capsys):
+    """A probe of 2 images measures the activations per image; a batch that would need more than the memory to plan
+    for is not run: the estimate says so and names the largest batch that fits (which then runs)."""
+    def args(batch):
+        return ["--config", str(ROOT / "configs" / "pixel_digits.yaml"), "--steps", "1", "--data.batch_size",
+                str(batch), "--model.dim", "8", "--trainer.default_root_dir", str(tmp_path / "runs")]
+
+    est = estimate_command([*args(4096), "--memory-gb", "0.05"])
+    out = capsys.readouterr().out
+    assert est.fits is False and est.seconds_per_step is None  # the 4096 batch never ran
+    assert f"does not fit: batch 4096 needs about {est.needed_gb:.1f} GB, 0.1 GB available" in out
+    assert 0 < est.fits_batch < 4096 and f"try --data.batch_size {est.fits_batch}" in out
+    ok = estimate_command([*args(est.fits_batch), "--memory-gb", "0.05"])
+    assert ok.fits and ok.seconds_per_step > 0 and ok.needed_gb <= 0.9 * 0.05
+    with pytest.raises(SystemExit, match="dff estimate: --memory-gb takes a number of GB"):
+        estimate_command([*args(4), "--memory-gb", "lots"])

@@ -376,7 +376,8 @@ def push_command(args: argparse.Namespace) -> str:
 def estimate_command(argv: Sequence[str], steps: int = 3):
     """`dff estimate --config FILE [overrides]`: the config parsed as `dff fit` parses it (nothing is trained and no
     run folder is made); `--steps N` timed steps (default 3); `--latent-shape C,F` for an autoencoder on the hub
-    that cannot be reached (stand_in_autoencoder); prints the estimate."""
+    that cannot be reached (stand_in_autoencoder); `--memory-gb G` the memory to plan for (default: the device's
+    free memory; a batch that would not fit is not run); prints the estimate."""
     argv = list(argv)
     if "--steps" in argv:  # ours, not a key of the config
         i = argv.index("--steps")
@@ -387,13 +388,21 @@ def estimate_command(argv: Sequence[str], steps: int = 3):
         i = argv.index("--latent-shape")
         latent_shape = argv[i + 1]
         del argv[i:i + 2]
+    memory_gb = None
+    if "--memory-gb" in argv:  # ours: the memory to plan for (default: the device's free memory)
+        i = argv.index("--memory-gb")
+        try:
+            memory_gb = float(argv[i + 1])
+        except (IndexError, ValueError):
+            raise SystemExit("dff estimate: --memory-gb takes a number of GB, e.g. 24") from None
+        del argv[i:i + 2]
     if not any(a.startswith("--data.root") for a in argv):
         argv += ["--data.root", "."]  # the data are not read: a config without data.root is estimated too
     with tempfile.TemporaryDirectory() as tmp:
         stand_in = stand_in_autoencoder(argv, latent_shape, Path(tmp))
         if stand_in is not None:
             argv += stand_in
-        return estimate_run(argv, steps, stand_in is not None)
+        return estimate_run(argv, steps, stand_in is not None, memory_gb)
 
 
 def stand_in_autoencoder(argv: list, latent_shape: Optional[str], tmp: Path) -> Optional[list]:
@@ -441,7 +450,7 @@ KNOWN_LATENT_SHAPES = {"stabilityai/sd-vae-ft-ema": "4,8", "stabilityai/sd-vae-f
                        "stabilityai/sdxl-vae": "4,8", "madebyollin/sdxl-vae-fp16-fix": "4,8"}
 
 
-def estimate_run(argv: list, steps: int, stand_in: bool):
+def estimate_run(argv: list, steps: int, stand_in: bool, memory_gb: Optional[float] = None):
     """dff estimate of a config given as `dff fit` arguments; prints and returns the estimate."""
     from .training.estimate import estimate
     from .training.module import DiffusionModule
@@ -456,7 +465,7 @@ def estimate_run(argv: list, steps: int, stand_in: bool):
     device = trainer.strategy.root_device
     h = cli.datamodule.hparams
     est = estimate(model, int(h.batch_size), precision=str(trainer.precision), device=str(device), speed=speed,
-                   steps=steps, max_steps=trainer.max_steps, from_cache=bool(h.latent_cache))
+                   steps=steps, max_steps=trainer.max_steps, from_cache=bool(h.latent_cache), memory_gb=memory_gb)
     configs = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--config"]
     print(f"dff estimate: {', '.join(configs) or 'defaults'}"
           + (" (a stand-in autoencoder of the same latent shape: its encoding not counted)" if stand_in

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 import torch
@@ -34,6 +35,9 @@ class Estimate:
     precision: str = "32-true"
     max_steps: Optional[int] = None
     uncompiled: bool = False  # the run compiles its network (speed.compile) but the measured steps did not
+    available_gb: Optional[float] = None  # the memory the run may use (free device memory, or given)
+    needed_gb: Optional[float] = None  # state + activations at the batch, extrapolated from a small probe
+    fits_batch: Optional[int] = None  # the largest batch that fits, when the configured one does not
 
     def lines(self) -> list[str]:
         out = [f"{self.parameters / 1e6:.2f} M trained parameters; "
@@ -42,6 +46,13 @@ class Estimate:
                + (f" + activations {self.activations_gb:.2f} GB ({self.precision})"
                   if self.activations_gb is not None else "")
                + (f"; measured peak {self.peak_gb:.2f} GB" if self.peak_gb is not None else "")]
+        if self.fits is False:
+            out.append(f"does not fit: batch {self.batch} needs about {self.needed_gb:.1f} GB, {self.available_gb:.1f} "
+                       f"GB available on {self.device}; try --data.batch_size {self.fits_batch} or "
+                       "--speed.checkpointing true (steps not measured)" if self.fits_batch else
+                       f"does not fit: even batch 1 needs more than the {self.available_gb:.1f} GB available on "
+                       f"{self.device} (the weights, gradients, AdamW moments and EMA alone take "
+                       f"{self.state_gb:.1f} GB)")
         if self.seconds_per_step:
             s = self.seconds_per_step
             out.append(f"measured on this machine ({self.device}, {self.precision}): {s * 1e3:.0f} ms per step, "
@@ -55,6 +66,30 @@ class Estimate:
                 out.append("measured without torch.compile: the run compiles its network first (about 2 min on an "
                            "H200) and then steps faster (x1.89 there for the 64x64 U-Net; docs/benchmarks.md)")
         return out
+
+
+    @property
+    def fits(self) -> Optional[bool]:
+        if self.needed_gb is None or self.available_gb is None:
+            return None
+        return self.needed_gb <= FIT_SHARE * self.available_gb
+
+
+FIT_SHARE = 0.9  # of the available memory a run may plan to use (the allocator, the data and Python need the rest)
+PROBE_BATCH = 2  # images of the probe that measures activations per image before the configured batch runs
+
+
+def available_gb(device: torch.device) -> Optional[float]:
+    """Free memory for the run: the CUDA device's free memory, or the host's MemAvailable (Linux); None unknown."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0] / 2**30
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    return None
 
 
 def human(seconds: float) -> str:
@@ -103,9 +138,13 @@ def state_bytes(model) -> int:
 
 
 def estimate(module, batch: int, *, precision: str = "32-true", device: str = "cpu", speed: Optional[Speed] = None,
-             steps: int = 3, max_steps: Optional[int] = None, from_cache: bool = False) -> Estimate:
+             steps: int = 3, max_steps: Optional[int] = None, from_cache: bool = False,
+             memory_gb: Optional[float] = None) -> Estimate:
     """Count and measure a training shell's run (DiffusionModule): `steps` timed optimiser steps of its
-    DiffusionModel after two warm-up steps (0: count only, the model untouched)."""
+    DiffusionModel after two warm-up steps (0: count only, the model untouched). Before the configured batch
+    runs, a probe of PROBE_BATCH images measures the activations per image; when state + activations at the batch
+    would not fit in `memory_gb` (default: the device's free memory), nothing larger runs and the estimate says
+    which batch would fit."""
     model, h = module.model, module.hparams
     est = Estimate(parameters=sum(p.numel() for p in model.net.parameters() if p.requires_grad),
                    flops_per_image=count_flops(model, from_cache), batch=batch, state_gb=state_bytes(model) / 2**30,
@@ -122,13 +161,29 @@ def estimate(module, batch: int, *, precision: str = "32-true", device: str = "c
         o["compile"] = False  # compiling would take longer than the estimate; see docs/benchmarks.md
         apply(model, **o)
     opt = adamw(model.net.parameters(), h.lr, h.weight_decay, h.nonfinite_patience)  # the run's optimiser
-    data = synthetic_batch(model, batch, dev, from_cache)
     dtype = {"bf16": torch.bfloat16, "16": torch.float16}.get(precision.split("-")[0])
     saved: dict[int, int] = {}
 
     def pack(t: torch.Tensor):
         saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
         return t
+
+    # the probe: activations of a small batch, scaled to the configured one (they grow linearly with the batch)
+    probe = min(batch, PROBE_BATCH)
+    with torch.autocast(dev.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            model.loss(synthetic_batch(model, probe, dev, from_cache))
+    per_image = sum(saved.values()) / probe / 2**30
+    saved.clear()
+    est.available_gb = memory_gb if memory_gb is not None else available_gb(dev)
+    est.needed_gb = est.state_gb + per_image * batch
+    if est.fits is False:
+        room = FIT_SHARE * est.available_gb - est.state_gb
+        est.fits_batch = int(room // per_image) if room > per_image else None
+        est.activations_gb = per_image * batch
+        model.plain()
+        return est
+    data = synthetic_batch(model, batch, dev, from_cache)
 
     def sync():
         if dev.type == "cuda":
