@@ -609,3 +609,20 @@ def test_an_export_is_readable_as_any_new_file_is(tmp_path):
     finally:
         os.umask(mask)
     assert stat.S_IMODE(os.stat(tmp_path / "e" / "model.safetensors").st_mode) == 0o644, out
+
+
+def test_a_run_that_fails_before_its_first_step_leaves_no_folder(tmp_path):
+    """What a run writes at its start (its config, hparams and a TensorBoard events file, when tensorboard is
+    installed) goes with it; a folder that holds anything else stays."""
+    from dff.training.fit import remove_if_empty
+
+    for name, extra, kept in (("plain", None, False), ("tb", "events.out.tfevents.1.host.1.0", False),
+                              ("used", "metrics.csv", True)):
+        run = tmp_path / name
+        run.mkdir()
+        (run / "config.yaml").write_text("a: 1\n")
+        (run / "hparams.yaml").write_text("a: 1\n")
+        if extra:
+            (run / extra).write_bytes(b"x")
+        remove_if_empty(run)
+        assert run.exists() == kept, name

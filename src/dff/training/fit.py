@@ -235,11 +235,13 @@ def fit(argv: Sequence[str], run: bool = True, clean_errors: bool = False) -> Df
 
 def remove_if_empty(folder: Optional[Path]) -> None:
     """A new run that failed before its first step leaves no version_N behind: its folder is removed when it
-    holds nothing but what this run wrote at its start (config.yaml, hparams.yaml); any other file keeps it."""
+    holds nothing but what this run wrote at its start (config.yaml, hparams.yaml, TensorBoard's events file); any
+    other file keeps it."""
     if folder is None or not folder.is_dir():
         return
     contents = list(folder.iterdir())
-    if all(p.is_file() and p.name in ("config.yaml", "hparams.yaml") for p in contents):
+    if all(p.is_file() and (p.name in ("config.yaml", "hparams.yaml") or p.name.startswith("events.out.tfevents."))
+           for p in contents):
         for p in contents:
             p.unlink()
         folder.rmdir()
