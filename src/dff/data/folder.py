@@ -370,16 +370,14 @@ class ImageFolder(torch.utils.data.Dataset):
                              "storage still there?")
 
     def load_with_retries(self, path: Path, rng: random.Random) -> torch.Tensor:
-        for attempt in range(READ_TRIES):
-            state = rng.getstate()  # the same crop and flips on every try
+        state = rng.getstate()  # the same crop and flips on every try
+        for attempt in range(1, READ_TRIES):
             try:
                 return self.load(path, rng)
             except Exception:
-                if attempt + 1 == READ_TRIES:
-                    raise
                 rng.setstate(state)
-                time.sleep(READ_WAIT_S * (attempt + 1))
-        raise AssertionError("unreachable")
+                time.sleep(READ_WAIT_S * attempt)
+        return self.load(path, rng)  # the last try: its error is the file's
 
     def load(self, path: Path, rng: random.Random) -> torch.Tensor:
         """One file as a training image (C, size, size) in [0, 1]: decoded, converted, cropped and flipped."""

@@ -207,16 +207,20 @@ def is_pixel_space(spec: Optional[str]) -> bool:
     return spec in (None, "", "identity")
 
 
-def hub_reachable(url: str = "https://huggingface.co", timeout: float = 3.0) -> bool:
-    """Whether a TCP connection to the hub at `url` opens within `timeout` seconds (HF_HUB_OFFLINE=1 says no
-    without trying): checked before a download, so that an offline machine gets its error at once instead of after
-    the hub client's retries (about 25 s)."""
+def hub_reachable(url: Optional[str] = None, timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to the hub at `url` (default: the hub's address, HF_ENDPOINT) opens within `timeout`
+    seconds (HF_HUB_OFFLINE=1 says no without trying): checked before a download, so that an offline machine gets
+    its error at once instead of after the hub client's retries (about 25 s)."""
     import os
     import socket
     from urllib.parse import urlsplit
 
     if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
         return False
+    if url is None:
+        from .hub import endpoint
+
+        url = endpoint()
     parts = urlsplit(url if "://" in url else f"https://{url}")
     port = parts.port or (80 if parts.scheme == "http" else 443)
     try:

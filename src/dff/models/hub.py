@@ -39,7 +39,7 @@ def download(repo_id: str, revision: Optional[str] = None) -> Path:
     try:
         folder = Path(snapshot_download(**kw, local_files_only=True))
     except (OSError, ValueError, HfHubHTTPError):
-        if not hub_reachable(endpoint()):
+        if not hub_reachable():
             raise FileNotFoundError(f"{repo_id!r} is no local path, and as a hub repository it is not in the hub's "
                                     f"cache and the hub ({endpoint()}) cannot be reached: give a local run or "
                                     "export, or download it where there is internet")

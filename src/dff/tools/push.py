@@ -5,7 +5,6 @@ libraries. The hub is reached at HF_ENDPOINT (models/hub.py) with huggingface_hu
 """
 from __future__ import annotations
 
-import csv
 import json
 import shutil
 import tempfile
@@ -13,23 +12,12 @@ from pathlib import Path
 from typing import Optional
 
 from ..models.hub import REPO_ID, endpoint
+from ..training.report import metrics_table
 
 
 def run_of(export: Path) -> Optional[Path]:
     """The run folder an export was written in (<run>/export), or None for an export standing alone."""
     return export.parent if export.name == "export" and (export.parent / "config.yaml").is_file() else None
-
-
-def last_metrics(csv_path: Path) -> dict[str, tuple[int, float]]:
-    """The last logged (step, value) of each metric but the loss."""
-    out: dict[str, tuple[int, float]] = {}
-    if csv_path.is_file():
-        with open(csv_path, newline="") as f:
-            for row in csv.DictReader(f):
-                for k, v in row.items():
-                    if k not in ("step", "epoch") and v not in (None, "") and not k.startswith("train/"):
-                        out[k] = (int(row.get("step") or 0), float(v))
-    return out
 
 
 def model_card(model, repo_id: str, run: Optional[Path], diffusers_kind: Optional[str]) -> str:
@@ -69,7 +57,8 @@ def model_card(model, repo_id: str, run: Optional[Path], diffusers_kind: Optiona
         lines += ["", "## Training", ""]
         lines += table({k: v for k, v in info.items() if k in ("steps", "time spent", "device", "precision",
                                                                "devices", "batch size", "status")})
-    metrics = last_metrics(run / "metrics.csv") if run is not None else {}
+    metrics = {k: v for k, v in metrics_table(run / "metrics.csv").items()
+               if not k.startswith("train/")} if run is not None else {}
     if metrics:
         lines += ["", "## Metrics (the last logged value of each)", ""]
         lines += table({k: f"{v:.4g} (step {s})" for k, (s, v) in sorted(metrics.items())})

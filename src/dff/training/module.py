@@ -21,8 +21,7 @@ from ..evaluation.psnr_ssim import translation_scores
 from ..models.autoencoders import is_pixel_space
 from ..models.diffusion_model import DiffusionModel
 from ..models.pretrained import model_settings, model_state_dict
-from .optim import (adamw, batch_scaled, check_decay, decay_length, refresh_rate, run_schedule, scheduled,
-                    time_spent)
+from .optim import (adamw, batch_scaled, check_decay, decay_length, refresh_rate, run_schedule, time_spent)
 
 
 def _add_model_prefix(state_dict, prefix, *args) -> None:
@@ -223,17 +222,13 @@ class DiffusionModule(L.LightningModule):
                 print(f"batch {B} (recipe tuned at {h.batch_reference}): lr {lr:.3g}, warm-up {warmup} steps, "
                       f"EMA decay {self.model.ema.decay:.6g}")
         opt = adamw(self.model.net.parameters(), lr, h.weight_decay, h.nonfinite_patience)
-        if h.lr_decay != "none" and time_spent(self.trainer) is not None:  # a time budget (and maybe steps): to 0
-                                                                             # at whichever runs out first
-            return run_schedule(self.trainer, opt, warmup, h.lr_decay)
-        total = decay_length(h.lr_decay, self.trainer.max_steps)
-        if total:
-            resumed = self.resumed_decay_total
+        if h.lr_decay != "none" and time_spent(self.trainer) is None:  # a decay by steps alone
+            total, resumed = decay_length(h.lr_decay, self.trainer.max_steps), self.resumed_decay_total
             if resumed and resumed != total and self.trainer.is_global_zero:  # a resume with another max_steps
                 print(f"dff: model.lr_decay={h.lr_decay}: the checkpoint's run decayed to 0 at step {resumed}, "
                       f"this one at trainer.max_steps={total}: the learning rate from the resumed step on follows "
                       "the new length")
-        return scheduled(opt, warmup, total, h.lr_decay)
+        return run_schedule(self.trainer if h.lr_decay != "none" else None, opt, warmup, h.lr_decay)
 
 
 class PixelDiffusion(DiffusionModule):
