@@ -483,7 +483,64 @@ def test_builtin_textures_are_split_into_train_and_held_out_parts():
     assert len(val) == 12 and train[0]["image"].shape == (1, 128, 128)
 
 
+# ---------------------------------------------------------------------- the shipped texture autoencoder
+def test_the_shipped_texture_autoencoder_loads_by_name_and_scores_what_its_record_says():
+    """`dff:textures` is the package's own AutoencoderKL (f = 4, 4 latent channels, 1 channel); its source stays the
+    name (so checkpoints and caches hold no machine path), and its held-out PSNR/SSIM are the ones its JSON records."""
+    from dff.autoencoders import BUILTIN_AUTOENCODERS, WEIGHTS_DIR
+    from dff.evaluation.reconstruction import evaluate_autoencoder, reconstruction_images
+
+    ae = load_autoencoder("dff:textures", 1)
+    assert ae.source == "dff:textures" and ae.factor == 4 and ae.latent_channels == 4 and ae.in_channels == 1
+    record = json.loads((WEIGHTS_DIR / f"{BUILTIN_AUTOENCODERS['dff:textures']}.json").read_text())
+    scores = evaluate_autoencoder(ae, reconstruction_images("textures", 1, 64))
+    assert scores["n"] == record["heldout"]["n"] == 48
+    assert scores["psnr"] == pytest.approx(record["heldout"]["psnr"], abs=0.01)
+    assert scores["ssim"] == pytest.approx(record["heldout"]["ssim"], abs=1e-3)
+    assert record["heldout"]["psnr"] > 27  # a real autoencoder, not noise: the demo's f = 4 scores ~28-29 dB
+
+
+def test_package_data_ships_the_autoencoder_weights():
+    """pyproject's package-data patterns cover every file of models/weights (else a wheel would lose them)."""
+    import fnmatch
+    import tomllib
+
+    root = Path(__file__).resolve().parents[1]
+    patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["dff"]
+    weights = [f.relative_to(root / "src" / "dff").as_posix()
+               for f in (root / "src" / "dff" / "models" / "weights").rglob("*") if f.is_file()]
+    assert len(weights) >= 3
+    assert all(any(fnmatch.fnmatch(f, pat) for pat in patterns) for f in weights), weights
+
+
+def test_an_unknown_dff_name_and_a_wrong_channel_count_are_one_line_each():
+    with pytest.raises(ValueError, match=r"autoencoder 'dff:satellite': dff ships dff:textures"):
+        load_autoencoder("dff:satellite", 1)
+    with pytest.raises(ValueError, match=r"'dff:textures' takes 1-channel images but the data has 3 channels"):
+        load_autoencoder("dff:textures", 3)
+
+
+def test_latent_demo_trains_only_the_latent_model_by_default(tmp_path, capsys):
+    """`dff demo latent`: the shipped autoencoder, no stage 1; the reconstructions of the held-out patches are
+    written beside the samples, and the export carries its own copy of the autoencoder."""
+    from dff.demo import latent_demo
+
+    run = latent_demo(str(tmp_path / "demo"), max_steps=3)
+    out = capsys.readouterr().out
+    assert not (tmp_path / "demo" / "autoencoder").exists() and "autoencoder trained" not in out
+    for name in ("samples.png", "real.png", "reconstructions.png", "export/autoencoder/config.json"):
+        assert (run / name).exists(), name
+    assert (tmp_path / "demo" / "latents_textures.pt").exists()
+    assert "PSNR 28." in out or "PSNR 29." in out  # the shipped autoencoder's, not an untrained one's
+    hparams = (run / "hparams.yaml").read_text()
+    assert "autoencoder: dff:textures" in hparams
+    assert load_pretrained(run / "export").latent.autoencoder.fingerprint() == \
+        load_autoencoder("dff:textures", 1).fingerprint()
+
+
 def test_latent_demo_end_to_end_at_a_few_steps(tmp_path, capsys):
+    """`dff demo latent --autoencoder-steps N` (or --train-autoencoder): both stages, as before the autoencoder
+    was shipped."""
     from dff.demo import latent_demo
 
     run = latent_demo(str(tmp_path / "demo"), max_steps=4, autoencoder_steps=4)

@@ -151,12 +151,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="train on built-in data for a few minutes and write figures")
     d.add_argument("which", nargs="?", default="digits", choices=["digits", "latent"],
-                   help="digits: pixel diffusion on the digits (default); latent: an autoencoder then latent "
-                        "diffusion on 64x64 texture patches")
+                   help="digits: pixel diffusion on the digits (default); latent: latent diffusion on 64x64 "
+                        "texture patches, in the space of the autoencoder shipped with dff")
     d.add_argument("--out", default=None, help="root folder of the runs (default runs/demo or runs/latent_demo)")
     d.add_argument("--max-steps", type=int, default=None,
                    help="training steps of the diffusion model (default: the config's)")
-    d.add_argument("--autoencoder-steps", type=int, default=None, help="latent demo: autoencoder training steps")
+    d.add_argument("--train-autoencoder", action="store_true",
+                   help="latent demo: train the autoencoder first (stage 1, configs/autoencoder_demo.yaml) instead of "
+                        "using the shipped one")
+    d.add_argument("--autoencoder-steps", type=int, default=None,
+                   help="latent demo: train the autoencoder first, for this many steps")
 
     x = sub.add_parser("explore", help="the diffusion process on one image, visualised (forward grid, steps vs. jump, "
                                        "schedules, x0 from x_t, the reverse chain); with --run, a model's trajectory")

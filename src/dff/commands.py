@@ -315,7 +315,8 @@ def demo_command(args: argparse.Namespace) -> Path:
     from .tools.demo import digits_demo, latent_demo
 
     if args.which == "latent":
-        return latent_demo(out=args.out, max_steps=args.max_steps, autoencoder_steps=args.autoencoder_steps)
+        return latent_demo(out=args.out, max_steps=args.max_steps, autoencoder_steps=args.autoencoder_steps,
+                           train_autoencoder=args.train_autoencoder)
     return digits_demo(out=args.out, max_steps=args.max_steps)
 
 

@@ -5,7 +5,8 @@
 Pixel diffusion is latent diffusion with the identity autoencoder (f = 1, z = x). Latent
 diffusion (Rombach et al. 2022) uses a KL-regularised autoencoder: diffusers' `AutoencoderKL`,
 loaded from a local folder in diffusers' format, a hub id such as `stabilityai/sd-vae-ft-ema`
-(the original project's default), or a dff run that trained one (`AutoencoderModule`).
+(the original project's default), a dff run that trained one (`AutoencoderModule`), or one shipped in the
+package under a `dff:` name (`dff:textures`: the latent demo's, in weights/; BUILTIN_AUTOENCODERS).
 
 The latent of an image is the mean of the encoder's Gaussian q(z|x), not a draw from it: the
 diffusion model then learns a deterministic function of the data, cached latents equal fresh
@@ -31,6 +32,12 @@ from torch import nn
 
 CONFIG, EXPORT_SUBDIR = "config.json", "autoencoder"
 PATCH_KEY = "_dff_patch_size"  # in an AutoencoderKL's config: p of a patched autoencoder (absent: 1)
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+# model.autoencoder names of the autoencoders shipped in the package: folders of WEIGHTS_DIR in diffusers' format,
+# each with a <folder>.json saying how it was trained and what it scores
+BUILTIN_AUTOENCODERS = {
+    "dff:textures": "textures_autoencoder",  # configs/autoencoder_demo.yaml on the textures (1 channel, f = 4, c = 4)
+}
 
 
 def to_model_space(x: torch.Tensor) -> torch.Tensor:
@@ -202,6 +209,15 @@ def find_autoencoder_dir(path: Path) -> Optional[Path]:
     return found[-1].parent if found else None
 
 
+def builtin_autoencoder_dir(spec: str) -> Path:
+    """The folder of a shipped autoencoder named `dff:NAME` (BUILTIN_AUTOENCODERS); ValueError naming the known
+    names for any other `dff:` name."""
+    if spec not in BUILTIN_AUTOENCODERS:
+        raise ValueError(f"autoencoder {spec!r}: dff ships {', '.join(sorted(BUILTIN_AUTOENCODERS))} "
+                         "(a `dff:` name is one of these; give a folder or a hub id for any other)")
+    return WEIGHTS_DIR / BUILTIN_AUTOENCODERS[spec]
+
+
 def is_pixel_space(spec: Optional[str]) -> bool:
     """model.autoencoder values that mean the identity autoencoder."""
     return spec in (None, "", "identity")
@@ -231,13 +247,14 @@ def hub_reachable(url: Optional[str] = None, timeout: float = 3.0) -> bool:
 
 
 def load_autoencoder(spec: Optional[str], channels: int, local_files_only: bool = False) -> Autoencoder:
-    """The autoencoder named by `spec`: None or "identity" for pixel space; a local folder (diffusers'
-    format, or a dff autoencoder run); else a Hugging Face hub id (needs network or the hub cache)."""
+    """The autoencoder named by `spec`: None or "identity" for pixel space; `dff:NAME` for one shipped in the
+    package; a local folder (diffusers' format, or a dff autoencoder run); else a Hugging Face hub id (needs
+    network or the hub cache)."""
     if is_pixel_space(spec):
         return IdentityAutoencoder(channels)
     from diffusers import AutoencoderKL
 
-    path = Path(spec).expanduser()
+    path = builtin_autoencoder_dir(spec) if str(spec).startswith("dff:") else Path(spec).expanduser()
     if path.exists():
         folder = find_autoencoder_dir(path) if path.is_dir() else None
         if folder is None:
@@ -250,7 +267,7 @@ def load_autoencoder(spec: Optional[str], channels: int, local_files_only: bool 
                              f"({str(e).splitlines()[0].strip()}); "
                              "dff reads diffusion_pytorch_model.safetensors, or a .bin file holding tensors only "
                              "(a .bin that names other Python objects is refused: it could run code)") from None
-        ae = KLAutoencoder(vae, str(folder))
+        ae = KLAutoencoder(vae, spec if str(spec).startswith("dff:") else str(folder))  # dff:NAME stays portable
     else:
         try:
             try:  # the hub's cache first: no request at all when the files are there
