@@ -513,6 +513,16 @@ def test_package_data_ships_the_autoencoder_weights():
     assert all(any(fnmatch.fnmatch(f, pat) for pat in patterns) for f in weights), weights
 
 
+def test_dff_eval_scores_the_shipped_autoencoder_by_name(capsys):
+    from dff.autoencoders import WEIGHTS_DIR
+
+    main(["eval", "dff:textures", "--data", "textures", "--image-size", "64"])
+    out = capsys.readouterr().out
+    psnr = float(next(line.split()[1] for line in out.splitlines() if line.startswith("psnr")))
+    record = json.loads((WEIGHTS_DIR / "textures_autoencoder.json").read_text())
+    assert psnr == pytest.approx(record["heldout"]["psnr"], abs=0.01) and "dff:textures" in out
+
+
 def test_an_unknown_dff_name_and_a_wrong_channel_count_are_one_line_each():
     with pytest.raises(ValueError, match=r"autoencoder 'dff:satellite': dff ships dff:textures"):
         load_autoencoder("dff:satellite", 1)

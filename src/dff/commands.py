@@ -183,10 +183,12 @@ def generation_scores(model, args: argparse.Namespace) -> dict:
 
 def is_autoencoder_only(path: str) -> bool:
     """A folder that holds an AutoencoderKL (diffusers' format, or a dff autoencoder run) and no
-    diffusion weights."""
+    diffusion weights, or the `dff:` name of an autoencoder shipped in the package."""
     from .models.autoencoders import find_autoencoder_dir
     from .models.pretrained import WEIGHTS
 
+    if path.startswith("dff:"):
+        return True
     p = Path(path)
     return p.is_dir() and find_autoencoder_dir(p) is not None and not any(p.glob(f"**/{WEIGHTS}"))
 
@@ -195,13 +197,14 @@ def autoencoder_scores(args: argparse.Namespace, alone: bool) -> dict:
     """Reconstruction PSNR/SSIM on --data of an autoencoder folder/run (alone) or of a latent model's."""
     import json
 
-    from .models.autoencoders import find_autoencoder_dir, image_channels, load_autoencoder
+    from .models.autoencoders import builtin_autoencoder_dir, find_autoencoder_dir, image_channels, load_autoencoder
     from .evaluation.reconstruction import evaluate_autoencoder, reconstruction_images
 
     if alone:
-        folder = find_autoencoder_dir(Path(args.weights))
+        shipped = args.weights.startswith("dff:")
+        folder = builtin_autoencoder_dir(args.weights) if shipped else find_autoencoder_dir(Path(args.weights))
         channels = image_channels(json.loads((folder / "config.json").read_text()))
-        ae, size = load_autoencoder(str(folder), channels), args.image_size or 256
+        ae, size = load_autoencoder(args.weights if shipped else str(folder), channels), args.image_size or 256
     else:
         model = load_model(args.weights, args.device)
         if not model.is_latent:
