@@ -289,4 +289,8 @@ for name, x in runs.items():
 # the original project's U-Net) and `configs/latent_maps_256.yaml` (256×256 through an autoencoder) keep
 # the original project's T = 1000, linear schedule and ε-prediction; the digits recipe of notebook 02
 # (`configs/pixel_digits.yaml`) uses the cosine schedule with v-prediction and min-SNR weighting, the
-# choice docs/benchmarks.md measured as better on small data. Next: notebook 02 trains a first network.
+# choice docs/benchmarks.md measured as better on small data.
+#
+# Next: [notebook 01b](01b_why_it_works.ipynb) shows why a network trained with a plain mean-squared error can
+# take the exact denoiser's place (you train one on this mixture and compare), then notebook 02 trains a first
+# network on images.

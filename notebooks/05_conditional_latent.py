@@ -119,6 +119,26 @@ fig.tight_layout()
 plt.show()
 
 # %% [markdown]
+# **Exercise.** Write the `resize` code yourself, from the condition image and the autoencoder's factor f.
+# What it must be is in [note 05](../notes/05_conditional_latent_diffusion.md), "Condition codes": think of
+# the range the network's inputs live in, and of what one pixel of the latent grid stands for. The check
+# names the case that fails; the line after it compares your code with the one `LatentSpace` made above.
+
+# %% tags=["exercise"]
+# Exercise resize_code: the 'resize' condition code of a latent model
+def resize_code(cond, f):
+    """cond: condition images (B, C, H, W) in [0, 1], H and W multiples of f; f: the autoencoder's down-sampling
+    factor. Returns the 'resize' condition code (B, C, H/f, W/f) of note 05 (its equation for 'resize')."""
+    raise NotImplementedError("write the resize code")
+
+
+# %%
+resize_code = learn.check_resize_code(resize_code)  # yours once written; until then the library's
+factor = cond.shape[-1] // codes["resize"].shape[-1]  # the autoencoder's f, from the two sizes
+print(f"resize_code(cond, {factor}) against LatentSpace's code above: largest difference "
+      f"{float((resize_code(cond, factor) - codes['resize']).abs().max()):.1e}")
+
+# %% [markdown]
 # `encode` gives the network the condition in the very language of z: 4 channels that the decoder
 # understands, so for an image-like condition it is the richer code. `resize` keeps a 32×32
 # thumbnail (here as many pixels as the 32×32 input had), and needs nothing from the autoencoder. In both

@@ -5,6 +5,8 @@ exercise checks reject wrong answers with a message naming the case, and a noteb
 `learn` extra says what to install."""
 from __future__ import annotations
 
+import copy
+import math
 import os
 import re
 import subprocess
@@ -25,6 +27,7 @@ NOTEBOOKS = sorted((ROOT / "notebooks").glob("0*_*.py"))
 SOLUTIONS = ROOT / "notebooks" / "solutions"
 MIN_FIGURES = {  # image/png outputs each notebook draws at least; a notebook not listed here: 1
     "01_sandbox": 6,
+    "01b_why_it_works": 5,
     "02_pixel": 8,
     "03_conditional_pixel": 5,
     "04_latent": 5,
@@ -129,6 +132,55 @@ def stub(*args):
     raise NotImplementedError
 
 
+def ddpm_step_sigma_beta(x_t, t, eps_hat, betas, alpha_bar, noise):  # sigma_t^2 = beta_t, not beta_tilde_t
+    mean = (x_t - betas[t] / (1 - alpha_bar[t]).sqrt() * eps_hat) / (1 - betas[t]).sqrt()
+    return mean + betas[t].sqrt() * noise if t > 0 else mean
+
+
+def ddpm_step_wraps_around(x_t, t, eps_hat, betas, alpha_bar, noise):  # alpha_bar[t - 1] is alpha_bar[-1] at t = 0
+    mean = (x_t - betas[t] / (1 - alpha_bar[t]).sqrt() * eps_hat) / (1 - betas[t]).sqrt()
+    return mean + ((1 - alpha_bar[t - 1]) / (1 - alpha_bar[t]) * betas[t]).sqrt() * noise
+
+
+def ddpm_step_x0_coefficient(x_t, t, eps_hat, betas, alpha_bar, noise):  # sqrt(1 - alpha_bar_t) on eps, as in x0_hat
+    mean = (x_t - (1 - alpha_bar[t]).sqrt() * eps_hat) / (1 - betas[t]).sqrt()
+    return mean + ((1 - alpha_bar[t - 1]) / (1 - alpha_bar[t]) * betas[t]).sqrt() * noise if t > 0 else mean
+
+
+def ddim_step_wraps_around(x_t, t, t_prev, eps_hat, alpha_bar):  # alpha_bar[-1] at t_prev = -1: the table's last
+    x0_hat = (x_t - (1 - alpha_bar[t]).sqrt() * eps_hat) / alpha_bar[t].sqrt()
+    return alpha_bar[t_prev].sqrt() * x0_hat + (1 - alpha_bar[t_prev]).sqrt() * eps_hat
+
+
+def ddim_step_old_noise_level(x_t, t, t_prev, eps_hat, alpha_bar):  # eps re-noised at t's level, not t_prev's
+    ab_prev = alpha_bar[t_prev] if t_prev >= 0 else torch.tensor(1.0, dtype=alpha_bar.dtype)
+    x0_hat = (x_t - (1 - alpha_bar[t]).sqrt() * eps_hat) / alpha_bar[t].sqrt()
+    return ab_prev.sqrt() * x0_hat + (1 - alpha_bar[t]).sqrt() * eps_hat
+
+
+def training_loop(target="eps", t_share=(0.0, 1.0), ema=True):
+    """notebook 01b's training loop, with one of the usual mistakes: another target, t from part of 0..T-1 only,
+    or an EMA copy that is never updated."""
+    def train(net, data_sampler, diffusion, steps, ema_decay, lr=2e-3):
+        ema_net = copy.deepcopy(net)
+        opt = torch.optim.Adam(net.parameters(), lr=lr)
+        lo, hi = int(t_share[0] * diffusion.T), int(t_share[1] * diffusion.T)
+        for _ in range(steps):
+            x0 = data_sampler()
+            t = torch.randint(lo, hi, (x0.shape[0],))
+            eps = torch.randn_like(x0)
+            loss = ((net(diffusion.q_sample(x0, t, eps), t) - (eps if target == "eps" else x0)) ** 2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if ema:
+                with torch.no_grad():
+                    for p_ema, p in zip(ema_net.parameters(), net.parameters()):
+                        p_ema.lerp_(p, 1 - ema_decay)
+        return ema_net
+    return train
+
+
 @pytest.mark.parametrize("check, wrong, message", [
     (learn.check_q_sample, q_sample_one_t,
      r"case 'a different t for each sample.*expected .* got .*largest difference"),
@@ -144,6 +196,24 @@ def stub(*args):
     (learn.check_latent_scale, lambda z: 1 / z.pow(2).mean().sqrt(),
      r"case 'latents with a mean of 3.*expected .* got"),
     (learn.check_latent_scale, lambda z: z.std(), r"case 'centred latents of std 4.*expected .* got"),
+    (learn.check_ddpm_step_eps, ddpm_step_sigma_beta, r"case 't = 1, where beta_tilde_t.*expected .* got"),
+    (learn.check_ddpm_step_eps, ddpm_step_wraps_around, r"case 'the last step, t = 0.*expected .* got"),
+    (learn.check_ddpm_step_eps, ddpm_step_x0_coefficient, r"case 'the first step, t = T - 1'.*expected .* got"),
+    (learn.check_ddim_step, ddim_step_wraps_around, r"case 'the last step, t = 19 -> t_prev = -1.*expected .* got"),
+    (learn.check_ddim_step, ddim_step_old_noise_level, r"case 'consecutive steps, t = 500.*expected .* got"),
+    (learn.check_train_denoiser, training_loop(target="x0"),
+     r"case 't = 100, alpha_bar = 0.895'.*from E\[x0 \| x_t\].*allowed"),
+    (learn.check_train_denoiser, training_loop(t_share=(0.5, 1.0)), r"case 't = 100, .*allowed 0.24"),
+    (learn.check_train_denoiser, training_loop(t_share=(0.0, 0.5)), r"case 't = 550, .*allowed 0.4"),
+    (learn.check_train_denoiser, training_loop(ema=False), r"case 'the returned network': .*still the initial ones"),
+    (learn.check_train_denoiser, lambda net, *args: net, r"case 'the returned network': it is `net` itself"),
+    (learn.check_resize_code, lambda c, f: torch.nn.functional.interpolate(c, scale_factor=1 / f, mode="area"),
+     r"case 'a constant gray condition.*expected .* got"),
+    (learn.check_resize_code, lambda c, f: torch.nn.functional.interpolate(2 * c - 1, scale_factor=1 / f),
+     r"case 'fine detail, f = 4.*expected .* got"),
+    (learn.check_resize_code, lambda c, f: torch.nn.functional.interpolate(2 * c - 1, scale_factor=1 / f,
+                                                                           mode="bilinear"),
+     r"case 'fine detail, f = 4.*expected .* got"),
 ])
 def test_checks_reject_wrong_answers_naming_the_case(check, wrong, message):
     with pytest.raises(AssertionError, match=message):
@@ -162,8 +232,58 @@ def test_checks_accept_the_solutions_and_hand_them_back():
     assert learn.check_latent_scale(mine) is mine
 
 
+@pytest.mark.parametrize("notebook", ["01b_why_it_works", "05_conditional_latent"])
+def test_checks_accept_the_solutions_of(notebook):
+    """Each solution of notebooks/solutions/NOTEBOOK.py, run in a namespace with what the notebook imports,
+    passes its check and is handed back."""
+    solutions = solutions_of(ROOT / "notebooks" / f"{notebook}.py")
+    assert solutions
+    for name, source in solutions.items():
+        ns: dict = {"torch": torch, "math": math}
+        exec(source, ns)
+        assert getattr(learn, f"check_{name}")(ns[name]) is ns[name], name
+
+
+def test_the_library_steps_chain_into_dffs_samplers():
+    """ddpm_step_eps_library chained over all T steps, with noise drawn as dff's ddpm draws it, is dff's ddpm;
+    ddim_step_library chained over DDIM's timesteps is dff's ddim (eta = 0): the exercises' reference steps are
+    the samplers' own, here driven by the mixture's exact denoiser."""
+    from dff.diffusion import GaussianDiffusion, ddim, ddim_timesteps, ddpm
+
+    mixture, d = learn.ring_mixture(), GaussianDiffusion(1000, "linear")
+    model = mixture.denoiser(d)  # the exact E[eps | x_t], float64
+    x_T = torch.randn(256, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    x, g = x_T, torch.Generator().manual_seed(1)
+    for t in range(d.T - 1, -1, -1):
+        z = torch.randn(x.shape, generator=g, dtype=x.dtype) if t > 0 else None
+        x = learn.ddpm_step_eps_library(x, t, model(x, torch.full((256,), t)), d.betas, d.alpha_bar, z)
+    expected = ddpm(model, d, x_T, generator=torch.Generator().manual_seed(1), progress=False)
+    assert (x - expected).abs().max() < 1e-8 and expected.std() > 1  # the samples spread over the circle
+    for spacing in ("leading", "trailing"):
+        ts, x = ddim_timesteps(d.T, 20, spacing), x_T
+        for k, t in enumerate(ts):
+            t_prev = int(ts[k + 1]) if k + 1 < len(ts) else -1
+            x = learn.ddim_step_library(x, int(t), t_prev, model(x, torch.full((256,), int(t))), d.alpha_bar)
+        assert (x - ddim(model, d, x_T, steps=20, spacing=spacing, progress=False)).abs().max() < 1e-8, spacing
+
+
+def test_the_library_resize_code_is_latent_spaces(tmp_path):
+    """resize_code_library (notebook 05's exercise) equals LatentSpace.condition_code with condition 'resize', on a
+    small random autoencoder of factor 4 saved as a diffusers folder."""
+    from dff.models import LatentSpace
+    from dff.models.autoencoders import build_autoencoder_kl
+
+    build_autoencoder_kl(1, latent_channels=4, block_out_channels=(32, 32, 32), image_size=16,
+                         mid_attention=False).save_pretrained(str(tmp_path), safe_serialization=True)
+    space = LatentSpace(str(tmp_path), channels=1, scale=1.0, condition="resize")
+    cond = torch.rand(2, 1, 16, 24, generator=torch.Generator().manual_seed(0))
+    assert space.factor == 4
+    assert torch.allclose(learn.resize_code_library(cond, space.factor), space.condition_code(cond), atol=1e-6)
+
+
 @pytest.mark.parametrize("check", [learn.check_q_sample, learn.check_v_target, learn.check_psnr,
-                                   learn.check_latent_scale, learn.check_posterior_mean])
+                                   learn.check_latent_scale, learn.check_posterior_mean, learn.check_ddpm_step_eps,
+                                   learn.check_ddim_step, learn.check_train_denoiser, learn.check_resize_code])
 def test_an_exercise_not_written_yet_says_so_and_the_library_goes_on(check, capsys):
     """Run All as shipped: a stub gives one line and the library's version, which passes the same check."""
     library = check(stub)
