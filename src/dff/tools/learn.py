@@ -4,6 +4,7 @@ batches, and the checks of the exercises.
     from dff.tools import learn
     learn.require()                      # first cell: names what to install when the learn extra is missing
     steps = learn.budget(1200, 40)       # the full budget, or the quick one when DFF_QUICK=1 (CI)
+    fid = learn.record("fid_ddim_10", fid)  # a number the text quotes: kept by scripts/run_notebooks.py
     learn.show(ax, images, nrow=8)       # a batch (B, C, H, W) in [0, 1] as one grid on a matplotlib axis
     q_sample = learn.check_q_sample(q_sample)  # an exercise: AssertionError naming the case, expected and got;
                                                # not written yet: one line, and the library's version goes on
@@ -33,6 +34,7 @@ from ..evaluation.psnr_ssim import psnr
 from ..viz import make_grid
 
 QUICK_ENV = "DFF_QUICK"  # DFF_QUICK=1 shrinks every training budget of the notebooks (CI)
+RECORD_ENV = "DFF_RECORD"  # a JSON file that learn.record writes the quoted numbers to (scripts/run_notebooks.py)
 LEARN_INSTALL = 'pip install "diffusion-fast-forward[learn]"'
 LEARN_MODULES: tuple[str, ...] = ("IPython", "ipykernel", "jupytext")  # what opening and running the notebooks needs
 
@@ -77,6 +79,23 @@ def quick() -> bool:
 def budget(full: T, quick_value: T) -> T:
     """`full` normally, `quick_value` in quick mode (DFF_QUICK=1)."""
     return quick_value if quick() else full
+
+
+def record(name: str, value: float) -> float:
+    """Keep a number that the notebook's text quotes, and return it. With DFF_RECORD=FILE in the environment
+    (scripts/run_notebooks.py sets it for the full-mode runs whose results the course quotes) `name: value` is
+    added to that JSON file; otherwise nothing is written."""
+    value = float(value)
+    path = os.environ.get(RECORD_ENV)
+    if path:
+        import json
+        from pathlib import Path
+
+        f = Path(path)
+        kept = json.loads(f.read_text()) if f.is_file() else {}
+        kept[name] = value
+        f.write_text(json.dumps(kept, indent=1) + "\n")
+    return value
 
 
 # ---------------------------------------------------------------------- figures
