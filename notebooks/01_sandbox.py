@@ -26,7 +26,7 @@
 #
 # The theory is in [notes/01_diffusion_process.md](../notes/01_diffusion_process.md); the same figures
 # for any image come from `dff explore --image PHOTO --out DIR`. No training here: the whole notebook
-# runs in about a minute on a laptop CPU (`DFF_QUICK=1` shrinks the sample counts further, for CI).
+# runs in a minute or two on a laptop CPU (`DFF_QUICK=1` shrinks the sample counts further, for CI).
 
 # %% tags=["install"]
 # On Colab, or anywhere dff is not installed yet, this cell installs it (with the notebooks' extra); where dff
@@ -120,10 +120,11 @@ print(f"with beta_t instead of sqrt(beta_t): a = {a_wrong:.3f}, s = {float((x - 
 #
 # A schedule is the list β_1 … β_T. What the model sees is the signal-to-noise ratio
 # $\mathrm{SNR}(t) = \bar\alpha_t / (1-\bar\alpha_t)$; its logarithm is the clearest way to compare
-# schedules. The linear schedule of DDPM destroys the image early (45% of its steps are spent at
-# log-SNR below -3, nearly pure noise); the cosine schedule (Nichol & Dhariwal 2021) spreads the
-# noise levels more evenly (14% of its steps below -3). The bottom rows use the same noise, so only the
-# schedule differs.
+# schedules. The linear schedule of DDPM destroys the image early
+# (45%<!-- n: notebooks/results/01_sandbox.json values.share_below_-3_linear*100 --> of its steps are spent at
+# log-SNR below -3, nearly pure noise); the cosine schedule (Nichol & Dhariwal 2021) spreads the noise levels more
+# evenly (14%<!-- n: notebooks/results/01_sandbox.json values.share_below_-3_cosine*100 --> of its steps below -3).
+# The bottom rows use the same noise, so only the schedule differs.
 
 # %%
 schedules_figure(x0, names=["linear", "quadratic", "sigmoid", "cosine"], generator=g)
@@ -132,8 +133,8 @@ schedules_figure(x0, names=["linear", "quadratic", "sigmoid", "cosine"], generat
 for name in ("linear", "quadratic", "sigmoid", "cosine"):
     d = GaussianDiffusion(1000, name)
     log_snr = torch.log(d.alpha_bar / (1 - d.alpha_bar))
-    print(f"{name:9s}  alpha_bar_T = {float(d.alpha_bar[-1]):.2e}   share of steps with log-SNR < -3: "
-          f"{float((log_snr < -3).double().mean()):.0%}")
+    share = learn.record(f"share_below_-3_{name}", (log_snr < -3).double().mean())
+    print(f"{name:9s}  alpha_bar_T = {float(d.alpha_bar[-1]):.2e}   share of steps with log-SNR < -3: {share:.0%}")
 
 # %% [markdown]
 # ## What a network predicts: ε, x₀ or v
@@ -254,17 +255,21 @@ plt.show()
 print(f"{'sampler':18s} {'TV of weights':>14s} {'spread':>8s}")
 for name, x in runs.items():
     tv, spread = coverage(x)
+    learn.record(f"tv_{name.replace(' ', '_')}", tv), learn.record(f"spread_{name.replace(' ', '_')}", spread)
     print(f"{name:18s} {tv:14.3f} {spread:8.3f}")
 
 # %% [markdown]
 # What to read from it:
 #
 # - **DDPM with all 1000 steps** reproduces the mixture: its weights are as far from the true ones
-#   (TV ≈ 0.03) as 2,000 fresh draws of the data are, and its spread is the data's 0.12.
+#   (TV 0.030<!-- n: notebooks/results/01_sandbox.json values.tv_DDPM_1000 -->) as 2,000 fresh draws of the data
+#   (TV 0.027<!-- n: notebooks/results/01_sandbox.json values.tv_data -->), and its spread is the data's.
 # - **Few steps leave samples between the modes.** With 2 steps every sampler ends in one blob at
-#   the centre (spread ≈ 1): its only real step replaces all modes by their average (and with the
+#   the centre (spread 1.0<!-- n: notebooks/results/01_sandbox.json values.spread_DDIM_2 --> for DDIM): its only real
+#   step replaces all modes by their average (and with the
 #   default 'leading' spacing the first step is even taken at t = T/2). At 5 steps the samples reach
-#   the circle but fill it; at 10 steps DPM-Solver++ has the weights (TV 0.033) and DDIM nearly, both
+#   the circle but fill it; at 10 steps DPM-Solver++ has the weights
+#   (TV 0.033<!-- n: notebooks/results/01_sandbox.json values.tv_DPM-Solver++_10 -->) and DDIM nearly, both
 #   still leaving a thin ring between the modes; at 50 both deterministic samplers match DDPM.
 # - A second-order solver (DPM-Solver++) gets there in fewer steps than DDIM: the cost of a sample
 #   is the number of network calls, so this is the 20-step default of `dff sample`.

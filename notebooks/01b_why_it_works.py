@@ -200,7 +200,7 @@ steps, batch = learn.budget(8000, 300), 512
 ema_decay = learn.budget(0.998, 0.98)  # the EMA averages over about 1 / (1 - decay) steps
 t0 = time.time()
 ema_net = train_denoiser(net, lambda: mixture.sample(batch, g).float(), d, steps, ema_decay)
-train_s = time.time() - t0
+train_s = learn.record("train_s", time.time() - t0)
 print(f"trained {sum(p.numel() for p in net.parameters())} weights for {steps} steps of {batch} points "
       f"in {train_s:.1f} s")
 
@@ -251,6 +251,7 @@ for t in (50, 100, 250, 400, 550, 700):
     x0_exact = mixture.x0_mean(x_t, float(d.alpha_bar[t]))
     dist2, mse_exact, mse_net = (((a - b) ** 2).sum(1).mean() for a, b in ((x0_net, x0_exact), (x0_exact, x0),
                                                                             (x0_net, x0)))
+    learn.record(f"dist2_t{t}", dist2), learn.record(f"mse_exact_t{t}", mse_exact)
     print(f"{t:4d} {float(d.alpha_bar[t]):9.3f} {float(dist2):16.4f} {float(mse_exact):10.4f} "
           f"{float(mse_net):9.4f} {float(mse_net - mse_exact - dist2):38.4f}")
 

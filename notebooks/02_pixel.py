@@ -26,9 +26,10 @@
 # 3. look at what it learned: the **loss curve**, the **loss against t**, samples of the **EMA and the
 #    raw weights**, and the **samplers' cost against their quality** (FID and KID).
 #
-# Everything runs on a laptop CPU in about 4 minutes. With `DFF_QUICK=1` in the environment every
-# training budget shrinks to a few seconds (that is how CI runs it): the code and the figures are
-# the same, but the samples are then noise.
+# Everything runs on a laptop CPU in minutes (the time of each notebook's full run is in
+# [notebooks/README.md](README.md)). With `DFF_QUICK=1` in the environment every training budget shrinks
+# to a few seconds (that is how CI runs it): the code and the figures are the same, but the samples are
+# then noise.
 
 # %% tags=["install"]
 # On Colab, or anywhere dff is not installed yet, this cell installs it (with the notebooks' extra); where dff
@@ -159,7 +160,7 @@ plt.show()
 #
 # `fit` takes the arguments of the command line (`dff fit --config configs/pixel_digits.yaml ...`):
 # Lightning trains, logs the loss to `metrics.csv`, keeps EMA weights and exports them. The shipped
-# recipe trains 1600 steps (~3.5 min); here 1000 (~2 min), and 30 in quick mode.
+# recipe trains 1600 steps; here 1000, and 30 in quick mode (the cell prints its time).
 
 # %%
 steps = learn.budget(1000, 30)
@@ -170,7 +171,7 @@ cli = fit(["--config", str(CONFIG_DIR / "pixel_digits.yaml"), "--trainer.max_ste
 model = cli.model.eval()
 run = Path(cli.trainer.log_dir)
 d = model.diffusion
-print(f"{steps} steps in {time.time() - t0:.0f} s; run folder {run}")
+print(f"{steps} steps in {learn.record('train_s', time.time() - t0):.0f} s; run folder {run}")
 
 # %% [markdown]
 # ## The loss curve
@@ -261,6 +262,7 @@ def scores(x):
 
 
 floor_fid, floor_kid = scores(images[torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[:N]])
+learn.record("fid_real", floor_fid)
 print(f"{N} real digits: FID {floor_fid:.2f}, KID {floor_kid:.4f}"
       " (the floor at this N; KID is unbiased, so it can be < 0)")
 
@@ -273,7 +275,7 @@ for sampler, n_steps in settings:
     x = model.sample(N, sampler, steps=n_steps, seed=0, progress=False)
     seconds = time.time() - t0
     fid, kid = scores(x)
-    results.append((sampler, n_steps, fid, kid, seconds))
+    results.append((sampler, n_steps, learn.record(f"fid_{sampler}_{n_steps}", fid), kid, seconds))
     grids[sampler, n_steps] = x[:36]
     print(f"{sampler:9s} {n_steps:3d} steps: FID {fid:6.2f}  KID {kid:.4f}  ({seconds:.1f} s)")
 
@@ -337,9 +339,11 @@ with torch.no_grad():
         x = x_tilde if i + 1 == len(ts) else x_tilde * abar[ts[i + 1]].sqrt()  # back to x_t (sigma 0: x0)
 euler_by_hand = ((x.float() + 1) / 2).clamp(0, 1)
 ddim_samples = model.sample(16, "ddim", steps=10, x_T=x_T, progress=False)
-print(f"Euler in sigma on DDIM's grid vs DDIM: max |difference| {(euler_by_hand - ddim_samples).abs().max():.1e}")
+gap = learn.record("euler_by_hand_vs_ddim", (euler_by_hand - ddim_samples).abs().max())
+print(f"Euler in sigma on DDIM's grid vs DDIM: max |difference| {gap:.1e}")
 ddim_sigma = [((1 - abar[t]) / abar[t]).sqrt().item() for t in ts]
 karras_sigma = edm_sigmas(d, 10)[0][:-1].tolist()  # the euler sampler's grid (rho = 7), sigma_max first
+learn.record("karras_levels_above_100", sum(s > 100 for s in karras_sigma))
 print("DDIM's sigma levels:  ", "  ".join(f"{v:.3g}" for v in ddim_sigma))
 print("Euler's Karras levels:", "  ".join(f"{v:.3g}" for v in karras_sigma))
 
@@ -365,6 +369,7 @@ for ax, use_ema in zip(axes, (True, False)):
     x = model.sample(N, "dpmpp_2m", steps=20, seed=0, use_ema=use_ema, progress=False)
     fid, kid = scores(x)
     name = "EMA" if use_ema else "raw"
+    learn.record(f"fid_{name.lower()}", fid)
     print(f"{name:4s} weights: FID {fid:.2f}, KID {kid:.4f}")
     learn.show(ax, x[:36], nrow=6, title=f"{name} weights (DPM-Solver++ 20, seed 0): FID {fid:.2f}")
 plt.show()
@@ -383,10 +388,13 @@ plt.show()
 # dff eval runs/pixel_64/version_0 --data path/to/images --extractor inception   # FID/KID; needs torch-fidelity
 # ```
 #
-# What `docs/benchmarks.md` measured (all on a 2-core CPU; it has no GPU numbers for this config
-# yet): the full digits recipe (1600 steps, 208 s) makes digits a classifier labels with confidence
-# in 82.4% of 256 samples, all ten classes present. On an earlier model of the same recipe, FID on
-# the digits features at 1,000 samples was 1.52 for DDPM (1000 steps), 1.91 for DPM-Solver++
-# (20 steps) and 2.10 for DDIM (50 steps): DPM-Solver++ at 10 steps beat DDIM at 100. Expect the
-# same ordering on your data; measure FID with an extractor that suits it (Inception for photos,
-# your own classifier's features for other images).
+# What this notebook measured in its full run (`notebooks/results/02_pixel.json`, written by
+# `python scripts/run_notebooks.py 02_pixel`; 1000 steps, 256 samples per sampler, FID on the digits features):
+# DPM-Solver++ scored FID 3.84<!-- n: notebooks/results/02_pixel.json values.fid_dpmpp_2m_10 --> at 10 steps, DDIM
+# 5.67<!-- n: notebooks/results/02_pixel.json values.fid_ddim_10 --> at 10 and
+# 3.92<!-- n: notebooks/results/02_pixel.json values.fid_ddim_50 --> at 50, Euler
+# 30.08<!-- n: notebooks/results/02_pixel.json values.fid_euler_10 --> at 10 and
+# 4.08<!-- n: notebooks/results/02_pixel.json values.fid_euler_50 --> at 50, against
+# 1.33<!-- n: notebooks/results/02_pixel.json values.fid_real --> for 256 real digits. Expect the same ordering on your
+# data; measure FID with an extractor that suits it (Inception for photos, your own classifier's features for other
+# images). docs/benchmarks.md has the longer runs, with several seeds, and the GPU settings.

@@ -27,7 +27,8 @@
 # 2. train **×4 super-resolution** (with *residual* diffusion) and **colorization** with `dff.fit`;
 # 3. compare K samples, their mean and bicubic upsampling, by eye and by **PSNR/SSIM**.
 #
-# About 4 minutes on a laptop CPU; `DFF_QUICK=1` shrinks the training to seconds (noisy outputs).
+# A few minutes on a laptop CPU (the time of the full run is in [notebooks/README.md](README.md)); `DFF_QUICK=1`
+# shrinks the training to seconds (noisy outputs).
 
 # %% tags=["install"]
 # On Colab, or anywhere dff is not installed yet, this cell installs it (with the notebooks' extra); where dff
@@ -106,8 +107,8 @@ plt.show()
 # ## Residual diffusion
 #
 # A super-resolution model that diffuses the image itself must first learn to copy its input, and in
-# a short run it learns photo-like texture that ignores the condition (docs/benchmarks.md: 11 dB at
-# 767 steps). `dff` can diffuse the **residual** instead (SRDiff, Li et al. 2022;
+# a short run it learns photo-like texture that ignores the condition (docs/benchmarks.md, "Image-to-image").
+# `dff` can diffuse the **residual** instead (SRDiff, Li et al. 2022;
 # `model.residual: true`): the data the model generates is `(x0 − cond) × residual_scale`, what
 # bicubic upsampling misses, and sampling adds the condition back. The residual is small (std ≈ 0.11
 # in [-1, 1] units here), so `translate_demo.yaml` scales it by 6 to about unit spread.
@@ -127,7 +128,7 @@ plt.show()
 #
 # Both models use `configs/translate_demo.yaml` (cosine schedule, lr 1e-3, EMA 0.995, batch 16)
 # with two changes for a short budget: the ADM residual U-Net (`--model.backbone adm`, 1.1 M
-# parameters, 1.5× faster per step on a CPU than the config's ConvNeXt U-Net) and the digits'
+# parameters, faster per step on a CPU than the config's ConvNeXt U-Net) and the digits'
 # objective, v-prediction with min-SNR-5 weighting instead of ε (it learned faster on this
 # notebook's short budgets in a trial run whose numbers were not kept). The
 # super-resolution model diffuses the scaled residual; the colorization model cannot (its
@@ -144,7 +145,7 @@ def train(name, steps, *overrides):
                "--trainer.max_steps", str(steps), "--trainer.default_root_dir", str(RUN / name),
                "--trainer.enable_progress_bar", "false", "--trainer.limit_val_batches", "0",
                "--checkpoint.every_n_train_steps", str(steps), *overrides])
-    print(f"{name}: {steps} steps in {time.time() - t0:.0f} s")
+    print(f"{name}: {steps} steps in {learn.record(f'{name}_train_s', time.time() - t0):.0f} s")
     return cli.model.eval(), Path(cli.trainer.log_dir)
 
 
@@ -220,9 +221,11 @@ per_cond = samples.reshape(n_eval, K, *samples.shape[1:])
 ks = [1, 2, 4, 8]
 scores = {k: translation_scores(per_cond[:, :k].mean(1), target, cond, condition="sr4") for k in ks}
 bicubic_psnr, bicubic_ssim = psnr_by_hand(cond, target), ssim(cond, target)
-print(f"bicubic           PSNR {bicubic_psnr:.2f} dB  SSIM {bicubic_ssim:.3f}")
+print(f"bicubic           PSNR {learn.record('sr_bicubic_psnr', bicubic_psnr):.2f} dB  "
+      f"SSIM {learn.record('sr_bicubic_ssim', bicubic_ssim):.3f}")
 for k in ks:
     s = scores[k]
+    learn.record(f"sr_mean{k}_psnr", s["psnr"]), learn.record(f"sr_mean{k}_ssim", s["ssim"])
     print(f"mean of {k} sample{'s' if k > 1 else ' '} PSNR {s['psnr']:.2f} dB  SSIM {s['ssim']:.3f}  "
           f"consistency {s['consistency_psnr']:.1f} dB")
 fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.2))
@@ -249,9 +252,9 @@ plt.show()
 gray = make_condition("colorize", target)  # (n, 1, 32, 32)
 colors = color_model.sample(cond=gray, num_samples=3, sampler="ddim", steps=20, seed=0, progress=False)
 per_gray = colors.reshape(n_eval, 3, *colors.shape[1:])
-print(f"gray input   PSNR {psnr(gray.repeat(1, 3, 1, 1), target):.2f} dB")
-print(f"one sample   PSNR {psnr(per_gray[:, 0], target):.2f} dB")
-print(f"mean of 3    PSNR {psnr(per_gray.mean(1), target):.2f} dB")
+print(f"gray input   PSNR {learn.record('color_gray_psnr', psnr(gray.repeat(1, 3, 1, 1), target)):.2f} dB")
+print(f"one sample   PSNR {learn.record('color_one_psnr', psnr(per_gray[:, 0], target)):.2f} dB")
+print(f"mean of 3    PSNR {learn.record('color_mean3_psnr', psnr(per_gray.mean(1), target)):.2f} dB")
 columns = [("gray input", gray[:rows])] + [(f"sample {k + 1}", per_gray[:rows, k]) for k in range(3)]
 columns += [("mean of 3", per_gray[:rows].mean(1)), ("ground truth", target[:rows])]
 fig, axes = plt.subplots(1, len(columns), figsize=(1.6 * len(columns), 6.2))
@@ -331,6 +334,8 @@ for s_ in learn.budget([0.0, 1.0, 1.5, 3.0, 6.0], [0.0, 1.5]):
                                 seed=0, progress=False)
         acc, fid = accuracy_and_fid(x)
         rows.append((s_, interval, acc, fid, x[:20]))
+        where = "interval" if interval else "every"
+        learn.record(f"guidance_{s_:g}_{where}_accuracy", acc), learn.record(f"guidance_{s_:g}_{where}_fid", fid)
         print(f"s = {s_:3.1f} {'in ' + str(interval) if interval else 'at every step':22s} accuracy {acc:6.1%}  "
               f"FID {fid:6.2f}")
 
@@ -367,9 +372,12 @@ plt.show()
 # Your own pairs work the same way with `--data.pairs folders` (root/A, root/B) or `side_by_side`,
 # and any single images with `--data.pairs sr4 | colorize | inpaint`.
 #
-# What `docs/benchmarks.md` measured for the super-resolution demo (2-core CPU; ConvNeXt U-Net,
-# residual × 6): bicubic scores 30.59 dB / SSIM 0.612 on the 120 held-out patches; the model after
-# the config's 1200 steps 25.18 dB / 0.486 (DDIM 20); resumed to 4000 steps, one sample 28.56 dB /
-# 0.578 and the mean of 8 samples 30.31 dB / 0.6165, the first to beat bicubic in SSIM; without the
-# residual, 11.12 dB at 767 steps. On one NVIDIA H100 the config's 1200 steps took 59 s. It has no
-# measurements of the maps configs yet.
+# What this notebook measured in its full run (`notebooks/results/03_conditional_pixel.json`; 500 steps,
+# 32 held-out patches, DDIM 20): bicubic 30.46 dB<!-- n: notebooks/results/03_conditional_pixel.json
+# values.sr_bicubic_psnr --> / SSIM 0.616<!-- n: notebooks/results/03_conditional_pixel.json values.sr_bicubic_ssim -->,
+# one sample 27.43 dB<!-- n: notebooks/results/03_conditional_pixel.json values.sr_mean1_psnr --> /
+# 0.532<!-- n: notebooks/results/03_conditional_pixel.json values.sr_mean1_ssim -->, the mean of 8 samples
+# 29.76 dB<!-- n: notebooks/results/03_conditional_pixel.json values.sr_mean8_psnr --> /
+# 0.591<!-- n: notebooks/results/03_conditional_pixel.json values.sr_mean8_ssim -->. The longer runs of the
+# super-resolution config, and the GPU time of its 1200 steps, are in docs/benchmarks.md ("Image-to-image"); it has
+# no measurements of the maps configs yet.

@@ -28,8 +28,9 @@
 # 3. look at the **latent scale** s that gives the diffusion unit-variance data;
 # 4. train the digits' diffusion recipe on the latents and decode samples.
 #
-# `dff demo latent` runs the same two stages with longer budgets (7 to 18 minutes on 2 CPU cores);
-# here a few minutes, and seconds with `DFF_QUICK=1` (noisy figures).
+# `dff demo latent` trains the latent stage with a longer budget, in the space of the demo's autoencoder (the same
+# config trained for 600 steps and shipped with dff as `dff:textures`); here both stages train for a few minutes,
+# and seconds with `DFF_QUICK=1` (noisy figures).
 
 # %% tags=["install"]
 # On Colab, or anywhere dff is not installed yet, this cell installs it (with the notebooks' extra); where dff
@@ -104,7 +105,7 @@ cli = fit(["--config", str(CONFIG_DIR / "autoencoder_demo.yaml"), "--trainer.max
            "--trainer.limit_val_batches", "0", "--checkpoint.every_n_train_steps", str(ae_steps)])
 ae_run = Path(cli.trainer.log_dir)
 ae = load_autoencoder(str(ae_run), channels=1).eval()  # its export: E and D on images in [-1, 1]
-print(f"autoencoder: {ae_steps} steps in {time.time() - t0:.0f} s; factor f = {ae.factor}, "
+print(f"autoencoder: {ae_steps} steps in {learn.record('ae_train_s', time.time() - t0):.0f} s; factor f = {ae.factor}, "
       f"{ae.latent_channels} latent channels; exported to {ae_run / 'export'}")
 
 # %% [markdown]
@@ -119,10 +120,15 @@ with torch.no_grad():
     recon = to_image_space(ae.decode(z_held)).clamp(0, 1)  # (48, 1, 64, 64)
 error = (recon - held_out).abs()
 scores = evaluate_autoencoder(ae, held_out)
-print(f"held-out reconstruction: PSNR {scores['psnr']:.2f} dB, SSIM {scores['ssim']:.3f} ({scores['n']} patches)")
+print(f"held-out reconstruction: PSNR {learn.record('ae_psnr', scores['psnr']):.2f} dB, "
+      f"SSIM {learn.record('ae_ssim', scores['ssim']):.3f} ({scores['n']} patches)")
 for k, name in enumerate(TEXTURES):
     part = slice(n * k, n * k + n)
-    print(f"  {name:7s} PSNR {psnr(recon[part], held_out[part]):.2f} dB, SSIM {ssim(recon[part], held_out[part]):.3f}")
+    print(f"  {name:7s} PSNR {learn.record(f'ae_psnr_{name}', psnr(recon[part], held_out[part])):.2f} dB, "
+          f"SSIM {ssim(recon[part], held_out[part]):.3f}")
+shipped = evaluate_autoencoder(load_autoencoder("dff:textures", channels=1), held_out)  # the demo's: 600 steps
+print(f"the demo's autoencoder (dff:textures, the same config at 600 steps): "
+      f"PSNR {learn.record('shipped_ae_psnr', shipped['psnr']):.2f} dB, SSIM {shipped['ssim']:.3f}")
 pick = torch.tensor([0, 1, n, n + 1, 2 * n, 2 * n + 1])  # two patches of each texture
 fig, axes = plt.subplots(3, 1, figsize=(10, 5.6))
 learn.show(axes[0], held_out[pick], nrow=6, title="held-out x")
@@ -201,7 +207,8 @@ cli = fit(["--config", str(CONFIG_DIR / "latent_demo.yaml"), "--model.autoencode
            "--trainer.default_root_dir", str(RUN / "diffusion"), "--trainer.enable_progress_bar", "false",
            "--checkpoint.every_n_train_steps", str(steps)])
 model, run = cli.model.eval(), Path(cli.trainer.log_dir)
-print(f"latent model: {steps} steps in {time.time() - t0:.0f} s; latent scale s = {float(model.latent.scale):.3f} "
+print(f"latent model: {steps} steps in {learn.record('latent_train_s', time.time() - t0):.0f} s; "
+      f"latent scale s = {learn.record('latent_scale', model.latent.scale):.3f} "
       f"(estimated by fit; yours above: {s:.3f})")
 
 # %%
@@ -236,15 +243,19 @@ fig.tight_layout()
 plt.show()
 
 # %% [markdown]
-# What a full run of this notebook gave (one run, 2-core AMD EPYC, 2026-11-29; about 6 minutes):
-# held-out reconstruction 26.66 dB (brick 32.25, grass 21.58, gravel 26.15), latent scale 0.45, and
-# after 500 steps 1 of the 16 samples a clean brick wall, the rest a grainy mixture of stones and
-# blades: the grain of the textures, not yet their shapes. Two limits show here. The
-# autoencoder's: the reconstructions keep the bricks and the pebbles' outlines but soften the grass
-# blades, and no latent model can put back what its decoder loses (the demo's 600 steps raise
-# that ceiling to 28.7 dB). And the latent model's training: the demo's 3000 steps make samples
-# the texture judge recognises 79-88% of the time (two seeds), every texture present
-# (docs/benchmarks.md).
+# What the full run of this notebook gave (`notebooks/results/04_latent.json`): held-out reconstruction
+# 27.15 dB<!-- n: notebooks/results/04_latent.json values.ae_psnr --> (brick 33.48<!-- n:
+# notebooks/results/04_latent.json values.ae_psnr_brick -->, grass
+# 21.79<!-- n: notebooks/results/04_latent.json values.ae_psnr_grass -->, gravel 26.19<!-- n:
+# notebooks/results/04_latent.json values.ae_psnr_gravel -->), latent scale
+# 0.44<!-- n: notebooks/results/04_latent.json values.latent_scale -->. Two limits show here. The autoencoder's: the
+# reconstructions keep the
+# bricks and the pebbles' outlines but soften the grass blades, and no latent model can put back what its decoder
+# loses (the demo's autoencoder, 600 steps of the same config, raises that ceiling to
+# 28.37 dB<!-- n: notebooks/results/04_latent.json values.shipped_ae_psnr -->). And the latent model's training: 500
+# steps give the grain of the
+# textures, not yet their shapes; the demo's 3000 steps in the shipped autoencoder's space make samples the
+# texture judge recognises, every texture present (its measurements: docs/benchmarks.md, "The latent demo").
 
 # %% [markdown]
 # ## On a GPU, with real data
@@ -265,10 +276,6 @@ plt.show()
 # (`configs/autoencoder_demo.yaml` is the pattern; `discriminator: true` adds a PatchGAN) and check
 # its PSNR/SSIM before anything else.
 #
-# What `docs/benchmarks.md` measured (2-core CPU): `dff demo latent` (600 autoencoder steps, 1500
-# latent steps) takes 571 s; its autoencoder reconstructs the held-out patches at 24.54 dB / SSIM
-# 0.682 and the latent scale is 0.337; the samples are recognisable textures (one clean brick wall
-# of 16, the rest gravel-like, no grass). An f = 4 autoencoder reconstructed better (29.26 dB) but
-# left a 4× larger latent the CPU budget could not train on. At 256×256 with the SD VAE's
-# architecture, one training step of latent diffusion gave 5.5× the images per second of pixel
-# diffusion at 0.29× the peak memory, and 48× from cached latents. No GPU numbers yet.
+# At 256×256 with the SD VAE's architecture a training step of latent diffusion is several times cheaper than one
+# of pixel diffusion, and cached latents cheaper again (docs/benchmarks.md, "Latent against pixel"; no GPU numbers
+# yet).

@@ -30,7 +30,8 @@
 # the training crops (z_T takes the condition's size), and compare the translations with the
 # **ceiling** every latent model has: its autoencoder's round trip.
 #
-# About 8 minutes on a 2-core CPU; `DFF_QUICK=1` shrinks the training to seconds (noisy outputs).
+# A few minutes on a 2-core CPU (the time of the full run is in [notebooks/README.md](README.md)); `DFF_QUICK=1`
+# shrinks the training to seconds (noisy outputs).
 
 # %% tags=["install"]
 # On Colab, or anywhere dff is not installed yet, this cell installs it (with the notebooks' extra); where dff
@@ -58,9 +59,9 @@ import numpy as np
 import torch
 
 from dff import fit
-from dff.models.autoencoders import to_image_space, to_model_space
+from dff.models.autoencoders import load_autoencoder, to_image_space, to_model_space
 from dff.data.tasks import downsample, make_condition
-from dff.evaluation.reconstruction import reconstruction_images
+from dff.evaluation.reconstruction import evaluate_autoencoder, reconstruction_images
 from dff.models import LatentSpace
 from dff.evaluation.psnr_ssim import psnr, ssim
 from dff.training.fit import CONFIG_DIR
@@ -73,17 +74,14 @@ print("quick mode (DFF_QUICK=1): tiny budgets, noisy figures" if learn.quick() e
 # %% [markdown]
 # ## The autoencoder
 #
-# The same small f = 4 autoencoder as in notebook 04 (`configs/autoencoder_demo.yaml`, shortened),
-# trained on 64×64 crops of the three grayscale textures.
+# The f = 4 autoencoder of notebook 04 at its full budget: `configs/autoencoder_demo.yaml` trained for 600 steps on
+# 64×64 crops of the three grayscale textures, shipped with dff as `dff:textures` (the latent demo's), so this
+# notebook trains no autoencoder. Notebook 04 showed how to test one; here its held-out score once more.
 
 # %%
-t0 = time.time()
-ae_steps = learn.budget(250, 10)
-cli = fit(["--config", str(CONFIG_DIR / "autoencoder_demo.yaml"), "--trainer.max_steps", str(ae_steps),
-           "--trainer.default_root_dir", str(RUN / "autoencoder"), "--trainer.enable_progress_bar", "false",
-           "--trainer.limit_val_batches", "0", "--checkpoint.every_n_train_steps", str(ae_steps)])
-ae_run = Path(cli.trainer.log_dir)
-print(f"autoencoder: {ae_steps} steps in {time.time() - t0:.0f} s -> {ae_run / 'export'}")
+ae = "dff:textures"  # a model.autoencoder value like a folder or a hub id: models/weights/textures_autoencoder
+ae_scores = evaluate_autoencoder(load_autoencoder(ae, channels=1), reconstruction_images("textures", 1, 64))
+print(f"autoencoder {ae}: held-out 64x64 patches PSNR {ae_scores['psnr']:.2f} dB, SSIM {ae_scores['ssim']:.3f}")
 
 # %% [markdown]
 # ## Two condition codes
@@ -97,7 +95,7 @@ target = reconstruction_images("textures", channels=1, size=128)  # (12, 1, 128,
 cond = make_condition("sr4", target)  # (12, 1, 128, 128): bicubic of the 32x32 input
 codes = {}
 for kind in ("encode", "resize"):
-    space = LatentSpace(str(ae_run), channels=1, scale=1.0, condition=kind)  # scale 1: the codes as they are
+    space = LatentSpace(ae, channels=1, scale=1.0, condition=kind)  # scale 1: the codes as they are
     with torch.no_grad():
         codes[kind] = space.condition_code(cond)
     print(f"{kind:6s}: condition {tuple(cond.shape)} -> code {tuple(codes[kind].shape)}")
@@ -155,14 +153,15 @@ models, runs = {}, {}
 steps = learn.budget(400, 10)
 for kind in ("encode", "resize"):
     t0 = time.time()
-    cli = fit(["--config", str(CONFIG_DIR / "latent_demo.yaml"), "--model.autoencoder", str(ae_run),
+    cli = fit(["--config", str(CONFIG_DIR / "latent_demo.yaml"), "--model.autoencoder", ae,
                "--model.latent_condition", kind, "--data.pairs", "sr4", "--data.image_size", "64",
-               "--data.latent_cache", str(ae_run / f"latents_{kind}.pt"), "--data.repeat", str(learn.budget(96, 8)),
+               "--data.latent_cache", str(RUN / f"latents_{kind}.pt"), "--data.repeat", str(learn.budget(96, 8)),
                "--trainer.max_steps", str(steps),
                "--trainer.default_root_dir", str(RUN / kind), "--trainer.enable_progress_bar", "false",
                "--checkpoint.every_n_train_steps", str(steps)])
     models[kind], runs[kind] = cli.model.eval(), Path(cli.trainer.log_dir)
-    print(f"{kind}: {steps} steps in {time.time() - t0:.0f} s; latent scale {float(models[kind].latent.scale):.3f}")
+    print(f"{kind}: {steps} steps in {learn.record(f'{kind}_train_s', time.time() - t0):.0f} s; "
+          f"latent scale {float(models[kind].latent.scale):.3f}")
 
 # %%
 fig, ax = plt.subplots(figsize=(6, 3.3))
@@ -206,7 +205,9 @@ with torch.no_grad():
         models["encode"].latent.autoencoder.encode(to_model_space(target)))).clamp(0, 1)
 rows = {"bicubic": cond, "encode": outputs["encode"], "resize": outputs["resize"], "round trip D(E(x))": round_trip}
 for name, x in rows.items():
-    print(f"{name:20s} PSNR {psnr(x, target):6.2f} dB   SSIM {ssim(x, target):.3f}")
+    key = name.split()[0].replace("round", "round_trip")
+    print(f"{name:20s} PSNR {learn.record(f'psnr_{key}', psnr(x, target)):6.2f} dB   "
+          f"SSIM {learn.record(f'ssim_{key}', ssim(x, target)):.3f}")
 fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.2))
 names = list(rows)
 a1.bar(names, [float(psnr(x, target)) for x in rows.values()], color=["gray", "C0", "C1", "C2"])
@@ -219,13 +220,15 @@ fig.tight_layout()
 plt.show()
 
 # %% [markdown]
-# What a full run of this notebook printed (one run, 2-core AMD EPYC, 2026-11-29; about 8 minutes):
-# bicubic 23.85 dB, `encode` 23.38 dB, `resize` 22.95 dB, the round trip 26.93 dB. The f = 4
-# autoencoder's ceiling is now 3 dB *above* bicubic (with the former f = 8 one it was below), so a
-# latent model could beat bicubic here; after 400 steps neither does yet, and `encode` leads
-# `resize` by 0.4 dB. The pictures: brick edges sharper than bicubic, grass and gravel with the
-# right grain but not the ground truth's blades and pebble outlines, which the round trip keeps
-# better: the models have not reached their ceiling. (Pixel-wise scores punish a sampler that
+# What the full run of this notebook printed (`notebooks/results/05_conditional_latent.json`): bicubic
+# 23.85 dB<!-- n: notebooks/results/05_conditional_latent.json values.psnr_bicubic -->, `encode` 23.19 dB<!-- n:
+# notebooks/results/05_conditional_latent.json values.psnr_encode -->, `resize`
+# 22.85 dB<!-- n: notebooks/results/05_conditional_latent.json values.psnr_resize -->, the round trip 28.53 dB<!-- n:
+# notebooks/results/05_conditional_latent.json values.psnr_round_trip -->. The f = 4
+# autoencoder's round trip is above bicubic (with the former f = 8 one it was below), so a latent model could beat
+# bicubic here; compare the printed scores above with it to see how far the models are after 400 steps. The
+# pictures: brick edges sharper than bicubic, grass and gravel with the right grain but not the ground truth's
+# blades and pebble outlines, which the round trip keeps better. (Pixel-wise scores punish a sampler that
 # invents plausible detail in the wrong place, so PSNR favours the smooth bicubic.)
 
 # %%
@@ -255,7 +258,6 @@ plt.show()
 # dff eval runs/translate_latent_maps_256/version_0 --autoencoder --data path/to/photos --image-size 256   # the ceiling
 # ```
 #
-# `docs/benchmarks.md` has no measurements of conditional latent models yet. What it says of the
-# pieces: the demo autoencoder (600 steps) reconstructs held-out texture patches at 24.54 dB / SSIM
-# 0.682, which bounds any latent model built on it; at 256×256 with the SD VAE's architecture a
-# latent training step gave 5.5× the images per second of pixel diffusion (48× from cached latents).
+# `docs/benchmarks.md` has no measurements of conditional latent models beyond this notebook's. At 256×256 with the
+# SD VAE's architecture a latent training step is several times cheaper than a pixel one, and cached latents cheaper
+# again (docs/benchmarks.md, "Latent against pixel").

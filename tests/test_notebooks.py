@@ -404,3 +404,17 @@ def test_notebook_runs_in_quick_mode(py: Path, shipped: bool, quick_env, tmp_pat
         assert said == len(exercise_cells(nb)), f"{py.name}: {said} line(s) for {len(exercise_cells(nb))} exercises"
     written = {p.relative_to(tmp_path).parts[0] for p in tmp_path.iterdir()}
     assert written <= {"runs"}, f"{py.name} wrote outside its runs/ folder: {sorted(written)}"
+
+
+def test_record_keeps_quoted_numbers_only_when_asked(tmp_path, monkeypatch):
+    """learn.record returns the value as a float; with DFF_RECORD=FILE it adds it to that JSON file (what
+    scripts/run_notebooks.py collects into notebooks/results/), and without it writes nothing."""
+    import json
+
+    monkeypatch.delenv("DFF_RECORD", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert learn.record("fid", torch.tensor(3.25)) == 3.25 and list(tmp_path.iterdir()) == []
+    f = tmp_path / "record.json"
+    monkeypatch.setenv("DFF_RECORD", str(f))
+    learn.record("fid", 3.25), learn.record("share", 0.5), learn.record("fid", 3.5)
+    assert json.loads(f.read_text()) == {"fid": 3.5, "share": 0.5}

@@ -116,8 +116,9 @@ def latent_demo(out: Optional[str] = None, max_steps: Optional[int] = None,
 
 
 def save_reconstructions(ae, images: torch.Tensor, path: Path, num: int = 8) -> Path:
-    """A grid of `num` held-out images (top row) over the autoencoder's reconstructions D(E(x)) (bottom row)."""
-    x = images[:num]
+    """A grid of `num` held-out images (top row) over the autoencoder's reconstructions D(E(x)) (bottom row), spread
+    evenly over `images` (the held-out textures come texture by texture)."""
+    x = images[torch.arange(num) * (len(images) // num)]
     with torch.no_grad():
         x_hat = to_image_space(ae.decode(ae.encode(to_model_space(x)))).clamp(0, 1)
     return save_grid(torch.cat([x, x_hat]), path, nrow=len(x))
