@@ -593,3 +593,15 @@ def test_an_unreachable_hub_fails_at_once_without_the_download_retries(monkeypat
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(socket, "create_connection", lambda *a, **k: pytest.fail("connected while offline"))
     assert not hub_reachable()
+
+
+def test_dff_demo_latent_passes_train_autoencoder(monkeypatch):
+    """`dff demo latent` uses the shipped autoencoder; `--train-autoencoder` asks for stage 1 first."""
+    import dff.tools.demo as demo
+
+    calls = []
+    monkeypatch.setattr(demo, "latent_demo", lambda **kw: calls.append(kw))
+    main(["demo", "latent"])
+    main(["demo", "latent", "--train-autoencoder", "--max-steps", "5"])
+    assert calls[0]["train_autoencoder"] is False and calls[0]["autoencoder_steps"] is None
+    assert calls[1]["train_autoencoder"] is True and calls[1]["max_steps"] == 5
