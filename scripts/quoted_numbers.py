@@ -125,26 +125,31 @@ def line_of(text: str, pos: int) -> int:
     return text.count("\n", 0, pos) + 1
 
 
-def check_file(path: Path) -> tuple[list[Problem], int]:
-    """(the problems of one file, the number of numbers its markers claim)."""
-    text, problems, claimed = prose(path), [], set()
+def claims(text: str) -> Iterator[tuple[re.Match, str, list[str], list[re.Match], object]]:
+    """Each marker of `text` with its file, its keys, the numbers it claims (the last len(keys) before it, since the
+    previous marker) and the file's parsed JSON (or the exception reading it raised; each file read once)."""
     cache: dict[str, object] = {}
     last_end = 0
     for m in MARKER.finditer(text):
         file, keys = m.group(1), m.group(2).split()
         numbers = [n for n in NUMBER.finditer(text, last_end, m.start())][-len(keys):]
         last_end = m.end()
+        if file not in cache:
+            try:
+                cache[file] = json.loads((ROOT / file).read_text())
+            except (OSError, ValueError) as e:
+                cache[file] = e
+        yield m, file, keys, numbers, cache[file]
+
+
+def check_file(path: Path) -> tuple[list[Problem], int]:
+    """(the problems of one file, the number of numbers its markers claim)."""
+    text, problems, claimed = prose(path), [], set()
+    for m, file, keys, numbers, data in claims(text):
         where = line_of(text, m.start())
         if len(numbers) < len(keys):
             problems.append(Problem(path, where, f"marker names {len(keys)} values, {len(numbers)} numbers before it"))
             continue
-        src = ROOT / file
-        if file not in cache:
-            try:
-                cache[file] = json.loads(src.read_text())
-            except (OSError, ValueError) as e:
-                cache[file] = e
-        data = cache[file]
         for n, key in zip(numbers, keys):
             claimed.add(n.start())
             if isinstance(data, Exception):
@@ -204,14 +209,9 @@ def fill(path: Path) -> int:
         shift = 2 if path.suffix == ".py" and prose_lines[row] and raw_lines[row].startswith("# ") else 0
         return starts[row] + shift + col
 
-    edits, last_end = [], 0
-    for m in MARKER.finditer(text):
-        file, keys = m.group(1), m.group(2).split()
-        numbers = [n for n in NUMBER.finditer(text, last_end, m.start())][-len(keys):]
-        last_end = m.end()
-        try:
-            data = json.loads((ROOT / file).read_text())
-        except (OSError, ValueError):
+    edits = []
+    for _, _, keys, numbers, data in claims(text):
+        if isinstance(data, Exception):
             continue  # check_file names it
         for n, key in zip(numbers, keys):
             _, decimals = as_float(n.group())

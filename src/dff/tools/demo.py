@@ -79,7 +79,7 @@ def latent_demo(out: Optional[str] = None, max_steps: Optional[int] = None,
         ae_run = run_dir(fit(ae_args).trainer)
         print(f"autoencoder trained in {time.time() - t0:.0f} s: {ae_run}")
     t_ae = time.time() - t0
-    ae_name = "textures" if ae_run is None else ae_run.name
+    ae_name = BUILTIN_DEMO_AUTOENCODER.removeprefix("dff:") if ae_run is None else ae_run.name
     lat_args = ["--config", str(CONFIG_DIR / "latent_demo.yaml"),
                 "--model.autoencoder", BUILTIN_DEMO_AUTOENCODER if ae_run is None else str(ae_run),
                 "--data.latent_cache", str(root / f"latents_{ae_name}.pt"),
