@@ -64,10 +64,10 @@ def test_precision_per_device(monkeypatch, capsys):
     import dff.speed
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(dff.speed, "cpu_has_amx_bf16", lambda: False)
-    assert choose_precision(None, "auto") == "32-true"  # a CPU without AMX: bf16 would be emulated
-    monkeypatch.setattr(dff.speed, "cpu_has_amx_bf16", lambda: True)
-    assert choose_precision(None, "auto") == "bf16-mixed"  # AMX-bf16: 1.4x on the digits step (docs/benchmarks.md)
+    monkeypatch.setattr(dff.speed, "cpu_has_bf16", lambda: False)
+    assert choose_precision(None, "auto") == "32-true"  # a CPU without bf16 instructions: bf16 would be emulated
+    monkeypatch.setattr(dff.speed, "cpu_has_bf16", lambda: True)
+    assert choose_precision(None, "auto") == "bf16-mixed"  # AVX512-bf16: x1.36 on the digits step, AMX or not
     assert choose_precision("32-true", "auto") == "32-true"  # an explicit choice is kept
     assert choose_precision("bf16-mixed", "cpu") == "bf16-mixed"
     assert choose_precision("16-mixed", "auto") == "32-true"
@@ -75,7 +75,7 @@ def test_precision_per_device(monkeypatch, capsys):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     assert choose_precision(None, "auto") == "bf16-mixed"
-    monkeypatch.setattr(dff.speed, "cpu_has_amx_bf16", lambda: False)
+    monkeypatch.setattr(dff.speed, "cpu_has_bf16", lambda: False)
     assert choose_precision(None, "cpu") == "32-true"  # a GPU present, the CPU asked for
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Tesla V100")
@@ -84,13 +84,14 @@ def test_precision_per_device(monkeypatch, capsys):
     assert "Tesla V100 has no bf16; using 16-mixed" in capsys.readouterr().out
 
 
-def test_amx_probe_reads_the_cpu():
-    from dff.speed import cpu_has_amx_bf16
+def test_the_bf16_probes_read_the_cpu():
+    from dff.speed import cpu_has_amx_bf16, cpu_has_bf16
 
     flags = open("/proc/cpuinfo").read().split() if __import__("os").path.exists("/proc/cpuinfo") else None
     if flags is None:
         pytest.skip("no /proc/cpuinfo to compare with")
     assert cpu_has_amx_bf16() == ("amx_tile" in flags and "avx512_bf16" in flags)
+    assert cpu_has_bf16() == ("avx512_bf16" in flags)
 
 
 def test_options_default_per_device(monkeypatch, capsys):

@@ -112,7 +112,8 @@ class DffCLI(LightningCLI):
                 loggers.append(TensorBoardLogger(root, name="", version=csv_logger.version))
             kwargs["logger"] = loggers + added_loggers(cfg.get("logger"))
         # trainer.precision: null (the default) picks per device; a precision the device cannot honour falls back
-        # (bf16 on an AMX CPU, measured for pixel and latent diffusion and the autoencoder; docs/benchmarks.md)
+        # (bf16 on a CPU with bf16 instructions, measured for pixel and latent diffusion and the autoencoder;
+        # docs/benchmarks.md)
         kwargs["precision"] = choose_precision(cfg.get("precision"), cfg.get("accelerator"))
         if not cfg.get("plugins"):  # given here, not as a default, so that config.yaml stays loadable
             kwargs["plugins"] = [AtomicCheckpointIO()]
