@@ -3,7 +3,9 @@ the virtual environment and every install), then `bash run.sh dff demo latent`, 
 benchmarks/results/readme_commands-<machine>.json with each wall time, the times the demos print and the latent
 demo's judge line, which the README quotes (scripts/quoted_numbers.py). Nothing else should run on the machine.
 
-    python benchmarks/readme_commands.py [--name amd-epyc] [--skip-latent] [--skip-test]
+    python benchmarks/readme_commands.py [--name amd-epyc] [--skip-latent] [--skip-test] [--keep-latent DIR]
+
+--keep-latent copies the latent demo's runs/latent_demo to DIR (for benchmarks/gates/latent_demo.py --skip-demo).
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import datetime
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -32,6 +35,19 @@ def timed(cmd: list[str], cwd: Path) -> tuple[float, str]:
     return time.time() - t0, out
 
 
+def cpu_flags() -> str:
+    """Which bf16 instructions the CPU has: the CPU default precision follows them (dff.speed)."""
+    flags = Path("/proc/cpuinfo").read_text().split() if Path("/proc/cpuinfo").exists() else []
+    have = [f for f in ("avx512f", "avx512_bf16", "amx_bf16") if f in flags]
+    return ", ".join(have) or "none of avx512f, avx512_bf16, amx_bf16"
+
+
+def precision(out: str) -> str | None:
+    """The training precision a run printed ("speed: precision bf16-mixed; ...")."""
+    m = re.search(r"speed: precision (\S+);", out)
+    return m.group(1) if m else None
+
+
 def seconds(pattern: str, out: str) -> float | None:
     m = re.search(pattern, out)
     return float(m.group(1)) if m else None
@@ -42,12 +58,14 @@ def main() -> None:
     ap.add_argument("--name", default="amd-epyc", help="machine name in the result file's name")
     ap.add_argument("--skip-latent", action="store_true")
     ap.add_argument("--skip-test", action="store_true")
+    ap.add_argument("--keep-latent", default=None, help="copy the latent demo's run folder here")
     args = ap.parse_args()
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                             text=True).stdout.strip()
     res: dict = {"date": datetime.date.today().isoformat(), "commit": commit,
                  "machine": f"{os.cpu_count()} cores; " + Path("/proc/cpuinfo").read_text().split("model name")[1]
                  .split("\n")[0].strip(": \t") if Path("/proc/cpuinfo").exists() else f"{os.cpu_count()} cores",
+                 "cpu_bf16": cpu_flags(),
                  "loadavg_before": os.getloadavg()[0]}
     with tempfile.TemporaryDirectory(prefix="dff-readme-") as tmp:
         clone = Path(tmp) / "dff"
@@ -56,7 +74,7 @@ def main() -> None:
         demo = seconds(r"demo finished in (\d+) s", out)
         res["demo"] = {"command": "bash run.sh demo", "wall_s": round(wall, 1), "demo_s": demo,
                        "trained_s": seconds(r"trained in (\d+) s", out),
-                       "setup_s": round(wall - demo, 1) if demo else None}
+                       "setup_s": round(wall - demo, 1) if demo else None, "precision": precision(out)}
         print(json.dumps(res["demo"]), flush=True)
         if not args.skip_latent:
             wall, out = timed(["bash", "run.sh", "dff", "demo", "latent"], clone)
@@ -64,9 +82,13 @@ def main() -> None:
             res["latent_demo"] = {"command": "bash run.sh dff demo latent", "wall_s": round(wall, 1),
                                   "demo_s": seconds(r"latent demo finished in (\d+) s", out),
                                   "latent_trained_s": seconds(r"latent model trained in (\d+) s", out),
+                                  "precision": precision(out),
+                                  "max_steps": seconds(r"max_steps=(\d+)", out),
                                   "judge_line": judge,
                                   "recognised_of_16": int(judge.split()[2]) if judge else None}
             print(json.dumps(res["latent_demo"]), flush=True)
+            if args.keep_latent:
+                shutil.copytree(clone / "runs" / "latent_demo", args.keep_latent, dirs_exist_ok=False)
         if not args.skip_test:
             wall, out = timed(["bash", "run.sh", "test"], clone)
             summary = [line for line in out.splitlines() if " passed" in line][-1:]
