@@ -254,8 +254,8 @@ plt.show()
 # loses (the demo's autoencoder, 600 steps of the same config, raises that ceiling to
 # 28.37 dB<!-- n: notebooks/results/04_latent.json values.shipped_ae_psnr -->). And the latent model's training: 500
 # steps give the grain of the
-# textures, not yet their shapes; the demo's 3000 steps in the shipped autoencoder's space make samples the
-# texture judge recognises, every texture present (its measurements: docs/benchmarks.md, "The latent demo").
+# textures, not yet their shapes; the demo's 4500 steps (bf16-mixed) in the shipped autoencoder's space make
+# samples the texture judge recognises, every texture present (its measurements: docs/benchmarks.md, "The latent demo").
 
 # %% [markdown]
 # ## On a GPU, with real data
