@@ -390,11 +390,11 @@ plt.show()
 #
 # What this notebook measured in its full run (`notebooks/results/02_pixel.json`, written by
 # `python scripts/run_notebooks.py 02_pixel`; 1000 steps, 256 samples per sampler, FID on the digits features):
-# DPM-Solver++ scored FID 3.84<!-- n: notebooks/results/02_pixel.json values.fid_dpmpp_2m_10 --> at 10 steps, DDIM
-# 5.67<!-- n: notebooks/results/02_pixel.json values.fid_ddim_10 --> at 10 and
-# 3.92<!-- n: notebooks/results/02_pixel.json values.fid_ddim_50 --> at 50, Euler
-# 30.08<!-- n: notebooks/results/02_pixel.json values.fid_euler_10 --> at 10 and
-# 4.08<!-- n: notebooks/results/02_pixel.json values.fid_euler_50 --> at 50, against
+# DPM-Solver++ scored FID 3.66<!-- n: notebooks/results/02_pixel.json values.fid_dpmpp_2m_10 --> at 10 steps, DDIM
+# 5.59<!-- n: notebooks/results/02_pixel.json values.fid_ddim_10 --> at 10 and
+# 3.79<!-- n: notebooks/results/02_pixel.json values.fid_ddim_50 --> at 50, Euler
+# 29.60<!-- n: notebooks/results/02_pixel.json values.fid_euler_10 --> at 10 and
+# 4.00<!-- n: notebooks/results/02_pixel.json values.fid_euler_50 --> at 50, against
 # 1.33<!-- n: notebooks/results/02_pixel.json values.fid_real --> for 256 real digits. Expect the same ordering on your
 # data; measure FID with an extractor that suits it (Inception for photos, your own classifier's features for other
 # images). docs/benchmarks.md has the longer runs, with several seeds, and the GPU settings.

@@ -375,9 +375,9 @@ plt.show()
 # What this notebook measured in its full run (`notebooks/results/03_conditional_pixel.json`; 500 steps,
 # 32 held-out patches, DDIM 20): bicubic 30.46 dB<!-- n: notebooks/results/03_conditional_pixel.json
 # values.sr_bicubic_psnr --> / SSIM 0.616<!-- n: notebooks/results/03_conditional_pixel.json values.sr_bicubic_ssim -->,
-# one sample 27.43 dB<!-- n: notebooks/results/03_conditional_pixel.json values.sr_mean1_psnr --> /
-# 0.532<!-- n: notebooks/results/03_conditional_pixel.json values.sr_mean1_ssim -->, the mean of 8 samples
-# 29.76 dB<!-- n: notebooks/results/03_conditional_pixel.json values.sr_mean8_psnr --> /
-# 0.591<!-- n: notebooks/results/03_conditional_pixel.json values.sr_mean8_ssim -->. The longer runs of the
+# one sample 27.38 dB<!-- n: notebooks/results/03_conditional_pixel.json values.sr_mean1_psnr --> /
+# 0.524<!-- n: notebooks/results/03_conditional_pixel.json values.sr_mean1_ssim -->, the mean of 8 samples
+# 29.77 dB<!-- n: notebooks/results/03_conditional_pixel.json values.sr_mean8_psnr --> /
+# 0.592<!-- n: notebooks/results/03_conditional_pixel.json values.sr_mean8_ssim -->. The longer runs of the
 # super-resolution config, and the GPU time of its 1200 steps, are in docs/benchmarks.md ("Image-to-image"); it has
 # no measurements of the maps configs yet.

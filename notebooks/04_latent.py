@@ -244,11 +244,11 @@ plt.show()
 
 # %% [markdown]
 # What the full run of this notebook gave (`notebooks/results/04_latent.json`): held-out reconstruction
-# 27.15 dB<!-- n: notebooks/results/04_latent.json values.ae_psnr --> (brick 33.48<!-- n:
+# 26.65 dB<!-- n: notebooks/results/04_latent.json values.ae_psnr --> (brick 32.56<!-- n:
 # notebooks/results/04_latent.json values.ae_psnr_brick -->, grass
-# 21.79<!-- n: notebooks/results/04_latent.json values.ae_psnr_grass -->, gravel 26.19<!-- n:
+# 21.62<!-- n: notebooks/results/04_latent.json values.ae_psnr_grass -->, gravel 25.77<!-- n:
 # notebooks/results/04_latent.json values.ae_psnr_gravel -->), latent scale
-# 0.44<!-- n: notebooks/results/04_latent.json values.latent_scale -->. Two limits show here. The autoencoder's: the
+# 0.45<!-- n: notebooks/results/04_latent.json values.latent_scale -->. Two limits show here. The autoencoder's: the
 # reconstructions keep the
 # bricks and the pebbles' outlines but soften the grass blades, and no latent model can put back what its decoder
 # loses (the demo's autoencoder, 600 steps of the same config, raises that ceiling to

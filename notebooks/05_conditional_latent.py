@@ -221,9 +221,9 @@ plt.show()
 
 # %% [markdown]
 # What the full run of this notebook printed (`notebooks/results/05_conditional_latent.json`): bicubic
-# 23.85 dB<!-- n: notebooks/results/05_conditional_latent.json values.psnr_bicubic -->, `encode` 23.19 dB<!-- n:
+# 23.85 dB<!-- n: notebooks/results/05_conditional_latent.json values.psnr_bicubic -->, `encode` 23.18 dB<!-- n:
 # notebooks/results/05_conditional_latent.json values.psnr_encode -->, `resize`
-# 22.85 dB<!-- n: notebooks/results/05_conditional_latent.json values.psnr_resize -->, the round trip 28.53 dB<!-- n:
+# 22.81 dB<!-- n: notebooks/results/05_conditional_latent.json values.psnr_resize -->, the round trip 28.53 dB<!-- n:
 # notebooks/results/05_conditional_latent.json values.psnr_round_trip -->. The f = 4
 # autoencoder's round trip is above bicubic (with the former f = 8 one it was below), so a latent model could beat
 # bicubic here; compare the printed scores above with it to see how far the models are after 400 steps. The
