@@ -275,3 +275,17 @@ def test_sampling_settings_the_model_cannot_use_stop_before_training(tmp_path, i
     with pytest.raises(SystemExit, match=r"^dff: model.val_steps \(DDIM\) steps must be between 1 and .*T=30, got 40"):
         main([*base, "--model.val_steps", "40"])
     assert not list(tmp_path.glob("version_*"))  # nothing was trained, and no run folder is left
+
+
+@pytest.mark.parametrize("flag", ["--max-steps", "--autoencoder-steps"])
+@pytest.mark.parametrize("value, why", [("-1", "-1: expected a number of steps >= 1"),
+                                        ("0", "0: expected a number of steps >= 1"),
+                                        ("2.5", "'2.5' is not a whole number")])
+def test_demo_step_counts_must_be_positive_whole_numbers(flag, value, why, tmp_path, capsys):
+    """Lightning would read max_steps -1 as 'train forever' and 0 as 'train nothing, sample noise': the demo refuses
+    both in one line before anything runs, and writes nothing."""
+    with pytest.raises(SystemExit) as e:
+        main(["demo", "latent", flag, value, "--out", str(tmp_path / "demo")])
+    assert e.value.code == 2
+    assert f"argument {flag}: {why}" in capsys.readouterr().err
+    assert not (tmp_path / "demo").exists()

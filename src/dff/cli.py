@@ -34,6 +34,18 @@ STEPS_HELP = ("sampling steps (default: " + ", ".join(f"{name} {default_steps(na
               + ")")
 
 # ====================================================================== main
+def positive_int(text: str) -> int:
+    """An argparse type for a count of steps: a whole number >= 1 (Lightning reads max_steps -1 as no limit and 0 as
+    no training, neither of which a demo wants)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: expected a number of steps >= 1")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dff", description="DiffusionFastForward: train and sample diffusion models.")
     p.add_argument("--version", action="version", version=f"dff {__version__}")
@@ -154,12 +166,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="digits: pixel diffusion on the digits (default); latent: latent diffusion on 64x64 "
                         "texture patches, in the space of the autoencoder shipped with dff")
     d.add_argument("--out", default=None, help="root folder of the runs (default runs/demo or runs/latent_demo)")
-    d.add_argument("--max-steps", type=int, default=None,
+    d.add_argument("--max-steps", type=positive_int, default=None,
                    help="training steps of the diffusion model (default: the config's)")
     d.add_argument("--train-autoencoder", action="store_true",
                    help="latent demo: train the autoencoder first (stage 1, configs/autoencoder_demo.yaml) instead of "
                         "using the shipped one")
-    d.add_argument("--autoencoder-steps", type=int, default=None,
+    d.add_argument("--autoencoder-steps", type=positive_int, default=None,
                    help="latent demo: train the autoencoder first, for this many steps")
 
     x = sub.add_parser("explore", help="the diffusion process on one image, visualised (forward grid, steps vs. jump, "
