@@ -620,3 +620,18 @@ def test_the_latent_demo_trains_fewer_steps_in_float32_on_a_cpu_without_bf16(mon
     assert demo.latent_demo_steps(None) == demo.LATENT_FLOAT32_CPU_STEPS == 3000
     assert "trains in float32 for 3000 steps instead of the config's 4500" in capsys.readouterr().out
     assert demo.latent_demo_steps(7) == 7
+
+
+@pytest.mark.parametrize("kwargs", [{"max_steps": 0}, {"max_steps": -1}, {"max_steps": 2.5},
+                                    {"autoencoder_steps": 0}])
+def test_the_demos_refuse_step_counts_below_one_from_python(kwargs, tmp_path):
+    """The Python entry points check what the CLI's argparse type checks, before anything is written."""
+    from dff.demo import digits_demo, latent_demo
+
+    name = next(iter(kwargs))
+    with pytest.raises(ValueError, match=rf"dff demo: {name}=.*: expected a whole number of steps >= 1"):
+        latent_demo(str(tmp_path / "latent"), **kwargs)
+    if name == "max_steps":
+        with pytest.raises(ValueError, match="expected a whole number of steps >= 1"):
+            digits_demo(str(tmp_path / "digits"), **kwargs)
+    assert not any(tmp_path.iterdir())

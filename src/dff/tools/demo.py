@@ -27,7 +27,7 @@ def digits_demo(out: Optional[str] = None, max_steps: Optional[int] = None) -> P
     t0 = time.time()
     overrides = ["--config", str(CONFIG_DIR / "pixel_digits.yaml"), "--trainer.default_root_dir", out or "runs/demo"]
     if max_steps is not None:
-        overrides += ["--trainer.max_steps", str(max_steps)]
+        overrides += ["--trainer.max_steps", str(check_steps(max_steps, "max_steps"))]
     cli = fit(overrides)
     model, run = cli.model.eval(), run_dir(cli.trainer)
     print(f"trained in {time.time() - t0:.0f} s")
@@ -77,6 +77,9 @@ def latent_demo(out: Optional[str] = None, max_steps: Optional[int] = None,
     t0 = time.time()
     root = Path(out or "runs/latent_demo")
     ae_run = None
+    if autoencoder_steps is not None:
+        check_steps(autoencoder_steps, "autoencoder_steps")
+    max_steps = latent_demo_steps(max_steps)  # checked before anything runs
     if train_autoencoder or autoencoder_steps is not None:
         ae_args = ["--config", str(CONFIG_DIR / "autoencoder_demo.yaml"),
                    "--trainer.default_root_dir", str(root / "autoencoder")]
@@ -90,7 +93,6 @@ def latent_demo(out: Optional[str] = None, max_steps: Optional[int] = None,
                 "--model.autoencoder", BUILTIN_DEMO_AUTOENCODER if ae_run is None else str(ae_run),
                 "--data.latent_cache", str(root / f"latents_{ae_name}.pt"),
                 "--trainer.default_root_dir", str(root / "diffusion")]
-    max_steps = latent_demo_steps(max_steps)
     if max_steps is not None:
         lat_args += ["--trainer.max_steps", str(max_steps)]
     cli = fit(lat_args)
@@ -125,14 +127,23 @@ def latent_demo(out: Optional[str] = None, max_steps: Optional[int] = None,
 def latent_demo_steps(max_steps: Optional[int]) -> Optional[int]:
     """The latent stage's steps: `max_steps` if given; else the config's (trained in bf16-mixed on a GPU or a CPU
     with bf16 instructions), but LATENT_FLOAT32_CPU_STEPS on a CPU that trains in float32, with one line."""
-    if max_steps is not None or on_cuda("auto") or cpu_has_bf16():
-        return max_steps
+    if max_steps is not None:
+        return check_steps(max_steps, "max_steps")
+    if on_cuda("auto") or cpu_has_bf16():
+        return None
     configured = yaml.safe_load((CONFIG_DIR / "latent_demo.yaml").read_text())["trainer"]["max_steps"]
     print(f"dff: this CPU has no bf16 instructions, so the latent demo trains in float32 for "
           f"{LATENT_FLOAT32_CPU_STEPS} steps instead of the config's {configured} (to stay near 10 minutes; fewer "
           f"samples are recognised: docs/benchmarks.md, 'The latent demo'); --max-steps {configured} for the full "
           "recipe")
     return LATENT_FLOAT32_CPU_STEPS
+
+
+def check_steps(steps: int, name: str) -> int:
+    """A demo's step count: a whole number >= 1 (Lightning reads -1 as no limit and 0 as no training)."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"dff demo: {name}={steps!r}: expected a whole number of steps >= 1")
+    return steps
 
 
 def save_reconstructions(ae, images: torch.Tensor, path: Path, num: int = 8) -> Path:
