@@ -35,11 +35,11 @@ def timed(cmd: list[str], cwd: Path) -> tuple[float, str]:
     return time.time() - t0, out
 
 
-def cpu_flags() -> str:
-    """Which bf16 instructions the CPU has: the CPU default precision follows them (dff.speed)."""
-    flags = Path("/proc/cpuinfo").read_text().split() if Path("/proc/cpuinfo").exists() else []
-    have = [f for f in ("avx512f", "avx512_bf16", "amx_bf16") if f in flags]
-    return ", ".join(have) or "none of avx512f, avx512_bf16, amx_bf16"
+def cpu_bf16() -> str:
+    """Which bf16 hardware the CPU has, by the probes the CPU default precision follows (dff.speed)."""
+    from dff.speed import cpu_has_amx_bf16, cpu_has_bf16
+
+    return "AMX-bf16" if cpu_has_amx_bf16() else "avx512_bf16" if cpu_has_bf16() else "none (float32 by default)"
 
 
 def precision(out: str) -> str | None:
@@ -60,12 +60,12 @@ def main() -> None:
     ap.add_argument("--skip-test", action="store_true")
     ap.add_argument("--keep-latent", default=None, help="copy the latent demo's run folder here")
     args = ap.parse_args()
+    from dff.training.report import cpu_model
+
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                             text=True).stdout.strip()
     res: dict = {"date": datetime.date.today().isoformat(), "commit": commit,
-                 "machine": f"{os.cpu_count()} cores; " + Path("/proc/cpuinfo").read_text().split("model name")[1]
-                 .split("\n")[0].strip(": \t") if Path("/proc/cpuinfo").exists() else f"{os.cpu_count()} cores",
-                 "cpu_bf16": cpu_flags(),
+                 "machine": f"{os.cpu_count()} cores; {cpu_model()}", "cpu_bf16": cpu_bf16(),
                  "loadavg_before": os.getloadavg()[0]}
     with tempfile.TemporaryDirectory(prefix="dff-readme-") as tmp:
         clone = Path(tmp) / "dff"

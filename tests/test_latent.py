@@ -610,13 +610,14 @@ def test_dff_demo_latent_passes_train_autoencoder(monkeypatch):
 def test_the_latent_demo_trains_fewer_steps_in_float32_on_a_cpu_without_bf16(monkeypatch, capsys):
     """The config's 4500 steps in bf16-mixed where the device has bf16; a float32 CPU gets 3000 (about the same
     time, x1.45 per step) with one line naming the recipe it skips; an explicit --max-steps is kept."""
+    import dff.speed
     import dff.tools.demo as demo
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(demo, "cpu_has_bf16", lambda: True)
+    monkeypatch.setattr(dff.speed, "cpu_has_bf16", lambda: True)
     assert demo.latent_demo_steps(None) is None and demo.latent_demo_steps(7) == 7
     assert capsys.readouterr().out == ""
-    monkeypatch.setattr(demo, "cpu_has_bf16", lambda: False)
+    monkeypatch.setattr(dff.speed, "cpu_has_bf16", lambda: False)
     assert demo.latent_demo_steps(None) == demo.LATENT_FLOAT32_CPU_STEPS == 3000
     assert "trains in float32 for 3000 steps instead of the config's 4500" in capsys.readouterr().out
     assert demo.latent_demo_steps(7) == 7

@@ -17,7 +17,7 @@ from ..evaluation.reconstruction import evaluate_autoencoder, reconstruction_ima
 from ..models.autoencoders import to_image_space, to_model_space
 from .explore import model_trajectory
 from ..training.fit import CONFIG_DIR, fit
-from ..training.speed import cpu_has_bf16, on_cuda
+from ..training.speed import choose_precision
 from ..viz import plot_loss, plot_trajectory, save_grid
 
 
@@ -129,7 +129,7 @@ def latent_demo_steps(max_steps: Optional[int]) -> Optional[int]:
     with bf16 instructions), but LATENT_FLOAT32_CPU_STEPS on a CPU that trains in float32, with one line."""
     if max_steps is not None:
         return check_steps(max_steps, "max_steps")
-    if on_cuda("auto") or cpu_has_bf16():
+    if choose_precision(None, "auto") != "32-true":  # the device's default precision is a bf16 or half one
         return None
     configured = yaml.safe_load((CONFIG_DIR / "latent_demo.yaml").read_text())["trainer"]["max_steps"]
     print(f"dff: this CPU has no bf16 instructions, so the latent demo trains in float32 for "
